@@ -1,0 +1,193 @@
+//! [`AppError`], the one error type of every handler and extractor, rendered as RFC 9457
+//! problem+json. Callers see a status, a title and a safe detail; internal causes are logged
+//! (with `tracing`) and never echoed.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use protocol::api::{PROBLEM_JSON, Problem};
+
+/// Prefix of the `type` URI of every problem this service answers (a `tag:` URI, RFC 4151).
+pub const PROBLEM_TYPE_PREFIX: &str = "tag:convoy,2025:problem/";
+
+/// The challenge sent with every 401.
+const BEARER_CHALLENGE: &str = "Bearer realm=\"convoy\"";
+const BEARER_INVALID: &str = "Bearer realm=\"convoy\", error=\"invalid_token\"";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AppError {
+    /// A field broke a validation rule (400).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The body or a path parameter could not be read (400, 413, 415 or 422).
+    #[error("{detail}")]
+    BadRequest { status: StatusCode, detail: String },
+    /// No bearer token (401).
+    #[error("this route needs an access token: Authorization: Bearer <token>")]
+    MissingToken,
+    /// A bearer token that is not a valid access token (401).
+    #[error("{0}")]
+    InvalidToken(String),
+    /// Login failed; the same answer whether or not the account exists (401).
+    #[error("the email or the password is wrong")]
+    BadCredentials,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Gone(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("the method is not allowed on this resource")]
+    MethodNotAllowed,
+    /// No media node takes new sessions (503).
+    #[error("no media node can take a new session now; try again shortly")]
+    NoMediaNode,
+    /// The database does not answer (503).
+    #[error("the database does not answer")]
+    NotReady,
+    /// A bug or an outage; logged, shown as a bare 500.
+    #[error("internal error")]
+    Internal(#[source] BoxError),
+}
+
+impl AppError {
+    pub(crate) fn internal(e: impl Into<BoxError>) -> Self {
+        AppError::Internal(e.into())
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            AppError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            AppError::BadRequest { status, .. } => *status,
+            AppError::MissingToken | AppError::InvalidToken(_) | AppError::BadCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Gone(_) => StatusCode::GONE,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::NoMediaNode | AppError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The last segment of the problem `type` and the title that goes with it.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            AppError::InvalidInput(_) => ("invalid-input", "A field is invalid"),
+            AppError::BadRequest { status, .. } => match *status {
+                StatusCode::PAYLOAD_TOO_LARGE => ("body-too-large", "The body is too large"),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    ("unsupported-media-type", "The body must be JSON")
+                }
+                StatusCode::UNPROCESSABLE_ENTITY => {
+                    ("invalid-body", "The body does not match the expected shape")
+                }
+                _ => ("bad-request", "The request is malformed"),
+            },
+            AppError::MissingToken => ("unauthenticated", "Authentication required"),
+            AppError::InvalidToken(_) => ("invalid-token", "The access token is not valid"),
+            AppError::BadCredentials => ("invalid-credentials", "Invalid credentials"),
+            AppError::Forbidden(_) => ("forbidden", "Not allowed"),
+            AppError::NotFound(_) => ("not-found", "Not found"),
+            AppError::Gone(_) => ("gone", "No longer available"),
+            AppError::Conflict(_) => ("conflict", "Conflict"),
+            AppError::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
+            AppError::NoMediaNode => ("no-media-node", "No media capacity"),
+            AppError::NotReady => ("not-ready", "Not ready"),
+            AppError::Internal(_) => ("internal", "Internal server error"),
+        }
+    }
+
+    /// The problem body callers see.
+    pub(crate) fn problem(&self) -> Problem {
+        let (slug, title) = self.kind();
+        let detail = match self {
+            AppError::Internal(_) => None,
+            other => Some(other.to_string()),
+        };
+        Problem {
+            type_: format!("{PROBLEM_TYPE_PREFIX}{slug}"),
+            title: title.to_owned(),
+            status: self.status().as_u16(),
+            detail,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            AppError::Internal(cause) => tracing::error!(error = %cause, "request failed"),
+            AppError::NotReady => tracing::warn!("readiness check failed"),
+            _ => tracing::debug!(%status, error = %self, "request refused"),
+        }
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let challenge = match self {
+            AppError::InvalidToken(_) => Some(BEARER_INVALID),
+            AppError::MissingToken | AppError::BadCredentials => Some(BEARER_CHALLENGE),
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        AppError::internal(e)
+    }
+}
+
+impl From<crate::passwords::PasswordError> for AppError {
+    fn from(e: crate::passwords::PasswordError) -> Self {
+        AppError::internal(e)
+    }
+}
+
+impl From<crate::domain::Invalid> for AppError {
+    fn from(e: crate::domain::Invalid) -> Self {
+        AppError::InvalidInput(e.0.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_show_no_detail() {
+        let e = AppError::internal("connection refused to 10.0.0.5 password=hunter2");
+        let problem = e.problem();
+        assert_eq!(problem.status, 500);
+        assert_eq!(problem.detail, None);
+        assert!(!serde_json::to_string(&problem).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn problems_carry_their_status_and_a_typed_uri() {
+        let p = AppError::Gone("the invite has expired").problem();
+        assert_eq!(p.status, 410);
+        assert_eq!(p.type_, "tag:convoy,2025:problem/gone");
+        assert_eq!(p.detail.as_deref(), Some("the invite has expired"));
+
+        let response = AppError::MissingToken.into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], BEARER_CHALLENGE);
+    }
+}

@@ -1,0 +1,88 @@
+//! The HTTP API: routes, shared state, extractors and the problem+json error.
+//!
+//! Handlers validate input into domain types, call the store, the registry and the allocator,
+//! and shape the answer; they hold no SQL and no allocation policy. Every failure, including a
+//! body axum cannot parse or a path that does not exist, answers RFC 9457 problem+json.
+//!
+//! Group visibility rule: a caller who is not a member of a group gets 404 for everything under
+//! it, exactly as if it did not exist; a member who lacks a right (an admin-only action) gets 403.
+
+mod auth;
+pub(crate) mod error;
+mod extract;
+mod groups;
+mod health;
+mod sessions;
+
+use crate::passwords::Passwords;
+use crate::registry::NodeRegistry;
+use crate::store::Store;
+use crate::tokens::Tokens;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use error::AppError;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use tower_http::trace::TraceLayer;
+
+/// The largest request body read, in bytes.
+pub(crate) const BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler shares.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub registry: Arc<dyn NodeRegistry>,
+    pub tokens: Tokens,
+    pub passwords: Passwords,
+    pub region_hint: Option<String>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("store", &self.store)
+            .field("tokens", &self.tokens)
+            .field("region_hint", &self.region_hint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cheap-to-clone handle on [`Shared`], the router's state.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState(pub Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// Every route of the control plane.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/v1/auth/register", post(auth::register))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/groups", post(groups::create))
+        .route("/v1/groups/{id}/invites", post(groups::invite))
+        .route("/v1/groups/{id}/sessions", post(sessions::allocate))
+        .route("/v1/invites/{code}/accept", post(groups::accept))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such route")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}

@@ -1,0 +1,174 @@
+//! Input newtypes that validate on construction: once a handler holds a [`Username`], an
+//! [`Email`], a [`Password`] or a [`GroupName`], it is valid. Messages are safe to show callers.
+
+use std::fmt;
+
+/// Why an input was refused; the message names the rule, never echoes the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Invalid(pub &'static str);
+
+/// 3 to 32 characters of `[A-Za-z0-9_.-]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Username(String);
+
+impl Username {
+    pub(crate) fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = (3..=32).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Invalid(
+                "username must be 3 to 32 characters of letters, digits, '_', '.' or '-'",
+            ))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A plausible address, stored lowercased: one `@` with something on each side, at most 254
+/// bytes, no whitespace or control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Email(String);
+
+impl Email {
+    pub(crate) fn parse(s: &str) -> Result<Self, Invalid> {
+        const RULE: &str = "email must be an address like name@example.org (at most 254 bytes)";
+        if s.is_empty() || s.len() > 254 {
+            return Err(Invalid(RULE));
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Invalid(RULE));
+        }
+        let Some((local, domain)) = s.split_once('@') else {
+            return Err(Invalid(RULE));
+        };
+        let domain_ok = !domain.is_empty()
+            && !domain.contains('@')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.');
+        if local.is_empty() || local.len() > 64 || !domain_ok {
+            return Err(Invalid(RULE));
+        }
+        Ok(Self(s.to_lowercase()))
+    }
+
+    /// How an email typed at login is looked up: lowercased, as stored.
+    pub(crate) fn normalize(s: &str) -> String {
+        s.to_lowercase()
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// 8 to 128 characters (Unicode scalar values), kept exactly as typed: no trimming, no
+/// truncation, no composition rules (OWASP ASVS 6.2). `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Password(String);
+
+impl Password {
+    pub(crate) fn parse(s: &str) -> Result<Self, Invalid> {
+        if (8..=128).contains(&s.chars().count()) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Invalid("password must be 8 to 128 characters"))
+        }
+    }
+
+    pub(crate) fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+/// 1 to 100 characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupName(String);
+
+impl GroupName {
+    pub(crate) fn parse(s: &str) -> Result<Self, Invalid> {
+        let s = s.trim();
+        if !(1..=100).contains(&s.chars().count()) {
+            return Err(Invalid("group name must be 1 to 100 characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(Invalid("group name must not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for ok in ["abc", "a.b-c_d", "X9_", &"a".repeat(32)] {
+            assert!(Username::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "ab", &"a".repeat(33), "a b", "ab@c", "émile", "ab\n"] {
+            assert!(Username::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn emails_are_plausible_and_lowercased() {
+        assert_eq!(Email::parse("Ann@Example.ORG").unwrap().as_str(), "ann@example.org");
+        assert!(Email::parse("a@localhost").is_ok());
+        let long = format!("{}@{}", "a".repeat(64), "b".repeat(189));
+        assert_eq!(long.len(), 254);
+        assert!(Email::parse(&long).is_ok());
+        let too_long = format!("{}@{}", "a".repeat(64), "b".repeat(190));
+        for bad in [
+            "",
+            "plain",
+            "@example.org",
+            "a@",
+            "a@b@c",
+            "a b@c.d",
+            "a@.c",
+            "a@c.",
+            "a\u{0}@c",
+            too_long.as_str(),
+            &format!("{}@c", "a".repeat(65)),
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Email::normalize("A@B.C"), "a@b.c");
+    }
+
+    #[test]
+    fn passwords_count_characters_and_keep_them_as_typed() {
+        assert!(Password::parse("1234567").is_err());
+        assert_eq!(Password::parse(" 1234567").unwrap().into_inner(), " 1234567");
+        assert!(Password::parse(&"é".repeat(128)).is_ok(), "128 chars of 2 bytes");
+        assert!(Password::parse(&"x".repeat(129)).is_err());
+        assert!(Password::parse("ééééééé").is_err(), "7 chars even if 14 bytes");
+        assert_eq!(format!("{:?}", Password::parse("secret-secret").unwrap()), "Password(..)");
+    }
+
+    #[test]
+    fn group_names_are_trimmed() {
+        assert_eq!(GroupName::parse("  Road trip ").unwrap().as_str(), "Road trip");
+        assert!(GroupName::parse("   ").is_err());
+        assert!(GroupName::parse(&"g".repeat(100)).is_ok());
+        assert!(GroupName::parse(&"g".repeat(101)).is_err());
+        assert!(GroupName::parse("a\u{7}b").is_err());
+    }
+}

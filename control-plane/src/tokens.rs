@@ -1,0 +1,218 @@
+//! Minting and checking the tokens the control plane issues (DESIGN.md §3).
+//!
+//! - access tokens: EdDSA JWTs, aud `api`, [`ACCESS_TTL_SECS`];
+//! - join tokens: EdDSA JWTs for one media node (aud = node id), [`JOIN_TTL_SECS`];
+//! - refresh tokens: 32 random bytes, handed out once, stored only as their SHA-256.
+//!
+//! Time is an argument (Unix seconds); this module reads no clock.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use protocol::api::{Jwks, SessionKind};
+use protocol::ids::{GroupId, NodeId, SessionId, UserId};
+use protocol::token::{
+    AUD_API, AccessClaims, JoinClaims, Signer, TokenError, TokenKind, VerifyingKeys,
+};
+use rand::RngCore as _;
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+
+/// Lifetime of an access token.
+pub(crate) const ACCESS_TTL_SECS: u64 = 600;
+/// Lifetime of a join token.
+pub(crate) const JOIN_TTL_SECS: u64 = 120;
+/// Lifetime of a refresh token.
+pub(crate) const REFRESH_TTL_SECS: u64 = 30 * 24 * 3600;
+/// Clock skew tolerated when verifying.
+pub(crate) const LEEWAY_SECS: u64 = 30;
+
+/// `count` random bytes from the OS, base64url without padding.
+pub(crate) fn random_b64(count: usize) -> String {
+    let mut bytes = vec![0u8; count];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    B64.encode(bytes)
+}
+
+/// Why an access token was refused; the message is safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the token was issued by another issuer")]
+    Issuer,
+}
+
+/// What a join token grants, besides the session it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JoinGrant {
+    pub user: UserId,
+    pub node: NodeId,
+    pub session: SessionId,
+    pub group: GroupId,
+    pub kind: SessionKind,
+    pub music_ctl: bool,
+}
+
+/// The control plane's signing key, the matching public keys and its issuer name.
+#[derive(Debug, Clone)]
+pub(crate) struct Tokens {
+    signer: Signer,
+    keys: VerifyingKeys,
+    jwks: Jwks,
+    issuer: String,
+}
+
+impl Tokens {
+    pub(crate) fn new(signer: Signer, issuer: String) -> Self {
+        let jwks = Jwks {
+            keys: vec![signer.jwk()],
+        };
+        Self {
+            keys: VerifyingKeys::from_jwks(&jwks),
+            jwks,
+            signer,
+            issuer,
+        }
+    }
+
+    pub(crate) fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    pub(crate) fn jwks(&self) -> &Jwks {
+        &self.jwks
+    }
+
+    /// A fresh access token for `user`.
+    pub(crate) fn access(&self, user: UserId, now: u64) -> String {
+        self.signer.sign(&AccessClaims {
+            iss: self.issuer.clone(),
+            sub: user,
+            aud: AUD_API.into(),
+            typ: TokenKind::Access,
+            iat: now,
+            exp: now + ACCESS_TTL_SECS,
+            jti: random_b64(16),
+        })
+    }
+
+    /// Checks an access token: signature, kind, audience, time window, issuer.
+    pub(crate) fn verify_access(&self, token: &str, now: u64) -> Result<AccessClaims, Refused> {
+        let claims: AccessClaims = self.keys.verify(token, AUD_API, now, LEEWAY_SECS)?;
+        if claims.iss != self.issuer {
+            return Err(Refused::Issuer);
+        }
+        Ok(claims)
+    }
+
+    /// A join token for one node, single use by its random `jti`.
+    pub(crate) fn join(&self, grant: JoinGrant, now: u64) -> String {
+        self.signer.sign(&JoinClaims {
+            iss: self.issuer.clone(),
+            sub: grant.user,
+            aud: grant.node,
+            typ: TokenKind::Join,
+            iat: now,
+            exp: now + JOIN_TTL_SECS,
+            jti: random_b64(16),
+            sid: grant.session,
+            grp: grant.group,
+            kind: grant.kind,
+            publish: true,
+            sub_media: true,
+            music_ctl: grant.music_ctl,
+            mix: false,
+        })
+    }
+}
+
+/// A new refresh token: the secret for the caller and the hash to store.
+pub(crate) struct RefreshToken {
+    pub secret: String,
+    pub hash: String,
+}
+
+impl RefreshToken {
+    pub(crate) fn generate() -> Self {
+        let secret = random_b64(32);
+        let hash = Self::hash_of(&secret);
+        Self { secret, hash }
+    }
+
+    /// Hex SHA-256 of a refresh token, as stored.
+    pub(crate) fn hash_of(secret: &str) -> String {
+        Sha256::digest(secret.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshToken")
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn tokens() -> Tokens {
+        Tokens::new(Signer::from_seed(&[9; 32]), "convoy-test".into())
+    }
+
+    #[test]
+    fn access_tokens_verify_until_they_expire_with_leeway() {
+        let t = tokens();
+        let user = UserId::from_uuid(Uuid::now_v7());
+        let token = t.access(user, 1_000);
+        assert_eq!(t.verify_access(&token, 1_000).unwrap().sub, user);
+        assert!(t.verify_access(&token, 1_000 + ACCESS_TTL_SECS + LEEWAY_SECS - 1).is_ok());
+        assert_eq!(
+            t.verify_access(&token, 1_000 + ACCESS_TTL_SECS + LEEWAY_SECS),
+            Err(Refused::Token(TokenError::Expired))
+        );
+    }
+
+    #[test]
+    fn another_issuer_or_a_join_token_is_refused_as_access() {
+        let t = tokens();
+        let user = UserId::from_uuid(Uuid::now_v7());
+        let foreign = Tokens::new(Signer::from_seed(&[9; 32]), "elsewhere".into());
+        assert_eq!(
+            t.verify_access(&foreign.access(user, 1_000), 1_000),
+            Err(Refused::Issuer)
+        );
+        let join = t.join(
+            JoinGrant {
+                user,
+                node: NodeId::new("n1").unwrap(),
+                session: SessionId::from_uuid(Uuid::now_v7()),
+                group: GroupId::from_uuid(Uuid::now_v7()),
+                kind: SessionKind::Audio,
+                music_ctl: false,
+            },
+            1_000,
+        );
+        assert!(t.verify_access(&join, 1_000).is_err());
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_stored_hashed() {
+        let a = RefreshToken::generate();
+        let b = RefreshToken::generate();
+        assert_ne!(a.secret, b.secret);
+        assert_eq!(B64.decode(&a.secret).unwrap().len(), 32);
+        assert_eq!(a.hash, RefreshToken::hash_of(&a.secret));
+        assert_eq!(a.hash.len(), 64);
+        assert!(!format!("{a:?}").contains(&a.secret));
+        assert_eq!(
+            RefreshToken::hash_of("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

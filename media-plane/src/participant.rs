@@ -1,0 +1,49 @@
+//! A participant: one WebRTC peer connection (a str0m `Rtc`) in one room, and the slots through
+//! which it receives the other participants' audio.
+
+use crate::forwarder::DownSlot;
+use protocol::{SessionId, UserId};
+use std::net::SocketAddr;
+use std::time::Instant;
+use str0m::Rtc;
+
+/// Key of a participant inside its shard. Never reused within a shard's lifetime.
+pub type ParticipantKey = u64;
+
+/// What a participant may do, from its join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grants {
+    /// May publish audio.
+    pub publish: bool,
+    /// May receive the others' audio.
+    pub subscribe: bool,
+}
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// The client deleted its WHIP resource.
+    Requested,
+    /// ICE consent was lost or the peer connection closed.
+    Disconnected,
+    /// ICE never completed within the join timeout.
+    NeverConnected,
+    /// str0m reported an error for this connection.
+    Failed,
+}
+
+#[derive(Debug)]
+pub(crate) struct Participant {
+    pub session: SessionId,
+    pub user: UserId,
+    pub rtc: Rtc,
+    pub grants: Grants,
+    pub slots: Vec<DownSlot>,
+    pub ufrag: Vec<u8>,
+    pub addrs: Vec<SocketAddr>,
+    pub joined_at: Instant,
+    pub connected: bool,
+    /// The deadline str0m asked for last; heap entries with another deadline are stale.
+    pub deadline: Option<Instant>,
+    pub leaving: Option<LeaveReason>,
+}

@@ -1,0 +1,601 @@
+//! The sans-IO core of one CPU core: its rooms, their participants, demultiplexing and forwarding.
+//!
+//! A [`Shard`] owns no socket, thread or clock. Inputs carry `now`; outputs are datagrams to send
+//! ([`Shard::poll_transmit`]), events ([`Shard::poll_event`]) and the next instant it wants to be
+//! woken ([`Shard::poll_timeout`]). The glommio runtime (`runtime.rs`) is a thin shell around it and
+//! tests drive it with simulated time and in-memory peers.
+//!
+//! Demultiplexing is O(1): a STUN binding request names the participant by the local ICE ufrag we
+//! minted for it; every other datagram is looked up by its source address, learned from a STUN
+//! request that str0m accepted. Only participants whose deadline passed are polled on a timeout.
+//!
+//! str0m's rule holds everywhere: every mutation of an `Rtc` is followed by a full drain of
+//! `poll_output` before the next one.
+
+use crate::forwarder::{DownSlot, SourceKey};
+use crate::participant::{Grants, LeaveReason, Participant, ParticipantKey};
+use crate::room::Room;
+use crate::stun;
+use protocol::{SessionId, UserId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::format::Codec;
+use str0m::media::{MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
+
+/// A participant that has not completed ICE + DTLS by then is removed.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many m-lines in an offer; more is refused as abuse.
+pub const MAX_MEDIA_LINES: usize = 16;
+/// Period of the housekeeping pass (join timeouts).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// How a shard is set up.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// Index of the core this shard runs on; part of every ufrag it mints.
+    pub index: u16,
+    /// The address advertised in ICE candidates; received datagrams are addressed to it.
+    pub advertised: SocketAddr,
+    /// Seed of the shard's RNG (ufrags, ICE passwords, initial sequence numbers).
+    pub seed: u64,
+}
+
+/// A request to join a room on this shard (already authorised by the caller).
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub session: SessionId,
+    pub user: UserId,
+    pub grants: Grants,
+    /// The SDP offer of the WHIP POST.
+    pub offer: String,
+}
+
+/// A successful join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub participant: ParticipantKey,
+    /// The SDP answer, with our only candidate in it.
+    pub answer: String,
+}
+
+/// Why a join was refused. Messages are safe to show to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("the SDP offer could not be parsed")]
+    MalformedOffer,
+    #[error("the SDP offer was refused: {0}")]
+    RefusedOffer(String),
+    #[error("the SDP offer has no audio m-line")]
+    NoAudio,
+    #[error("the SDP offer has more than {MAX_MEDIA_LINES} m-lines")]
+    TooManyMediaLines,
+    #[error("the shard cannot create a connection: {0}")]
+    Internal(String),
+}
+
+/// Something that happened on the shard, for the node to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardEvent {
+    Joined {
+        session: SessionId,
+        participant: ParticipantKey,
+        user: UserId,
+    },
+    Connected {
+        session: SessionId,
+        participant: ParticipantKey,
+    },
+    Left {
+        session: SessionId,
+        participant: ParticipantKey,
+        user: UserId,
+        reason: LeaveReason,
+    },
+    RoomClosed {
+        session: SessionId,
+    },
+}
+
+/// A datagram to send from the shard's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// Counters of a shard, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Datagrams no participant claimed (unknown ufrag or source address).
+    pub unclaimed: u64,
+    /// Datagrams that could not be parsed or that str0m refused.
+    pub malformed: u64,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+}
+
+/// The sans-IO core of one CPU core.
+#[derive(Debug)]
+pub struct Shard {
+    config: ShardConfig,
+    rng: StdRng,
+    dtls_cert: DtlsCert,
+    next_key: ParticipantKey,
+    participants: HashMap<ParticipantKey, Participant>,
+    rooms: HashMap<SessionId, Room>,
+    by_ufrag: HashMap<Vec<u8>, ParticipantKey>,
+    by_addr: HashMap<SocketAddr, ParticipantKey>,
+    timers: BinaryHeap<Reverse<(Instant, ParticipantKey)>>,
+    housekeeping_at: Instant,
+    transmits: VecDeque<Datagram>,
+    events: VecDeque<ShardEvent>,
+    forwards: VecDeque<(ParticipantKey, RtpPacket)>,
+    /// Participants marked as leaving, removed at the end of the current input.
+    to_reap: Vec<ParticipantKey>,
+    scratch: Vec<ParticipantKey>,
+    fanout: Vec<ParticipantKey>,
+    stats: ShardStats,
+}
+
+impl Shard {
+    /// A shard with no rooms. Generates the DTLS certificate all its connections share.
+    pub fn new(config: ShardConfig, now: Instant) -> Result<Self, JoinError> {
+        let provider = str0m::crypto::from_feature_flags();
+        let dtls_cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| JoinError::Internal("no DTLS certificate".into()))?;
+        provider.install_process_default();
+        Ok(Self {
+            rng: StdRng::seed_from_u64(config.seed),
+            config,
+            dtls_cert,
+            next_key: 1,
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            timers: BinaryHeap::new(),
+            housekeeping_at: now + HOUSEKEEPING,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            forwards: VecDeque::new(),
+            to_reap: Vec::new(),
+            scratch: Vec::new(),
+            fanout: Vec::new(),
+            stats: ShardStats::default(),
+        })
+    }
+
+    /// The shard's configuration.
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    /// Number of rooms on this shard.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Number of participants on this shard.
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// Whether this shard hosts the room of `session`.
+    pub fn has_room(&self, session: SessionId) -> bool {
+        self.rooms.contains_key(&session)
+    }
+
+    /// Counters since the shard started.
+    pub fn stats(&self) -> ShardStats {
+        self.stats
+    }
+
+    /// Adds a participant to the room of `req.session` (creating the room), answering its offer.
+    pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<Joined, JoinError> {
+        let offer =
+            SdpOffer::from_sdp_string(&req.offer).map_err(|_| JoinError::MalformedOffer)?;
+        let m_lines = req.offer.lines().filter(|l| l.starts_with("m=")).count();
+        if m_lines > MAX_MEDIA_LINES {
+            return Err(JoinError::TooManyMediaLines);
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let ufrag = format!("{:04x}{:012x}", self.config.index, self.rng.r#gen::<u64>() >> 16);
+        let pass: String = (0..24)
+            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[self.rng.gen_range(0..36)]))
+            .collect();
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .set_local_ice_credentials(IceCreds {
+                ufrag: ufrag.clone(),
+                pass,
+            })
+            .set_dtls_cert(self.dtls_cert.clone())
+            .build(now);
+        let candidate = Candidate::host(self.config.advertised, "udp")
+            .map_err(|e| JoinError::Internal(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| JoinError::RefusedOffer(e.to_string()))?;
+
+        // The m-lines the answer accepted, from the offer's mids (str0m reports `MediaAdded` only
+        // once the connection is up; the answer is needed now).
+        let audio_mids: Vec<(Mid, bool, bool)> = req
+            .offer
+            .lines()
+            .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+            .filter_map(|mid| rtc.media(Mid::from(mid)))
+            .filter(|m| m.kind() == MediaKind::Audio && !m.disabled())
+            .map(|m| (m.mid(), m.direction().is_sending(), m.direction().is_receiving()))
+            .collect();
+        let deadline;
+        loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    deadline = Some(t);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(JoinError::RefusedOffer(e.to_string())),
+            }
+        }
+        if audio_mids.is_empty() {
+            return Err(JoinError::NoAudio);
+        }
+        let opus_pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+            .ok_or(JoinError::NoAudio)?;
+        let mut slots = Vec::new();
+        if req.grants.subscribe {
+            for &(mid, sending, _) in &audio_mids {
+                if sending {
+                    let seq = self.rng.r#gen::<u16>();
+                    let ts = self.rng.r#gen::<u32>();
+                    slots.push(DownSlot::new(mid, opus_pt, seq, ts));
+                }
+            }
+        }
+
+        let participant = Participant {
+            session: req.session,
+            user: req.user,
+            rtc,
+            grants: req.grants,
+            slots,
+            ufrag: ufrag.clone().into_bytes(),
+            addrs: Vec::new(),
+            joined_at: now,
+            connected: false,
+            deadline,
+            leaving: None,
+        };
+        self.by_ufrag.insert(participant.ufrag.clone(), key);
+        self.participants.insert(key, participant);
+        if let Some(t) = deadline {
+            self.timers.push(Reverse((t, key)));
+        }
+        self.rooms.entry(req.session).or_default().members.push(key);
+        self.events.push_back(ShardEvent::Joined {
+            session: req.session,
+            participant: key,
+            user: req.user,
+        });
+        Ok(Joined {
+            participant: key,
+            answer: answer.to_sdp_string(),
+        })
+    }
+
+    /// Removes a participant at its own request. Returns whether it was here.
+    pub fn leave(&mut self, participant: ParticipantKey) -> bool {
+        self.remove(participant, LeaveReason::Requested)
+    }
+
+    /// Feeds one datagram received on the shard's socket.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, buf: &[u8]) {
+        self.stats.datagrams_in += 1;
+        let ufrag = stun::local_ufrag(buf);
+        let key = match ufrag {
+            Some(u) => self.by_ufrag.get(u).copied(),
+            None => self.by_addr.get(&source).copied(),
+        };
+        let Some(key) = key else {
+            self.stats.unclaimed += 1;
+            return;
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.config.advertised, buf) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let input = Input::Receive(now, receive);
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if !p.rtc.accepts(&input) {
+            self.stats.malformed += 1;
+            return;
+        }
+        // str0m checks a request's integrity with the ICE password; learning the address of an
+        // accepted request is what lets the DTLS and SRTP that follow find their participant.
+        let learn = ufrag.is_some() && !p.addrs.contains(&source);
+        if learn {
+            p.addrs.push(source);
+        }
+        if p.rtc.handle_input(input).is_err() {
+            self.stats.malformed += 1;
+        }
+        if learn
+            && let Some(old) = self.by_addr.insert(source, key)
+            && old != key
+            && let Some(o) = self.participants.get_mut(&old)
+        {
+            o.addrs.retain(|a| *a != source);
+        }
+        self.drain(key);
+        self.forward(now);
+        self.reap();
+    }
+
+    /// Drives every participant whose deadline has passed, and housekeeping.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.scratch.clear();
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self
+                .participants
+                .get(&key)
+                .is_some_and(|p| p.deadline == Some(t))
+            {
+                self.scratch.push(key);
+            }
+        }
+        let due = std::mem::take(&mut self.scratch);
+        for &key in &due {
+            if let Some(p) = self.participants.get_mut(&key) {
+                p.deadline = None;
+                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    mark(&mut self.to_reap, key, p, LeaveReason::Failed);
+                }
+                self.drain(key);
+            }
+        }
+        self.scratch = due;
+        if now >= self.housekeeping_at {
+            self.housekeeping_at = now + HOUSEKEEPING;
+            for (&key, p) in self.participants.iter_mut() {
+                if !p.connected && now.saturating_duration_since(p.joined_at) >= JOIN_TIMEOUT {
+                    mark(&mut self.to_reap, key, p, LeaveReason::NeverConnected);
+                }
+            }
+        }
+        self.forward(now);
+        self.reap();
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ShardEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Shard::handle_timeout`] should be called next.
+    pub fn poll_timeout(&mut self) -> Instant {
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
+            if self
+                .participants
+                .get(&key)
+                .is_some_and(|p| p.deadline == Some(t))
+            {
+                return t.min(self.housekeeping_at);
+            }
+            self.timers.pop();
+        }
+        self.housekeeping_at
+    }
+
+    /// Drains one participant's `Rtc` until it asks for a timeout.
+    fn drain(&mut self, key: ParticipantKey) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        loop {
+            match p.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    if p.deadline != Some(t) {
+                        p.deadline = Some(t);
+                        self.timers.push(Reverse((t, key)));
+                    }
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    self.stats.datagrams_out += 1;
+                    self.transmits.push_back(Datagram {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    });
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => {
+                        p.connected = true;
+                        self.events.push_back(ShardEvent::Connected {
+                            session: p.session,
+                            participant: key,
+                        });
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        let why = if p.connected {
+                            LeaveReason::Disconnected
+                        } else {
+                            LeaveReason::NeverConnected
+                        };
+                        mark(&mut self.to_reap, key, p, why);
+                    }
+                    Event::RtpPacket(pkt) => {
+                        self.stats.rtp_in += 1;
+                        if p.grants.publish {
+                            self.forwards.push_back((key, pkt));
+                        }
+                    }
+                    _ => {}
+                },
+                Err(_) => {
+                    mark(&mut self.to_reap, key, p, LeaveReason::Failed);
+                    break;
+                }
+            }
+        }
+        if !p.rtc.is_alive() {
+            let why = if p.connected {
+                LeaveReason::Disconnected
+            } else {
+                LeaveReason::NeverConnected
+            };
+            mark(&mut self.to_reap, key, p, why);
+        }
+    }
+
+    /// Forwards queued publisher packets to every other subscriber of the room.
+    fn forward(&mut self, now: Instant) {
+        while let Some((from, pkt)) = self.forwards.pop_front() {
+            let Some(session) = self.participants.get(&from).map(|p| p.session) else {
+                continue;
+            };
+            let source = SourceKey {
+                participant: from,
+                ssrc: *pkt.header.ssrc,
+            };
+            let in_seq = *pkt.seq_no;
+            let in_ts = pkt.header.timestamp;
+            let mut ext = ExtensionValues::default();
+            ext.audio_level = pkt.header.ext_vals.audio_level;
+            ext.voice_activity = pkt.header.ext_vals.voice_activity;
+            let mut members = std::mem::take(&mut self.fanout);
+            members.clear();
+            if let Some(room) = self.rooms.get(&session) {
+                members.extend_from_slice(&room.members);
+            }
+            for &to in &members {
+                if to == from {
+                    continue;
+                }
+                let Some(sub) = self.participants.get_mut(&to) else {
+                    continue;
+                };
+                if !sub.connected || sub.leaving.is_some() {
+                    continue;
+                }
+                let slot = match sub.slots.iter().position(|s| s.source() == Some(source)) {
+                    Some(i) => i,
+                    None => match sub.slots.iter().position(|s| s.source().is_none()) {
+                        Some(i) => {
+                            sub.slots[i].assign(source, in_seq, in_ts);
+                            i
+                        }
+                        None => continue,
+                    },
+                };
+                let slot = &mut sub.slots[slot];
+                let Some((seq, ts)) = slot.rewrite(source, in_seq, in_ts) else {
+                    continue;
+                };
+                let (mid, pt) = (slot.mid, slot.pt);
+                let mut api = sub.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                    continue;
+                };
+                tx.write_rtp(
+                    RtpWrite::new(pt, seq.into(), ts, now, pkt.payload.clone())
+                        .marker(pkt.header.marker)
+                        .ext_vals(ext.clone()),
+                );
+                self.stats.rtp_forwarded += 1;
+                self.drain(to);
+            }
+            self.fanout = members;
+        }
+    }
+
+    /// Removes participants marked as leaving.
+    fn reap(&mut self) {
+        while let Some(key) = self.to_reap.pop() {
+            if let Some(reason) = self.participants.get(&key).and_then(|p| p.leaving) {
+                self.remove(key, reason);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: ParticipantKey, reason: LeaveReason) -> bool {
+        let Some(mut p) = self.participants.remove(&key) else {
+            return false;
+        };
+        p.rtc.disconnect();
+        self.by_ufrag.remove(&p.ufrag);
+        for a in &p.addrs {
+            if self.by_addr.get(a) == Some(&key) {
+                self.by_addr.remove(a);
+            }
+        }
+        self.events.push_back(ShardEvent::Left {
+            session: p.session,
+            participant: key,
+            user: p.user,
+            reason,
+        });
+        if let Some(room) = self.rooms.get_mut(&p.session) {
+            room.remove(key);
+            if room.members.is_empty() {
+                self.rooms.remove(&p.session);
+                self.events
+                    .push_back(ShardEvent::RoomClosed { session: p.session });
+            } else {
+                for m in &room.members {
+                    if let Some(other) = self.participants.get_mut(m) {
+                        for s in &mut other.slots {
+                            if s.source().is_some_and(|src| src.participant == key) {
+                                s.release();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Marks a participant as leaving (the first reason wins) and queues it for removal.
+fn mark(to_reap: &mut Vec<ParticipantKey>, key: ParticipantKey, p: &mut Participant, why: LeaveReason) {
+    if p.leaving.is_none() {
+        p.leaving = Some(why);
+        to_reap.push(key);
+    }
+}

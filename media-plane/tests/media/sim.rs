@@ -1,0 +1,355 @@
+//! Simulation tier: str0m peers ↔ in-memory network ↔ shard, under simulated time.
+
+use media_plane::{Grants, JoinError, JoinRequest, LeaveReason, Shard, ShardConfig, ShardEvent};
+use protocol::{SessionId, UserId};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use uuid::Uuid;
+
+const SERVER: &str = "127.0.0.1:40000";
+const FRAME: Duration = Duration::from_millis(20);
+
+struct Peer {
+    rtc: Rtc,
+    addr: SocketAddr,
+    send_mid: Option<Mid>,
+    tag: u8,
+    connected: bool,
+    deadline: Instant,
+    /// Every received frame: (mid, first byte = sender tag, length).
+    received: Vec<(Mid, u8, usize)>,
+    sent: u32,
+    outbox: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Peer {
+    /// A client that offers `send` sendrecv audio m-lines plus `recv_only` recvonly ones.
+    fn offer(tag: u8, now: Instant, send: bool, recv_only: usize) -> (Self, String, SdpPendingOffer) {
+        let addr: SocketAddr = format!("127.0.0.{}:5000", 10 + tag).parse().unwrap();
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut api = rtc.sdp_api();
+        let send_mid = send.then(|| api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None));
+        for _ in 0..recv_only {
+            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        }
+        let (offer, pending) = api.apply().unwrap();
+        let peer = Peer {
+            rtc,
+            addr,
+            send_mid,
+            tag,
+            connected: false,
+            deadline: now,
+            received: Vec::new(),
+            sent: 0,
+            outbox: Vec::new(),
+        };
+        (peer, offer.to_sdp_string(), pending)
+    }
+
+    fn accept(&mut self, answer: &str, pending: SdpPendingOffer, now: Instant) {
+        let answer = SdpAnswer::from_sdp_string(answer).unwrap();
+        self.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        self.drain(now);
+    }
+
+    fn drain(&mut self, _now: Instant) {
+        loop {
+            match self.rtc.poll_output().unwrap() {
+                Output::Timeout(t) => {
+                    self.deadline = t;
+                    break;
+                }
+                Output::Transmit(t) => self.outbox.push((t.destination, t.contents.into())),
+                Output::Event(Event::Connected) => self.connected = true,
+                Output::Event(Event::MediaData(d)) => {
+                    self.received.push((d.mid, d.data.first().copied().unwrap_or(0), d.data.len()))
+                }
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn send_frame(&mut self, now: Instant) {
+        let Some(mid) = self.send_mid else { return };
+        if !self.connected {
+            return;
+        }
+        let writer = self.rtc.writer(mid).unwrap();
+        let pt = writer.payload_params().next().unwrap().pt();
+        let media_time = str0m::media::MediaTime::from_millis(u64::from(self.sent) * 20);
+        let mut payload = vec![self.tag; 100];
+        payload[1..5].copy_from_slice(&self.sent.to_be_bytes());
+        writer.write(pt, now, media_time, payload).unwrap();
+        self.sent += 1;
+        self.drain(now);
+    }
+}
+
+struct Sim {
+    now: Instant,
+    shard: Shard,
+    peers: Vec<Peer>,
+    next_frame: Instant,
+    events: Vec<ShardEvent>,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let now = Instant::now();
+        let shard = Shard::new(
+            ShardConfig {
+                index: 0,
+                advertised: SERVER.parse().unwrap(),
+                seed: 7,
+            },
+            now,
+        )
+        .unwrap();
+        Sim {
+            now,
+            shard,
+            peers: Vec::new(),
+            next_frame: now + FRAME,
+            events: Vec::new(),
+        }
+    }
+
+    fn join(&mut self, session: SessionId, tag: u8, grants: Grants, send: bool, recv_only: usize) -> u64 {
+        let (mut peer, offer, pending) = Peer::offer(tag, self.now, send, recv_only);
+        let joined = self
+            .shard
+            .join(
+                self.now,
+                JoinRequest {
+                    session,
+                    user: UserId::from_uuid(Uuid::from_u128(u128::from(tag))),
+                    grants,
+                    offer,
+                },
+            )
+            .unwrap();
+        peer.accept(&joined.answer, pending, self.now);
+        self.peers.push(peer);
+        joined.participant
+    }
+
+    /// Delivers every datagram in flight, in a fixed order, until the network is quiet.
+    fn deliver(&mut self) {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        loop {
+            let mut moved = false;
+            for i in 0..self.peers.len() {
+                let out = std::mem::take(&mut self.peers[i].outbox);
+                for (dest, bytes) in out {
+                    moved = true;
+                    if dest == server {
+                        let src = self.peers[i].addr;
+                        self.shard.handle_datagram(self.now, src, &bytes);
+                    }
+                }
+            }
+            while let Some(d) = self.shard.poll_transmit() {
+                moved = true;
+                if let Some(p) = self.peers.iter_mut().find(|p| p.addr == d.destination) {
+                    let input = Input::Receive(
+                        self.now,
+                        Receive::new(Protocol::Udp, server, p.addr, &d.contents).unwrap(),
+                    );
+                    p.rtc.handle_input(input).unwrap();
+                    p.drain(self.now);
+                }
+            }
+            while let Some(e) = self.shard.poll_event() {
+                self.events.push(e);
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// Runs simulated time forward by `d`, sending a frame from every connected sender each 20 ms.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.deliver();
+            let mut next = self.shard.poll_timeout().min(self.next_frame).min(end);
+            for p in &self.peers {
+                next = next.min(p.deadline);
+            }
+            self.now = next.max(self.now);
+            self.shard.handle_timeout(self.now);
+            for p in &mut self.peers {
+                if p.deadline <= self.now {
+                    p.rtc.handle_input(Input::Timeout(self.now)).unwrap();
+                    p.drain(self.now);
+                }
+            }
+            if self.now >= self.next_frame {
+                self.next_frame += FRAME;
+                for p in &mut self.peers {
+                    p.send_frame(self.now);
+                }
+            }
+            if next == self.now && next != end {
+                // Progress is guaranteed: every deadline that was due has been handled.
+                continue;
+            }
+        }
+        self.deliver();
+    }
+}
+
+fn session(n: u128) -> SessionId {
+    SessionId::from_uuid(Uuid::from_u128(n))
+}
+
+const ALL: Grants = Grants {
+    publish: true,
+    subscribe: true,
+};
+
+#[test]
+fn two_participants_hear_each_other_and_never_themselves() {
+    let mut sim = Sim::new();
+    sim.join(session(1), 1, ALL, true, 0);
+    sim.join(session(1), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(3));
+    assert!(sim.peers.iter().all(|p| p.connected), "ICE + DTLS completed");
+    for (me, other) in [(0, 1), (1, 0)] {
+        let got = &sim.peers[me].received;
+        let other_tag = sim.peers[other].tag;
+        assert!(got.iter().all(|&(_, tag, len)| tag == other_tag && len == 100), "only the other's frames");
+        // Frames sent before the receiver had connected are not forwarded; allow a short start.
+        let sent = sim.peers[other].sent as usize;
+        assert!(got.len() + 10 >= sent && got.len() <= sent, "received {} of {sent}", got.len());
+        assert!(sent > 100, "about 3 s of 20 ms frames were sent, got {sent}");
+    }
+    let stats = sim.shard.stats();
+    assert!(stats.rtp_forwarded > 200, "{stats:?}");
+}
+
+#[test]
+fn three_participants_each_hear_both_others_on_separate_slots() {
+    let mut sim = Sim::new();
+    for tag in 1..=3 {
+        // One sendrecv m-line plus one recvonly: two slots for two other voices.
+        sim.join(session(9), tag, ALL, true, 1);
+    }
+    sim.run(Duration::from_secs(2));
+    for me in 0..3 {
+        let p = &sim.peers[me];
+        let mut by_mid: std::collections::HashMap<Mid, std::collections::HashSet<u8>> = Default::default();
+        for &(mid, tag, _) in &p.received {
+            by_mid.entry(mid).or_default().insert(tag);
+        }
+        let tags: std::collections::HashSet<u8> = by_mid.values().flatten().copied().collect();
+        let expect: std::collections::HashSet<u8> =
+            (1..=3).filter(|&t| t != p.tag).collect();
+        assert_eq!(tags, expect, "participant {} hears exactly the others", p.tag);
+        assert!(by_mid.values().all(|s| s.len() == 1), "one voice per slot: {by_mid:?}");
+    }
+}
+
+#[test]
+fn rooms_are_isolated_and_listeners_without_publish_grant_are_not_forwarded() {
+    let mut sim = Sim::new();
+    sim.join(session(1), 1, ALL, true, 0);
+    sim.join(session(2), 2, ALL, true, 0);
+    let listen_only = Grants {
+        publish: false,
+        subscribe: true,
+    };
+    sim.join(session(1), 3, listen_only, true, 0);
+    sim.run(Duration::from_secs(2));
+    assert!(sim.peers[1].received.is_empty(), "room 2 hears nothing from room 1");
+    assert!(sim.peers[0].received.is_empty(), "a listener's packets are not forwarded");
+    assert!(
+        sim.peers[2].received.iter().all(|r| r.1 == 1) && sim.peers[2].received.len() > 50,
+        "the listener hears the speaker of its own room"
+    );
+}
+
+#[test]
+fn leaving_frees_the_slot_and_closes_the_empty_room() {
+    let mut sim = Sim::new();
+    let a = sim.join(session(1), 1, ALL, true, 0);
+    let b = sim.join(session(1), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(1));
+    assert!(sim.shard.leave(b));
+    assert!(!sim.shard.leave(b), "leaving twice is a no-op");
+    let before = sim.peers[0].received.len();
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.peers[0].received.len(), before, "nothing arrives from a peer that left");
+    assert!(sim.shard.leave(a));
+    sim.deliver();
+    assert_eq!(sim.shard.room_count(), 0);
+    assert!(sim.events.contains(&ShardEvent::RoomClosed { session: session(1) }));
+    assert!(sim.events.iter().any(|e| matches!(e, ShardEvent::Left { participant, reason: LeaveReason::Requested, .. } if *participant == b)));
+}
+
+#[test]
+fn a_peer_that_never_connects_is_removed_after_the_join_timeout() {
+    let mut sim = Sim::new();
+    let (_peer, offer, _pending) = Peer::offer(5, sim.now, true, 0);
+    let key = sim
+        .shard
+        .join(
+            sim.now,
+            JoinRequest {
+                session: session(3),
+                user: UserId::from_uuid(Uuid::from_u128(5)),
+                grants: ALL,
+                offer,
+            },
+        )
+        .unwrap()
+        .participant;
+    sim.run(media_plane::shard::JOIN_TIMEOUT + Duration::from_secs(2));
+    assert_eq!(sim.shard.participant_count(), 0);
+    assert!(sim.events.iter().any(|e| matches!(e, ShardEvent::Left { participant, reason: LeaveReason::NeverConnected, .. } if *participant == key)), "{:?}", sim.events);
+}
+
+#[test]
+fn bad_offers_are_refused_with_a_reason_and_leave_the_call_running() {
+    let mut sim = Sim::new();
+    sim.join(session(1), 1, ALL, true, 0);
+    sim.join(session(1), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(1));
+    let req = |offer: &str| JoinRequest {
+        session: session(1),
+        user: UserId::from_uuid(Uuid::from_u128(99)),
+        grants: ALL,
+        offer: offer.to_string(),
+    };
+    assert_eq!(sim.shard.join(sim.now, req("hello")).unwrap_err(), JoinError::MalformedOffer);
+    assert_eq!(sim.shard.join(sim.now, req("")).unwrap_err(), JoinError::MalformedOffer);
+    // A video-only offer has no audio for us.
+    let mut rtc = Rtc::builder().clear_codecs().enable_vp8(true).build(sim.now);
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
+    let (video, _) = api.apply().unwrap();
+    assert_eq!(
+        sim.shard.join(sim.now, req(&video.to_sdp_string())).unwrap_err(),
+        JoinError::NoAudio
+    );
+    // Garbage datagrams from strangers and from a known address are dropped.
+    let known = sim.peers[0].addr;
+    for junk in [&[][..], &[0u8; 3][..], &[0x80; 40][..], &[0x16; 200][..], &[0x00, 0x01, 0, 4, 0x21, 0x12, 0xa4, 0x42][..]] {
+        sim.shard.handle_datagram(sim.now, "127.0.0.99:1".parse().unwrap(), junk);
+        sim.shard.handle_datagram(sim.now, known, junk);
+    }
+    let before = sim.peers[1].received.len();
+    sim.run(Duration::from_secs(1));
+    assert!(sim.peers[1].received.len() >= before + 45, "the call goes on");
+    assert_eq!(sim.shard.participant_count(), 2);
+}

@@ -1,0 +1,16 @@
+//! Convoy's shared vocabulary: the things that cross a process boundary.
+//!
+//! - [`ids`]: id newtypes (a `GroupId` is never confused with a `UserId`).
+//! - [`api`]: the REST request/response bodies of the control plane and the problem+json error body.
+//! - [`node`]: the media node record the registry holds.
+//! - [`token`]: the claims of every token kind and the EdDSA JWT codec that signs and verifies them.
+//!
+//! This crate must not depend on a runtime (tokio, glommio, sqlx, axum) and performs no I/O; every
+//! other crate may depend on it (ARCHITECTURE.md, invariant 1). Decoders return errors, never panic.
+
+pub mod api;
+pub mod ids;
+pub mod node;
+pub mod token;
+
+pub use ids::{GroupId, NodeId, SessionId, UserId};
