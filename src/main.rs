@@ -1,1 +1,177 @@
-fn main() {}
+//! `convoy`: parses the command line and calls into the libraries.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "convoy", version, about = "Groups that move and talk together")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The whole stack in one process on embedded defaults (SQLite, in-process registry).
+    Dev {
+        /// Folder for the SQLite database and the signing key.
+        #[arg(long, env = "CONVOY_DATA_DIR", default_value = ".convoy")]
+        data_dir: PathBuf,
+        /// Control plane HTTP port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Media node HTTP port (WHIP).
+        #[arg(long, default_value_t = 8090)]
+        media_port: u16,
+        /// First UDP port of the media node; core i uses base + i.
+        #[arg(long, default_value_t = 40_000)]
+        udp_base_port: u16,
+        /// Address clients reach the media node at, put in ICE candidates.
+        #[arg(long, env = "CONVOY_ADVERTISE_IP", default_value = "127.0.0.1")]
+        advertise_ip: IpAddr,
+        /// Media cores (default: all).
+        #[arg(long)]
+        cores: Option<usize>,
+    },
+    /// The control plane alone.
+    ControlPlane {
+        #[arg(long, env = "CONVOY_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "sqlite://.convoy/convoy.db?mode=rwc"
+        )]
+        database_url: String,
+        #[arg(
+            long,
+            env = "CONVOY_SIGNING_KEY_FILE",
+            default_value = ".convoy/signing.key"
+        )]
+        signing_key_file: PathBuf,
+    },
+    /// A media node alone.
+    MediaPlane {
+        #[arg(long, env = "CONVOY_NODE_ID", default_value = "media-1")]
+        node_id: String,
+        #[arg(long, env = "CONVOY_REGION", default_value = "local")]
+        region: String,
+        #[arg(long, env = "CONVOY_MEDIA_LISTEN", default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        #[arg(long, env = "CONVOY_UDP_BASE_PORT", default_value_t = 40_000)]
+        udp_base_port: u16,
+        #[arg(long, env = "CONVOY_ADVERTISE_IP", default_value = "127.0.0.1")]
+        advertise_ip: IpAddr,
+        #[arg(long)]
+        cores: Option<usize>,
+        /// The control plane's JWKS, for join tokens.
+        #[arg(
+            long,
+            env = "CONVOY_JWKS_URL",
+            default_value = "http://127.0.0.1:8080/.well-known/jwks.json"
+        )]
+        jwks_url: String,
+    },
+    /// The location engine (arrives with issue 5).
+    LocationEngine,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,str0m=warn,sqlx=warn".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Dev {
+            data_dir,
+            port,
+            media_port,
+            udp_base_port,
+            advertise_ip,
+            cores,
+        } => {
+            let mut config = convoy::dev::DevConfig::new(data_dir);
+            config.control_plane_listen.set_port(port);
+            config.media_http_listen.set_port(media_port);
+            config.udp_base_port = udp_base_port;
+            config.advertise_ip = advertise_ip;
+            if let Some(c) = cores {
+                config.cores = c;
+            }
+            let stack = convoy::dev::DevStack::start(config).await?;
+            println!("Convoy dev stack is up.");
+            println!("  control plane  {}", stack.control_plane_url);
+            println!(
+                "  JWKS           {}/.well-known/jwks.json",
+                stack.control_plane_url
+            );
+            println!("  media node     {} ({})", stack.media_url, stack.node_id);
+            println!(
+                "  WHIP           {}/v1/whip/{{session_id}}",
+                stack.media_url
+            );
+            println!("  media UDP      {:?} on {}", stack.udp_ports, advertise_ip);
+            println!("Press Ctrl-C to stop.");
+            tokio::signal::ctrl_c().await?;
+            stack.shutdown().await
+        }
+        Command::ControlPlane {
+            listen,
+            database_url,
+            signing_key_file,
+        } => {
+            let registry = std::sync::Arc::new(control_plane::InProcessRegistry::new());
+            let config = control_plane::Config {
+                listen,
+                database_url,
+                signing_key_file: Some(signing_key_file),
+                issuer: "convoy".into(),
+                region_hint: None,
+            };
+            let cp = control_plane::ControlPlane::new(&config, registry).await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            control_plane::serve(listener, cp, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+        }
+        Command::MediaPlane {
+            node_id,
+            region,
+            listen,
+            udp_base_port,
+            advertise_ip,
+            cores,
+            jwks_url,
+        } => {
+            let mut config =
+                media_plane::NodeConfig::local(protocol::NodeId::new(node_id)?, jwks_url);
+            config.region = region;
+            config.http_listen = listen;
+            config.udp_base_port = udp_base_port;
+            config.advertise_ip = advertise_ip;
+            if let Some(c) = cores {
+                config.cores = c;
+            }
+            let node = media_plane::MediaNode::start(config, None).await?;
+            println!(
+                "media node {} listening on {}",
+                node.record().id,
+                node.http_addr()
+            );
+            tokio::signal::ctrl_c().await?;
+            node.shutdown().await;
+            Ok(())
+        }
+        Command::LocationEngine => {
+            anyhow::bail!("the location engine is not built yet (issue 5)")
+        }
+    }
+}

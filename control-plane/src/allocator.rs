@@ -44,10 +44,7 @@ pub fn choose<R: Rng + ?Sized>(
             .then_with(|| by_stress(a, b))
             .then_with(|| a.id.cmp(&b.id))
     });
-    std::iter::once(chosen)
-        .chain(rest)
-        .cloned()
-        .collect()
+    std::iter::once(chosen).chain(rest).cloned().collect()
 }
 
 /// Whether a node may keep hosting the sessions it has.
@@ -70,7 +67,11 @@ fn two_choices<'a, R: Rng + ?Sized>(
                 j += 1;
             }
             let (a, b) = (pool[i], pool[j]);
-            Some(if by_stress(b, a) == Ordering::Less { b } else { a })
+            Some(if by_stress(b, a) == Ordering::Less {
+                b
+            } else {
+                a
+            })
         }
     }
 }
@@ -158,7 +159,10 @@ mod tests {
         }
         assert!(!first.contains_key("d"));
         // Two-choice over 4 nodes picks a with p=1/2, b with 1/3, c with 1/6.
-        assert!(first["a"] > first["b"] && first["b"] > first["c"], "{first:?}");
+        assert!(
+            first["a"] > first["b"] && first["b"] > first["c"],
+            "{first:?}"
+        );
     }
 
     #[test]
@@ -198,7 +202,10 @@ mod tests {
 
     #[test]
     fn a_nan_stress_counts_as_full() {
-        let nodes = [serving("confused", "eu", f32::NAN), serving("ok", "eu", 0.95)];
+        let nodes = [
+            serving("confused", "eu", f32::NAN),
+            serving("ok", "eu", 0.95),
+        ];
         for seed in 0..20 {
             let picked = choose(&nodes, None, &mut StdRng::seed_from_u64(seed));
             assert_eq!(ids(&picked), ["ok", "confused"]);
@@ -209,6 +216,11 @@ mod tests {
     fn only_shutting_down_nodes_give_up_their_sessions() {
         assert!(keeps_sessions(&serving("a", "eu", 0.0)));
         assert!(keeps_sessions(&node("a", "eu", 0.0, NodeState::Draining)));
-        assert!(!keeps_sessions(&node("a", "eu", 0.0, NodeState::ShuttingDown)));
+        assert!(!keeps_sessions(&node(
+            "a",
+            "eu",
+            0.0,
+            NodeState::ShuttingDown
+        )));
     }
 }

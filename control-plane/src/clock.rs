@@ -46,12 +46,18 @@ mod tests {
     fn milliseconds_format_as_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(rfc3339(i64::MAX), "1970-01-01T00:00:00Z", "out of range, no panic");
+        assert_eq!(
+            rfc3339(i64::MAX),
+            "1970-01-01T00:00:00Z",
+            "out of range, no panic"
+        );
     }
 
     #[test]
     fn seconds_and_offsets() {
-        let now = Now { ms: 1_700_000_000_999 };
+        let now = Now {
+            ms: 1_700_000_000_999,
+        };
         assert_eq!(now.secs(), 1_700_000_000);
         assert_eq!(now.plus_secs_ms(7 * 24 * 3600), 1_700_604_800_999);
         assert_eq!(Now { ms: i64::MAX }.plus_secs_ms(u64::MAX), i64::MAX);

@@ -15,7 +15,8 @@ pub(crate) struct Username(String);
 impl Username {
     pub(crate) fn parse(s: &str) -> Result<Self, Invalid> {
         let ok = (3..=32).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -129,7 +130,10 @@ mod tests {
 
     #[test]
     fn emails_are_plausible_and_lowercased() {
-        assert_eq!(Email::parse("Ann@Example.ORG").unwrap().as_str(), "ann@example.org");
+        assert_eq!(
+            Email::parse("Ann@Example.ORG").unwrap().as_str(),
+            "ann@example.org"
+        );
         assert!(Email::parse("a@localhost").is_ok());
         let long = format!("{}@{}", "a".repeat(64), "b".repeat(189));
         assert_eq!(long.len(), 254);
@@ -156,16 +160,31 @@ mod tests {
     #[test]
     fn passwords_count_characters_and_keep_them_as_typed() {
         assert!(Password::parse("1234567").is_err());
-        assert_eq!(Password::parse(" 1234567").unwrap().into_inner(), " 1234567");
-        assert!(Password::parse(&"é".repeat(128)).is_ok(), "128 chars of 2 bytes");
+        assert_eq!(
+            Password::parse(" 1234567").unwrap().into_inner(),
+            " 1234567"
+        );
+        assert!(
+            Password::parse(&"é".repeat(128)).is_ok(),
+            "128 chars of 2 bytes"
+        );
         assert!(Password::parse(&"x".repeat(129)).is_err());
-        assert!(Password::parse("ééééééé").is_err(), "7 chars even if 14 bytes");
-        assert_eq!(format!("{:?}", Password::parse("secret-secret").unwrap()), "Password(..)");
+        assert!(
+            Password::parse("ééééééé").is_err(),
+            "7 chars even if 14 bytes"
+        );
+        assert_eq!(
+            format!("{:?}", Password::parse("secret-secret").unwrap()),
+            "Password(..)"
+        );
     }
 
     #[test]
     fn group_names_are_trimmed() {
-        assert_eq!(GroupName::parse("  Road trip ").unwrap().as_str(), "Road trip");
+        assert_eq!(
+            GroupName::parse("  Road trip ").unwrap().as_str(),
+            "Road trip"
+        );
         assert!(GroupName::parse("   ").is_err());
         assert!(GroupName::parse(&"g".repeat(100)).is_ok());
         assert!(GroupName::parse(&"g".repeat(101)).is_err());

@@ -35,8 +35,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// How to run the control plane.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to run the control plane. `Debug` hides a password in the database URL.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// Where [`serve`]'s caller should bind (the library itself binds nothing).
     pub listen: SocketAddr,
@@ -49,6 +49,35 @@ pub struct Config {
     pub issuer: String,
     /// The region whose media nodes new sessions prefer.
     pub region_hint: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_password(&self.database_url))
+            .field("signing_key_file", &self.signing_key_file)
+            .field("issuer", &self.issuer)
+            .field("region_hint", &self.region_hint)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host/...` with the secret replaced by `***`.
+fn redact_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
+        return url.to_owned();
+    };
+    match url[start..at].find(':').map(|i| start + i) {
+        Some(colon) => format!("{}:***{}", &url[..colon], &url[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// A ready control plane: database migrated, signing key loaded, password hasher warmed.
@@ -110,10 +139,81 @@ pub async fn serve(
     cp: ControlPlane,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let addr = listener.local_addr().context("reading the listen address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
     tracing::info!(%addr, "control plane listening");
     axum::serve(listener, cp.router())
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serve_answers_on_its_listener_and_stops_on_shutdown() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = std::env::temp_dir().join(format!("convoy-serve-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite://{}?mode=rwc", dir.join("db").display()),
+            signing_key_file: Some(dir.join("keys/signing.key")),
+            issuer: "convoy-test".into(),
+            region_hint: None,
+        };
+        let cp = ControlPlane::new(&config, Arc::new(InProcessRegistry::new()))
+            .await
+            .unwrap();
+        let kid = cp.signer().kid().to_owned();
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, cp, async {
+            let _ = stopped.await;
+        }));
+
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+
+        // The key file outlives the process: a second start signs with the same key.
+        let again = ControlPlane::new(&config, Arc::new(InProcessRegistry::new()))
+            .await
+            .unwrap();
+        assert_eq!(again.signer().kid(), kid);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn config_debug_hides_the_database_password() {
+        let config = Config {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            database_url: "postgres://convoy:s3cret@db:5432/convoy?sslmode=require".into(),
+            signing_key_file: None,
+            issuer: "convoy".into(),
+            region_hint: None,
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://convoy:***@db:5432/convoy?sslmode=require"));
+        assert_eq!(
+            redact_password("sqlite://a/b.db?mode=rwc"),
+            "sqlite://a/b.db?mode=rwc"
+        );
+        assert_eq!(redact_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_password("postgres://u:p:q@h"), "postgres://u:***@h");
+        assert_eq!(redact_password("nonsense"), "nonsense");
+    }
 }

@@ -141,7 +141,11 @@ mod tests {
 
         assert!(table.get(&id, t0).is_some());
         assert!(table.get(&id, t0 + NODE_TTL).is_some());
-        assert!(table.get(&id, t0 + NODE_TTL + Duration::from_millis(1)).is_none());
+        assert!(
+            table
+                .get(&id, t0 + NODE_TTL + Duration::from_millis(1))
+                .is_none()
+        );
         assert!(table.alive(t0 + NODE_TTL * 2).is_empty());
     }
 
@@ -167,7 +171,10 @@ mod tests {
         table.heartbeat(node("c"), t0);
         table.heartbeat(node("b"), t0 + Duration::from_secs(5));
         table.heartbeat(node("a"), t0 + Duration::from_secs(5));
-        assert_eq!(ids(&table.alive(t0 + Duration::from_secs(6))), ["a", "b", "c"]);
+        assert_eq!(
+            ids(&table.alive(t0 + Duration::from_secs(6))),
+            ["a", "b", "c"]
+        );
         assert_eq!(ids(&table.alive(t0 + Duration::from_secs(7))), ["a", "b"]);
 
         assert_eq!(table.len(), 3);

@@ -171,7 +171,10 @@ mod tests {
         let user = UserId::from_uuid(Uuid::now_v7());
         let token = t.access(user, 1_000);
         assert_eq!(t.verify_access(&token, 1_000).unwrap().sub, user);
-        assert!(t.verify_access(&token, 1_000 + ACCESS_TTL_SECS + LEEWAY_SECS - 1).is_ok());
+        assert!(
+            t.verify_access(&token, 1_000 + ACCESS_TTL_SECS + LEEWAY_SECS - 1)
+                .is_ok()
+        );
         assert_eq!(
             t.verify_access(&token, 1_000 + ACCESS_TTL_SECS + LEEWAY_SECS),
             Err(Refused::Token(TokenError::Expired))

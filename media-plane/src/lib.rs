@@ -1,15 +1,23 @@
 //! Convoy media node: a thread-per-core SFU on str0m with WHIP signaling.
 //!
 //! - Sans-IO core: [`shard`] (rooms, participants, demux, forwarding) with [`forwarder`] (per
-//!   subscriber slot rewriting) and [`stun`] (ufrag extraction). No clock, socket or thread here.
-//! - Shell: `runtime` runs one glommio executor per core around a shard; `signaling` serves WHIP on
-//!   the node's HTTP port; `auth` verifies join tokens against the control plane's JWKS.
+//!   subscriber slot rewriting) and [`stun`] (ufrag extraction). No clock, socket or thread there.
+//! - Shell: `runtime` runs one glommio executor pinned per core around a shard; `signaling` serves
+//!   WHIP on the node's HTTP port; [`auth`] verifies join tokens against the control plane's JWKS;
+//!   [`node`] ties them together and heartbeats into the registry.
 
+pub mod auth;
 pub mod forwarder;
+pub mod node;
 pub mod participant;
 mod room;
+mod runtime;
 pub mod shard;
+mod signaling;
 pub mod stun;
 
+pub use node::{Heartbeat, MediaNode, NodeConfig};
 pub use participant::{Grants, LeaveReason, ParticipantKey};
+pub use runtime::CoreLoad;
 pub use shard::{Datagram, JoinError, JoinRequest, Joined, Shard, ShardConfig, ShardEvent};
+pub use signaling::MAX_OFFER_BYTES;

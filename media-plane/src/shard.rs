@@ -205,15 +205,18 @@ impl Shard {
 
     /// Adds a participant to the room of `req.session` (creating the room), answering its offer.
     pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<Joined, JoinError> {
-        let offer =
-            SdpOffer::from_sdp_string(&req.offer).map_err(|_| JoinError::MalformedOffer)?;
+        let offer = SdpOffer::from_sdp_string(&req.offer).map_err(|_| JoinError::MalformedOffer)?;
         let m_lines = req.offer.lines().filter(|l| l.starts_with("m=")).count();
         if m_lines > MAX_MEDIA_LINES {
             return Err(JoinError::TooManyMediaLines);
         }
         let key = self.next_key;
         self.next_key += 1;
-        let ufrag = format!("{:04x}{:012x}", self.config.index, self.rng.r#gen::<u64>() >> 16);
+        let ufrag = format!(
+            "{:04x}{:012x}",
+            self.config.index,
+            self.rng.r#gen::<u64>() >> 16
+        );
         let pass: String = (0..24)
             .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[self.rng.gen_range(0..36)]))
             .collect();
@@ -244,7 +247,13 @@ impl Shard {
             .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
             .filter_map(|mid| rtc.media(Mid::from(mid)))
             .filter(|m| m.kind() == MediaKind::Audio && !m.disabled())
-            .map(|m| (m.mid(), m.direction().is_sending(), m.direction().is_receiving()))
+            .map(|m| {
+                (
+                    m.mid(),
+                    m.direction().is_sending(),
+                    m.direction().is_receiving(),
+                )
+            })
             .collect();
         let deadline;
         loop {
@@ -495,9 +504,11 @@ impl Shard {
             };
             let in_seq = *pkt.seq_no;
             let in_ts = pkt.header.timestamp;
-            let mut ext = ExtensionValues::default();
-            ext.audio_level = pkt.header.ext_vals.audio_level;
-            ext.voice_activity = pkt.header.ext_vals.voice_activity;
+            let ext = ExtensionValues {
+                audio_level: pkt.header.ext_vals.audio_level,
+                voice_activity: pkt.header.ext_vals.voice_activity,
+                ..Default::default()
+            };
             let mut members = std::mem::take(&mut self.fanout);
             members.clear();
             if let Some(room) = self.rooms.get(&session) {
@@ -593,7 +604,12 @@ impl Shard {
 }
 
 /// Marks a participant as leaving (the first reason wins) and queues it for removal.
-fn mark(to_reap: &mut Vec<ParticipantKey>, key: ParticipantKey, p: &mut Participant, why: LeaveReason) {
+fn mark(
+    to_reap: &mut Vec<ParticipantKey>,
+    key: ParticipantKey,
+    p: &mut Participant,
+    why: LeaveReason,
+) {
     if p.leaving.is_none() {
         p.leaving = Some(why);
         to_reap.push(key);

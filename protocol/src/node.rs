@@ -41,6 +41,10 @@ pub struct NodeRecord {
 impl NodeRecord {
     /// The WHIP endpoint of a session on this node.
     pub fn whip_url(&self, session: crate::SessionId) -> String {
-        format!("{}/v1/whip/{}", self.http_url.trim_end_matches('/'), session)
+        format!(
+            "{}/v1/whip/{}",
+            self.http_url.trim_end_matches('/'),
+            session
+        )
     }
 }

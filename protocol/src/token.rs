@@ -133,7 +133,9 @@ pub struct Signer {
 
 impl fmt::Debug for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signer").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -374,13 +376,23 @@ mod tests {
         let dot = t.find('.').unwrap();
         bytes[dot + 3] = if bytes[dot + 3] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
-        assert!(k.verify::<JoinClaims>(&tampered, "node-a", 1_500, 0).is_err());
+        assert!(
+            k.verify::<JoinClaims>(&tampered, "node-a", 1_500, 0)
+                .is_err()
+        );
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let k = keys(&Signer::from_seed(&[1; 32]));
-        for bad in ["", ".", "..", "a.b.c", "x".repeat(MAX_TOKEN_LEN + 1).as_str(), "é.é.é"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "x".repeat(MAX_TOKEN_LEN + 1).as_str(),
+            "é.é.é",
+        ] {
             assert!(k.verify::<JoinClaims>(bad, "n", 0, 0).is_err(), "{bad:?}");
         }
         let none_alg = format!(

@@ -1,1 +1,22 @@
-//! End-to-end test support (being written).
+//! Support for the end-to-end tests: gating on external parts and audio analysis.
+//!
+//! Tests that need something outside the workspace (aiortc, PostgreSQL, Redis) find it through an
+//! environment variable. When it is absent they print one loud `SKIPPED` line and pass, unless
+//! `CONVOY_REQUIRE_EXTERNAL=1` (set by CI), which turns the skip into a failure.
+
+pub mod audio;
+
+/// The value of `var`, or `None` after printing a SKIPPED line (panics instead under
+/// `CONVOY_REQUIRE_EXTERNAL=1`).
+pub fn external(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            if std::env::var("CONVOY_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+                panic!("{what} is required (CONVOY_REQUIRE_EXTERNAL=1) but {var} is not set");
+            }
+            eprintln!("\n==== SKIPPED: {what} (set {var}) ====\n");
+            None
+        }
+    }
+}

@@ -147,6 +147,22 @@ impl IntoResponse for AppError {
     }
 }
 
+/// Longest detail echoed about a caller's input (a serde message can quote a huge field name).
+const MAX_DETAIL_LEN: usize = 300;
+
+/// `detail`, cut to at most [`MAX_DETAIL_LEN`] bytes on a character boundary.
+pub(crate) fn clipped(mut detail: String) -> String {
+    if detail.len() > MAX_DETAIL_LEN {
+        let mut end = MAX_DETAIL_LEN;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
+    detail
+}
+
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         AppError::internal(e)
@@ -170,6 +186,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn long_details_are_clipped_on_a_character_boundary() {
+        assert_eq!(clipped("short".into()), "short");
+        let long = "é".repeat(400);
+        let clipped = clipped(long);
+        assert!(clipped.len() <= MAX_DETAIL_LEN + '…'.len_utf8());
+        assert!(clipped.ends_with('…'));
+    }
+
+    #[test]
     fn internal_errors_show_no_detail() {
         let e = AppError::internal("connection refused to 10.0.0.5 password=hunter2");
         let problem = e.problem();
@@ -188,6 +213,9 @@ mod tests {
         let response = AppError::MissingToken.into_response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
-        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], BEARER_CHALLENGE);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            BEARER_CHALLENGE
+        );
     }
 }

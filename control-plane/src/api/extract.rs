@@ -3,7 +3,7 @@
 //! access token).
 
 use super::AppState;
-use super::error::AppError;
+use super::error::{AppError, clipped};
 use crate::clock::Now;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts};
@@ -30,7 +30,7 @@ impl From<JsonRejection> for AppError {
         let detail = match &rejection {
             // Serde's message is about the caller's own bytes: where and what was wrong.
             JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
-                rejection.body_text()
+                clipped(rejection.body_text())
             }
             JsonRejection::MissingJsonContentType(_) => {
                 "expected a body with Content-Type: application/json".to_owned()
@@ -59,7 +59,7 @@ impl From<PathRejection> for AppError {
         match rejection {
             PathRejection::FailedToDeserializePathParams(e) => AppError::BadRequest {
                 status: StatusCode::BAD_REQUEST,
-                detail: e.body_text(),
+                detail: clipped(e.body_text()),
             },
             other => AppError::internal(other.body_text()),
         }
@@ -119,9 +119,21 @@ mod tests {
     fn bearer_tokens_are_found_case_insensitively() {
         assert_eq!(bearer(&headers("Bearer abc")).unwrap(), "abc");
         assert_eq!(bearer(&headers("bearer  abc ")).unwrap(), "abc");
-        assert!(matches!(bearer(&HeaderMap::new()), Err(AppError::MissingToken)));
-        assert!(matches!(bearer(&headers("Basic dXNlcjpwdw==")), Err(AppError::MissingToken)));
-        assert!(matches!(bearer(&headers("Bearer")), Err(AppError::InvalidToken(_))));
-        assert!(matches!(bearer(&headers("Bearer   ")), Err(AppError::InvalidToken(_))));
+        assert!(matches!(
+            bearer(&HeaderMap::new()),
+            Err(AppError::MissingToken)
+        ));
+        assert!(matches!(
+            bearer(&headers("Basic dXNlcjpwdw==")),
+            Err(AppError::MissingToken)
+        ));
+        assert!(matches!(
+            bearer(&headers("Bearer")),
+            Err(AppError::InvalidToken(_))
+        ));
+        assert!(matches!(
+            bearer(&headers("Bearer   ")),
+            Err(AppError::InvalidToken(_))
+        ));
     }
 }

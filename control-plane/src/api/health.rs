@@ -23,3 +23,39 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<StatusCode, 
         Err(_) => Err(AppError::NotReady),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, ControlPlane, InProcessRegistry};
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use std::sync::Arc;
+    use tower::ServiceExt as _;
+
+    async fn get(cp: &ControlPlane, path: &str) -> StatusCode {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        cp.router().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_database_and_livez_does_not() {
+        let dir = std::env::temp_dir().join(format!("convoy-health-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite://{}?mode=rwc", dir.join("db").display()),
+            signing_key_file: None,
+            issuer: "convoy-test".into(),
+            region_hint: None,
+        };
+        let cp = ControlPlane::new(&config, Arc::new(InProcessRegistry::new()))
+            .await
+            .unwrap();
+        assert_eq!(get(&cp, "/readyz").await, StatusCode::OK);
+
+        cp.state.store.close().await;
+        assert_eq!(get(&cp, "/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get(&cp, "/livez").await, StatusCode::OK);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

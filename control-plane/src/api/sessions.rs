@@ -44,7 +44,11 @@ pub(super) async fn allocate(
                     return Ok((StatusCode::OK, Json(answer)));
                 }
                 _ => {
-                    tracing::info!(session = %active.id, node = %active.node, "ending a session whose node is gone");
+                    tracing::info!(
+                        session = %active.id,
+                        node = %active.node,
+                        "ending a session whose node is gone"
+                    );
                     state.store.end_session(active.id, now.ms).await?;
                 }
             }

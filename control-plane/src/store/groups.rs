@@ -33,13 +33,15 @@ impl Store {
     /// Creates a group with its creator as admin, in one transaction.
     pub(crate) async fn insert_group(&self, group: &GroupRow) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO groups (id, name, created_by, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(group.id.to_string())
-            .bind(group.name.as_str())
-            .bind(group.created_by.to_string())
-            .bind(group.created_at_ms)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO groups (id, name, created_by, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(group.id.to_string())
+        .bind(group.name.as_str())
+        .bind(group.created_by.to_string())
+        .bind(group.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO group_members (group_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)",
         )

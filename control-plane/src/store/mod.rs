@@ -98,6 +98,12 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// Closes the pool: every later query fails (tests of the unready path).
+    #[cfg(test)]
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Whether the database answers.
     pub(crate) async fn ping(&self) -> Result<(), sqlx::Error> {
         self.pool.execute("SELECT 1").await.map(drop)
@@ -137,10 +143,16 @@ mod tests {
 
     #[test]
     fn the_url_scheme_picks_the_engine() {
-        assert_eq!(Engine::of_url("sqlite://x.db?mode=rwc"), Some(Engine::Sqlite));
+        assert_eq!(
+            Engine::of_url("sqlite://x.db?mode=rwc"),
+            Some(Engine::Sqlite)
+        );
         assert_eq!(Engine::of_url("sqlite::memory:"), Some(Engine::Sqlite));
         assert_eq!(Engine::of_url("postgres://u@h/db"), Some(Engine::Postgres));
-        assert_eq!(Engine::of_url("PostgreSQL://u@h/db"), Some(Engine::Postgres));
+        assert_eq!(
+            Engine::of_url("PostgreSQL://u@h/db"),
+            Some(Engine::Postgres)
+        );
         assert_eq!(Engine::of_url("mysql://u@h/db"), None);
         assert_eq!(Engine::of_url("nothing"), None);
     }

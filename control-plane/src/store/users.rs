@@ -2,8 +2,8 @@
 
 use super::{Inserted, Store, is_unique_violation, uuid_column};
 use protocol::ids::UserId;
-use sqlx::any::AnyRow;
 use sqlx::Row as _;
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 /// An account to create; the password is already hashed.

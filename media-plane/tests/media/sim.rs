@@ -28,7 +28,12 @@ struct Peer {
 
 impl Peer {
     /// A client that offers `send` sendrecv audio m-lines plus `recv_only` recvonly ones.
-    fn offer(tag: u8, now: Instant, send: bool, recv_only: usize) -> (Self, String, SdpPendingOffer) {
+    fn offer(
+        tag: u8,
+        now: Instant,
+        send: bool,
+        recv_only: usize,
+    ) -> (Self, String, SdpPendingOffer) {
         let addr: SocketAddr = format!("127.0.0.{}:5000", 10 + tag).parse().unwrap();
         let mut rtc = Rtc::builder()
             .clear_codecs()
@@ -36,7 +41,8 @@ impl Peer {
             .build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
-        let send_mid = send.then(|| api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None));
+        let send_mid =
+            send.then(|| api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None));
         for _ in 0..recv_only {
             api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         }
@@ -71,7 +77,8 @@ impl Peer {
                 Output::Transmit(t) => self.outbox.push((t.destination, t.contents.into())),
                 Output::Event(Event::Connected) => self.connected = true,
                 Output::Event(Event::MediaData(d)) => {
-                    self.received.push((d.mid, d.data.first().copied().unwrap_or(0), d.data.len()))
+                    self.received
+                        .push((d.mid, d.data.first().copied().unwrap_or(0), d.data.len()))
                 }
                 Output::Event(_) => {}
             }
@@ -123,7 +130,14 @@ impl Sim {
         }
     }
 
-    fn join(&mut self, session: SessionId, tag: u8, grants: Grants, send: bool, recv_only: usize) -> u64 {
+    fn join(
+        &mut self,
+        session: SessionId,
+        tag: u8,
+        grants: Grants,
+        send: bool,
+        recv_only: usize,
+    ) -> u64 {
         let (mut peer, offer, pending) = Peer::offer(tag, self.now, send, recv_only);
         let joined = self
             .shard
@@ -224,15 +238,29 @@ fn two_participants_hear_each_other_and_never_themselves() {
     sim.join(session(1), 1, ALL, true, 0);
     sim.join(session(1), 2, ALL, true, 0);
     sim.run(Duration::from_secs(3));
-    assert!(sim.peers.iter().all(|p| p.connected), "ICE + DTLS completed");
+    assert!(
+        sim.peers.iter().all(|p| p.connected),
+        "ICE + DTLS completed"
+    );
     for (me, other) in [(0, 1), (1, 0)] {
         let got = &sim.peers[me].received;
         let other_tag = sim.peers[other].tag;
-        assert!(got.iter().all(|&(_, tag, len)| tag == other_tag && len == 100), "only the other's frames");
+        assert!(
+            got.iter()
+                .all(|&(_, tag, len)| tag == other_tag && len == 100),
+            "only the other's frames"
+        );
         // Frames sent before the receiver had connected are not forwarded; allow a short start.
         let sent = sim.peers[other].sent as usize;
-        assert!(got.len() + 10 >= sent && got.len() <= sent, "received {} of {sent}", got.len());
-        assert!(sent > 100, "about 3 s of 20 ms frames were sent, got {sent}");
+        assert!(
+            got.len() + 10 >= sent && got.len() <= sent,
+            "received {} of {sent}",
+            got.len()
+        );
+        assert!(
+            sent > 100,
+            "about 3 s of 20 ms frames were sent, got {sent}"
+        );
     }
     let stats = sim.shard.stats();
     assert!(stats.rtp_forwarded > 200, "{stats:?}");
@@ -248,15 +276,22 @@ fn three_participants_each_hear_both_others_on_separate_slots() {
     sim.run(Duration::from_secs(2));
     for me in 0..3 {
         let p = &sim.peers[me];
-        let mut by_mid: std::collections::HashMap<Mid, std::collections::HashSet<u8>> = Default::default();
+        let mut by_mid: std::collections::HashMap<Mid, std::collections::HashSet<u8>> =
+            Default::default();
         for &(mid, tag, _) in &p.received {
             by_mid.entry(mid).or_default().insert(tag);
         }
         let tags: std::collections::HashSet<u8> = by_mid.values().flatten().copied().collect();
-        let expect: std::collections::HashSet<u8> =
-            (1..=3).filter(|&t| t != p.tag).collect();
-        assert_eq!(tags, expect, "participant {} hears exactly the others", p.tag);
-        assert!(by_mid.values().all(|s| s.len() == 1), "one voice per slot: {by_mid:?}");
+        let expect: std::collections::HashSet<u8> = (1..=3).filter(|&t| t != p.tag).collect();
+        assert_eq!(
+            tags, expect,
+            "participant {} hears exactly the others",
+            p.tag
+        );
+        assert!(
+            by_mid.values().all(|s| s.len() == 1),
+            "one voice per slot: {by_mid:?}"
+        );
     }
 }
 
@@ -271,8 +306,14 @@ fn rooms_are_isolated_and_listeners_without_publish_grant_are_not_forwarded() {
     };
     sim.join(session(1), 3, listen_only, true, 0);
     sim.run(Duration::from_secs(2));
-    assert!(sim.peers[1].received.is_empty(), "room 2 hears nothing from room 1");
-    assert!(sim.peers[0].received.is_empty(), "a listener's packets are not forwarded");
+    assert!(
+        sim.peers[1].received.is_empty(),
+        "room 2 hears nothing from room 1"
+    );
+    assert!(
+        sim.peers[0].received.is_empty(),
+        "a listener's packets are not forwarded"
+    );
     assert!(
         sim.peers[2].received.iter().all(|r| r.1 == 1) && sim.peers[2].received.len() > 50,
         "the listener hears the speaker of its own room"
@@ -289,11 +330,17 @@ fn leaving_frees_the_slot_and_closes_the_empty_room() {
     assert!(!sim.shard.leave(b), "leaving twice is a no-op");
     let before = sim.peers[0].received.len();
     sim.run(Duration::from_secs(1));
-    assert_eq!(sim.peers[0].received.len(), before, "nothing arrives from a peer that left");
+    assert_eq!(
+        sim.peers[0].received.len(),
+        before,
+        "nothing arrives from a peer that left"
+    );
     assert!(sim.shard.leave(a));
     sim.deliver();
     assert_eq!(sim.shard.room_count(), 0);
-    assert!(sim.events.contains(&ShardEvent::RoomClosed { session: session(1) }));
+    assert!(sim.events.contains(&ShardEvent::RoomClosed {
+        session: session(1)
+    }));
     assert!(sim.events.iter().any(|e| matches!(e, ShardEvent::Left { participant, reason: LeaveReason::Requested, .. } if *participant == b)));
 }
 
@@ -331,25 +378,46 @@ fn bad_offers_are_refused_with_a_reason_and_leave_the_call_running() {
         grants: ALL,
         offer: offer.to_string(),
     };
-    assert_eq!(sim.shard.join(sim.now, req("hello")).unwrap_err(), JoinError::MalformedOffer);
-    assert_eq!(sim.shard.join(sim.now, req("")).unwrap_err(), JoinError::MalformedOffer);
+    assert_eq!(
+        sim.shard.join(sim.now, req("hello")).unwrap_err(),
+        JoinError::MalformedOffer
+    );
+    assert_eq!(
+        sim.shard.join(sim.now, req("")).unwrap_err(),
+        JoinError::MalformedOffer
+    );
     // A video-only offer has no audio for us.
-    let mut rtc = Rtc::builder().clear_codecs().enable_vp8(true).build(sim.now);
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_vp8(true)
+        .build(sim.now);
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
     let (video, _) = api.apply().unwrap();
     assert_eq!(
-        sim.shard.join(sim.now, req(&video.to_sdp_string())).unwrap_err(),
+        sim.shard
+            .join(sim.now, req(&video.to_sdp_string()))
+            .unwrap_err(),
         JoinError::NoAudio
     );
     // Garbage datagrams from strangers and from a known address are dropped.
     let known = sim.peers[0].addr;
-    for junk in [&[][..], &[0u8; 3][..], &[0x80; 40][..], &[0x16; 200][..], &[0x00, 0x01, 0, 4, 0x21, 0x12, 0xa4, 0x42][..]] {
-        sim.shard.handle_datagram(sim.now, "127.0.0.99:1".parse().unwrap(), junk);
+    for junk in [
+        &[][..],
+        &[0u8; 3][..],
+        &[0x80; 40][..],
+        &[0x16; 200][..],
+        &[0x00, 0x01, 0, 4, 0x21, 0x12, 0xa4, 0x42][..],
+    ] {
+        sim.shard
+            .handle_datagram(sim.now, "127.0.0.99:1".parse().unwrap(), junk);
         sim.shard.handle_datagram(sim.now, known, junk);
     }
     let before = sim.peers[1].received.len();
     sim.run(Duration::from_secs(1));
-    assert!(sim.peers[1].received.len() >= before + 45, "the call goes on");
+    assert!(
+        sim.peers[1].received.len() >= before + 45,
+        "the call goes on"
+    );
     assert_eq!(sim.shard.participant_count(), 2);
 }

@@ -1,0 +1,316 @@
+//! WHIP (RFC 9725) on the node's HTTP port: `POST /v1/whip/{session}` with an SDP offer and a join
+//! token → `201 Created`, `Location`, SDP answer; `DELETE` the Location to leave.
+//!
+//! Every refusal is an RFC 9457 problem+json with a 4xx status; nothing a client sends can stop the
+//! calls in progress. Rooms are placed here: a session's room goes to the core that already hosts it,
+//! else to the least-loaded core.
+
+use crate::auth::{AuthError, JoinVerifier};
+use crate::participant::{Grants, ParticipantKey};
+use crate::runtime::{Command, CoreLoad};
+use crate::shard::{JoinError, JoinRequest};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use base64::Engine as _;
+use protocol::SessionId;
+use protocol::api::{PROBLEM_JSON, Problem};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Largest SDP offer accepted.
+pub const MAX_OFFER_BYTES: usize = 64 * 1024;
+
+/// A core as the HTTP side sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct CoreRef {
+    pub commands: async_channel::Sender<Command>,
+    pub load: Arc<CoreLoad>,
+}
+
+/// Where rooms and WHIP resources live.
+#[derive(Debug, Default)]
+pub(crate) struct Placement {
+    /// Session → (core, participants placed or joining there).
+    sessions: HashMap<SessionId, (u16, u32)>,
+    /// WHIP resource id → (core, participant, session).
+    resources: HashMap<String, (u16, ParticipantKey, SessionId)>,
+    by_participant: HashMap<(u16, ParticipantKey), String>,
+}
+
+impl Placement {
+    /// The core for a new participant of `session`, counted as placed there.
+    fn place(&mut self, session: SessionId, cores: &[CoreRef]) -> u16 {
+        let entry = self.sessions.entry(session).or_insert_with(|| {
+            let core = cores
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.load.participants.load(Ordering::Relaxed))
+                .map_or(0, |(i, _)| i as u16);
+            (core, 0)
+        });
+        entry.1 += 1;
+        entry.0
+    }
+
+    /// Undoes one [`Placement::place`] (the join failed or the participant left).
+    fn unplace(&mut self, session: SessionId) {
+        if let Some(e) = self.sessions.get_mut(&session) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                self.sessions.remove(&session);
+            }
+        }
+    }
+
+    /// A participant left its core: forget its resource and release its place.
+    pub fn left(&mut self, core: u16, participant: ParticipantKey) {
+        if let Some(res) = self.by_participant.remove(&(core, participant))
+            && let Some((_, _, session)) = self.resources.remove(&res)
+        {
+            self.unplace(session);
+        }
+    }
+}
+
+/// State of the signaling routes.
+#[derive(Debug)]
+pub(crate) struct Signaling {
+    pub verifier: JoinVerifier,
+    pub cores: Vec<CoreRef>,
+    pub placement: Mutex<Placement>,
+}
+
+impl Signaling {
+    fn placement(&self) -> std::sync::MutexGuard<'_, Placement> {
+        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The node's HTTP routes.
+pub(crate) fn router(state: Arc<Signaling>) -> Router {
+    Router::new()
+        .route("/v1/whip/{session}", post(whip_post))
+        .route("/v1/whip/{session}/{resource}", delete(whip_delete))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .fallback(|| async {
+            problem(StatusCode::NOT_FOUND, "not-found", "No such resource", None)
+        })
+        .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
+        .with_state(state)
+}
+
+async fn whip_post(
+    State(sig): State<Arc<Signaling>>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Ok(session) = session.parse::<SessionId>() else {
+        return problem(StatusCode::NOT_FOUND, "not-found", "No such session", None);
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+    {
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "A WHIP offer must be application/sdp",
+            None,
+        );
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let claims = match bearer {
+        None => return unauthorized(AuthError::Missing),
+        Some(t) => match sig.verifier.verify(t).await {
+            Ok(c) => c,
+            Err(AuthError::KeysUnavailable) => {
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "keys-unavailable",
+                    "The node cannot verify tokens right now",
+                    None,
+                );
+            }
+            Err(e) => return unauthorized(e),
+        },
+    };
+    if claims.sid != session {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "wrong-session",
+            "The join token is for another session",
+            None,
+        );
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return problem(
+                e.status(),
+                "bad-body",
+                "The request body could not be read",
+                Some(e.body_text()),
+            );
+        }
+    };
+    let Ok(offer) = String::from_utf8(body.to_vec()) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "malformed-offer",
+            "The SDP offer is not UTF-8",
+            None,
+        );
+    };
+
+    let core = sig.placement().place(session, &sig.cores);
+    let (reply, answer) = oneshot::channel();
+    let req = JoinRequest {
+        session,
+        user: claims.sub,
+        grants: Grants {
+            publish: claims.publish,
+            subscribe: claims.sub_media,
+        },
+        offer,
+    };
+    let sent = sig.cores[usize::from(core)]
+        .commands
+        .send(Command::Join { req, reply })
+        .await;
+    let result = match sent {
+        Ok(()) => answer.await.ok(),
+        Err(_) => None,
+    };
+    match result {
+        Some(Ok(joined)) => {
+            let resource = random_id();
+            {
+                let mut p = sig.placement();
+                p.resources
+                    .insert(resource.clone(), (core, joined.participant, session));
+                p.by_participant
+                    .insert((core, joined.participant), resource.clone());
+            }
+            let location = format!("/v1/whip/{session}/{resource}");
+            let mut res = (StatusCode::CREATED, joined.answer).into_response();
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/sdp"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(header::LOCATION, v);
+            }
+            res
+        }
+        Some(Err(e)) => {
+            sig.placement().unplace(session);
+            let status = match e {
+                JoinError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            problem(
+                status,
+                "offer-refused",
+                "The SDP offer was refused",
+                Some(e.to_string()),
+            )
+        }
+        None => {
+            sig.placement().unplace(session);
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "core-unavailable",
+                "The media core is not running",
+                None,
+            )
+        }
+    }
+}
+
+async fn whip_delete(
+    State(sig): State<Arc<Signaling>>,
+    Path((session, resource)): Path<(String, String)>,
+) -> Response {
+    let found = sig.placement().resources.get(&resource).copied();
+    let Some((core, participant, sid)) = found else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such WHIP resource",
+            None,
+        );
+    };
+    if sid.to_string() != session {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such WHIP resource",
+            None,
+        );
+    }
+    let (reply, done) = oneshot::channel();
+    let _ = sig.cores[usize::from(core)]
+        .commands
+        .send(Command::Leave { participant, reply })
+        .await;
+    // The Left event updates the placement; answer once the core has acted.
+    let _ = done.await;
+    StatusCode::OK.into_response()
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    let mut res = problem(
+        StatusCode::UNAUTHORIZED,
+        "invalid-token",
+        "The join token was refused",
+        Some(e.to_string()),
+    );
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    res
+}
+
+/// An RFC 9457 problem answer.
+pub(crate) fn problem(
+    status: StatusCode,
+    kind: &str,
+    title: &str,
+    detail: Option<String>,
+) -> Response {
+    let body = Problem {
+        type_: format!("https://convoy.dev/problems/{kind}"),
+        title: title.to_string(),
+        status: status.as_u16(),
+        detail,
+    };
+    let mut res = (status, serde_json::to_string(&body).unwrap_or_default()).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    res
+}
+
+/// A 128-bit random id, base64url: a WHIP resource URL is a capability.
+fn random_id() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}
