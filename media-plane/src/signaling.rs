@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use base64::Engine as _;
 use protocol::SessionId;
-use protocol::api::{PROBLEM_JSON, Problem};
+use protocol::api::{PROBLEM_JSON, PROBLEM_TYPE_PREFIX, Problem};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -299,7 +299,7 @@ pub(crate) fn problem(
     detail: Option<String>,
 ) -> Response {
     let body = Problem {
-        type_: format!("https://convoy.dev/problems/{kind}"),
+        type_: format!("{PROBLEM_TYPE_PREFIX}{kind}"),
         title: title.to_string(),
         status: status.as_u16(),
         detail,

@@ -5,5 +5,6 @@
 //! - `live`: the node on loopback (glommio cores, WHIP over HTTP) with its bad-input answers.
 
 mod media {
+    pub mod live;
     pub mod sim;
 }

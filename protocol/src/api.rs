@@ -192,6 +192,9 @@ pub struct Problem {
 /// The media type of [`Problem`] bodies.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Every problem `type` is this prefix followed by a slug (`tag:convoy,2025:problem/not-found`).
+pub const PROBLEM_TYPE_PREFIX: &str = "tag:convoy,2025:problem/";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::api::{PROBLEM_JSON, Problem};
 
-/// Prefix of the `type` URI of every problem this service answers (a `tag:` URI, RFC 4151).
-pub const PROBLEM_TYPE_PREFIX: &str = "tag:convoy,2025:problem/";
+pub use protocol::api::PROBLEM_TYPE_PREFIX;
 
 /// The challenge sent with every 401.
 const BEARER_CHALLENGE: &str = "Bearer realm=\"convoy\"";

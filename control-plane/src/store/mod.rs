@@ -70,6 +70,9 @@ impl Store {
     pub(crate) async fn open(url: &str) -> Result<Self, OpenError> {
         sqlx::any::install_default_drivers();
         let engine = Engine::of_url(url).ok_or(OpenError::Scheme)?;
+        if engine == Engine::Sqlite {
+            create_sqlite_parent(url);
+        }
         let options = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
         let options = match engine {
             Engine::Postgres => options.max_connections(16),
@@ -137,6 +140,23 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// SQLite's `mode=rwc` creates the database file but not its folder: create the folder.
+fn create_sqlite_parent(url: &str) {
+    let path = url
+        .split_once(':')
+        .map_or("", |(_, rest)| rest.trim_start_matches("//"));
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return;
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        // A failure shows up as a clear connect error right after.
+        let _ = std::fs::create_dir_all(parent);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +175,16 @@ mod tests {
         );
         assert_eq!(Engine::of_url("mysql://u@h/db"), None);
         assert_eq!(Engine::of_url("nothing"), None);
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_database_in_a_missing_folder_is_created() {
+        let dir = std::env::temp_dir().join(format!("convoy-store-{}", Uuid::now_v7()));
+        let url = format!("sqlite://{}?mode=rwc", dir.join("a/b/convoy.db").display());
+        let store = Store::open(&url).await.expect("opens and migrates");
+        store.ping().await.unwrap();
+        assert!(dir.join("a/b/convoy.db").exists());
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

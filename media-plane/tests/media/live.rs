@@ -1,0 +1,232 @@
+//! Live tier: a media node on loopback (glommio core, WHIP over HTTP) and a JWKS served by the test.
+
+use media_plane::{MediaNode, NodeConfig};
+use protocol::api::{Jwks, PROBLEM_JSON, SessionKind};
+use protocol::token::{JoinClaims, Signer, TokenKind};
+use protocol::{GroupId, NodeId, SessionId, UserId};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use str0m::Rtc;
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use uuid::Uuid;
+
+const NODE: &str = "live-node";
+
+struct Live {
+    node: MediaNode,
+    signer: Signer,
+    http: reqwest::Client,
+}
+
+impl Live {
+    async fn start() -> Self {
+        let signer = Signer::from_seed(&rand::random());
+        let jwks = Jwks {
+            keys: vec![signer.jwk()],
+        };
+        let app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { axum::Json(jwks) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let jwks_url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = NodeConfig {
+            http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            udp_bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            udp_base_port: 0,
+            cores: 1,
+            ..NodeConfig::local(NodeId::new(NODE).unwrap(), jwks_url)
+        };
+        let node = MediaNode::start(config, None).await.unwrap();
+        Live {
+            node,
+            signer,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn whip_url(&self, session: SessionId) -> String {
+        self.node.record().whip_url(session)
+    }
+
+    fn token(&self, session: SessionId, aud: &str, exp_in: i64) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        self.signer.sign(&JoinClaims {
+            iss: "convoy".into(),
+            sub: UserId::from_uuid(Uuid::now_v7()),
+            aud: NodeId::new(aud).unwrap(),
+            typ: TokenKind::Join,
+            iat: now,
+            exp: now.saturating_add_signed(exp_in),
+            jti: Uuid::new_v4().to_string(),
+            sid: session,
+            grp: GroupId::from_uuid(Uuid::now_v7()),
+            kind: SessionKind::Audio,
+            publish: true,
+            sub_media: true,
+            music_ctl: false,
+            mix: false,
+        })
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        ctype: &str,
+        body: String,
+    ) -> reqwest::Response {
+        let mut req = self.http.post(url).header("content-type", ctype).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+}
+
+fn offer() -> String {
+    let mut rtc = Rtc::builder().build(Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let (offer, _) = api.apply().unwrap();
+    offer.to_sdp_string()
+}
+
+async fn assert_problem(res: reqwest::Response, status: u16, what: &str) {
+    assert_eq!(res.status().as_u16(), status, "{what}");
+    assert_eq!(res.headers()["content-type"], PROBLEM_JSON, "{what}");
+    let p: protocol::api::Problem = res.json().await.unwrap();
+    assert_eq!(p.status, status, "{what}");
+    assert!(
+        p.type_.starts_with(protocol::api::PROBLEM_TYPE_PREFIX),
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn whip_join_answers_with_our_candidate_and_delete_leaves() {
+    let live = Live::start().await;
+    let session = SessionId::from_uuid(Uuid::now_v7());
+    let url = live.whip_url(session);
+    let token = live.token(session, NODE, 60);
+    let res = live
+        .post(&url, Some(&token), "application/sdp", offer())
+        .await;
+    assert_eq!(res.status().as_u16(), 201);
+    assert_eq!(res.headers()["content-type"], "application/sdp");
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with(&format!("/v1/whip/{session}/")),
+        "{location}"
+    );
+    let answer = res.text().await.unwrap();
+    SdpAnswer::from_sdp_string(&answer).expect("a valid SDP answer");
+    let port = live.node.udp_ports()[0];
+    assert!(
+        answer.contains(&format!("127.0.0.1 {port} typ host")),
+        "the answer carries the core's candidate: {answer}"
+    );
+    assert!(answer.contains("a=ice-lite"), "the node is ICE-lite");
+
+    // The same token a second time is refused.
+    let again = live
+        .post(&url, Some(&token), "application/sdp", offer())
+        .await;
+    assert_problem(again, 401, "replayed join token").await;
+
+    let base = format!("http://{}", live.node.http_addr());
+    let del = live
+        .http
+        .delete(format!("{base}{location}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status().as_u16(), 200);
+    let del = live
+        .http
+        .delete(format!("{base}{location}"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(del, 404, "deleting twice").await;
+    live.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_whip_requests_get_clear_4xx_problems() {
+    let live = Live::start().await;
+    let session = SessionId::from_uuid(Uuid::now_v7());
+    let url = live.whip_url(session);
+    let sdp = "application/sdp";
+    let cases: Vec<(&str, Option<String>, &str, String, u16)> = vec![
+        ("no token", None, sdp, offer(), 401),
+        ("garbage token", Some("a.b.c".into()), sdp, offer(), 401),
+        (
+            "token for another node",
+            Some(live.token(session, "other", 60)),
+            sdp,
+            offer(),
+            401,
+        ),
+        (
+            "expired token",
+            Some(live.token(session, NODE, -3600)),
+            sdp,
+            offer(),
+            401,
+        ),
+        (
+            "token for another session",
+            Some(live.token(SessionId::from_uuid(Uuid::now_v7()), NODE, 60)),
+            sdp,
+            offer(),
+            403,
+        ),
+        (
+            "malformed SDP",
+            Some(live.token(session, NODE, 60)),
+            sdp,
+            "v=0\r\nnope".into(),
+            400,
+        ),
+        (
+            "wrong content type",
+            Some(live.token(session, NODE, 60)),
+            "text/plain",
+            offer(),
+            415,
+        ),
+        (
+            "oversized offer",
+            Some(live.token(session, NODE, 60)),
+            sdp,
+            "a".repeat(media_plane::MAX_OFFER_BYTES + 1),
+            413,
+        ),
+    ];
+    for (what, token, ctype, body, status) in cases {
+        let res = live.post(&url, token.as_deref(), ctype, body).await;
+        assert_problem(res, status, what).await;
+    }
+    let bad_path = format!("http://{}/v1/whip/not-a-uuid", live.node.http_addr());
+    let res = live.post(&bad_path, None, sdp, offer()).await;
+    assert_problem(res, 404, "bad session path").await;
+
+    // After all that, a good join still works.
+    let res = live
+        .post(&url, Some(&live.token(session, NODE, 60)), sdp, offer())
+        .await;
+    assert_eq!(res.status().as_u16(), 201);
+    live.node.shutdown().await;
+}
