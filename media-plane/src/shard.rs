@@ -550,6 +550,14 @@ impl Shard {
                 );
                 self.stats.rtp_forwarded += 1;
                 self.drain(to);
+                // str0m queues written packets in its pacer and releases them on a timeout:
+                // give it one now so the packet leaves in this call, not a timer tick later.
+                if let Some(sub) = self.participants.get_mut(&to) {
+                    if sub.rtc.handle_input(Input::Timeout(now)).is_err() {
+                        mark(&mut self.to_reap, to, sub, LeaveReason::Failed);
+                    }
+                    self.drain(to);
+                }
             }
             self.fanout = members;
         }

@@ -421,3 +421,34 @@ fn bad_offers_are_refused_with_a_reason_and_leave_the_call_running() {
     );
     assert_eq!(sim.shard.participant_count(), 2);
 }
+
+#[test]
+fn a_forwarded_packet_leaves_within_the_same_input() {
+    let mut sim = Sim::new();
+    sim.join(session(1), 1, ALL, true, 0);
+    sim.join(session(1), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(1));
+    // One frame from peer 1, delivered by hand, with no timeout in between.
+    sim.now += Duration::from_millis(5);
+    let now = sim.now;
+    sim.peers[0].send_frame(now);
+    // The client's own pacer releases the frame on its next timeout.
+    sim.peers[0].rtc.handle_input(Input::Timeout(now)).unwrap();
+    sim.peers[0].drain(now);
+    let out = std::mem::take(&mut sim.peers[0].outbox);
+    assert!(!out.is_empty(), "the frame was written");
+    let (b, src) = (sim.peers[1].addr, sim.peers[0].addr);
+    let before = sim.shard.stats().rtp_forwarded;
+    for (_, bytes) in out {
+        sim.shard.handle_datagram(now, src, &bytes);
+    }
+    assert_eq!(sim.shard.stats().rtp_forwarded, before + 1);
+    let mut to_b = 0;
+    while let Some(d) = sim.shard.poll_transmit() {
+        to_b += usize::from(d.destination == b);
+    }
+    assert!(
+        to_b >= 1,
+        "the SRTP packet for peer 2 is ready without waiting for a timer"
+    );
+}
