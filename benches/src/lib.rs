@@ -134,15 +134,7 @@ impl SimRoom {
     /// client is connected. Panics if they do not connect within 10 simulated seconds.
     pub fn new(subscribers: usize) -> Self {
         let now = Instant::now();
-        let mut shard = Shard::new(
-            ShardConfig {
-                index: 0,
-                advertised: server(),
-                seed: 1,
-            },
-            now,
-        )
-        .expect("a shard");
+        let mut shard = Shard::new(ShardConfig::new(0, server(), 1), now).expect("a shard");
         let publisher = Client::join(&mut shard, now, 1, true);
         let subscribers = (0..subscribers)
             .map(|i| Client::join(&mut shard, now, 2 + i as u32, false))
@@ -166,15 +158,7 @@ impl SimRoom {
     /// request with `USERNAME`, `ICE-CONTROLLING`, `PRIORITY`, `MESSAGE-INTEGRITY`, `FINGERPRINT`.
     pub fn binding_request() -> Vec<u8> {
         let now = Instant::now();
-        let mut shard = Shard::new(
-            ShardConfig {
-                index: 0,
-                advertised: server(),
-                seed: 1,
-            },
-            now,
-        )
-        .expect("a shard");
+        let mut shard = Shard::new(ShardConfig::new(0, server(), 1), now).expect("a shard");
         let mut client = Client::join(&mut shard, now, 1, true);
         client.rtc.handle_input(Input::Timeout(now)).expect("time");
         client.drain();

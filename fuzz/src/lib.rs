@@ -24,11 +24,7 @@ pub const CLIENT: &str = "127.0.0.1:5000";
 /// The shard every target uses: index 0, seed 1.
 pub fn shard(now: Instant) -> Shard {
     Shard::new(
-        ShardConfig {
-            index: 0,
-            advertised: parse(SERVER),
-            seed: 1,
-        },
+        ShardConfig::new(0, parse(SERVER), 1),
         now,
     )
     .expect("a shard can be built")

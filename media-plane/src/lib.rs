@@ -14,6 +14,7 @@ mod room;
 mod runtime;
 pub mod shard;
 mod signaling;
+pub mod speakers;
 pub mod stun;
 
 pub use node::{Heartbeat, MediaNode, NodeConfig};

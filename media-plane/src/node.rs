@@ -249,6 +249,9 @@ async fn track_events(mut events: mpsc::UnboundedReceiver<(u16, ShardEvent)>, si
             ShardEvent::RoomClosed { session } => {
                 tracing::info!(core, %session, "room closed");
             }
+            ShardEvent::Speakers { session, speakers } => {
+                tracing::debug!(core, %session, ?speakers, "active speakers");
+            }
         }
     }
 }

@@ -81,11 +81,8 @@ impl Core {
                     }
                 };
                 let port = socket.local_addr().map(|a| a.port()).unwrap_or(port);
-                let config = ShardConfig {
-                    index,
-                    advertised: SocketAddr::new(advertise_ip, port),
-                    seed: rand::random(),
-                };
+                let config =
+                    ShardConfig::new(index, SocketAddr::new(advertise_ip, port), rand::random());
                 let shard = match Shard::new(config, Instant::now()) {
                     Ok(s) => s,
                     Err(e) => {

@@ -15,6 +15,7 @@
 use crate::forwarder::{DownSlot, SourceKey};
 use crate::participant::{Grants, LeaveReason, Participant, ParticipantKey};
 use crate::room::Room;
+use crate::speakers::{Speaker, SpeakerConfig};
 use crate::stun;
 use protocol::{SessionId, UserId};
 use rand::rngs::StdRng;
@@ -47,6 +48,27 @@ pub struct ShardConfig {
     pub advertised: SocketAddr,
     /// Seed of the shard's RNG (ufrags, ICE passwords, initial sequence numbers).
     pub seed: u64,
+    /// How active speakers are detected.
+    pub speakers: SpeakerConfig,
+    /// Rooms with more participants than this forward only the `top_n` loudest speakers to each
+    /// listener.
+    pub top_n_above: usize,
+    /// Speakers each listener receives in a large room.
+    pub top_n: usize,
+}
+
+impl ShardConfig {
+    /// Defaults: rooms above 6 participants forward the 3 loudest speakers.
+    pub fn new(index: u16, advertised: SocketAddr, seed: u64) -> Self {
+        Self {
+            index,
+            advertised,
+            seed,
+            speakers: SpeakerConfig::default(),
+            top_n_above: 6,
+            top_n: 3,
+        }
+    }
 }
 
 /// A request to join a room on this shard (already authorised by the caller).
@@ -83,7 +105,7 @@ pub enum JoinError {
 }
 
 /// Something that happened on the shard, for the node to report.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ShardEvent {
     Joined {
         session: SessionId,
@@ -102,6 +124,11 @@ pub enum ShardEvent {
     },
     RoomClosed {
         session: SessionId,
+    },
+    /// The room's active speakers changed (loudest first).
+    Speakers {
+        session: SessionId,
+        speakers: Vec<Speaker>,
     },
 }
 
@@ -138,6 +165,7 @@ pub struct Shard {
     by_addr: HashMap<SocketAddr, ParticipantKey>,
     timers: BinaryHeap<Reverse<(Instant, ParticipantKey)>>,
     housekeeping_at: Instant,
+    speakers_at: Instant,
     transmits: VecDeque<Datagram>,
     events: VecDeque<ShardEvent>,
     forwards: VecDeque<(ParticipantKey, RtpPacket)>,
@@ -157,6 +185,7 @@ impl Shard {
             .generate_certificate()
             .ok_or_else(|| JoinError::Internal("no DTLS certificate".into()))?;
         provider.install_process_default();
+        let speakers_at = now + config.speakers.interval;
         Ok(Self {
             rng: StdRng::seed_from_u64(config.seed),
             config,
@@ -168,6 +197,7 @@ impl Shard {
             by_addr: HashMap::new(),
             timers: BinaryHeap::new(),
             housekeeping_at: now + HOUSEKEEPING,
+            speakers_at,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             forwards: VecDeque::new(),
@@ -305,7 +335,12 @@ impl Shard {
         if let Some(t) = deadline {
             self.timers.push(Reverse((t, key)));
         }
-        self.rooms.entry(req.session).or_default().members.push(key);
+        let speakers = self.config.speakers;
+        self.rooms
+            .entry(req.session)
+            .or_insert_with(|| Room::new(speakers))
+            .members
+            .push(key);
         self.events.push_back(ShardEvent::Joined {
             session: req.session,
             participant: key,
@@ -394,6 +429,17 @@ impl Shard {
             }
         }
         self.scratch = due;
+        if now >= self.speakers_at {
+            self.speakers_at = now + self.config.speakers.interval;
+            for (&session, room) in self.rooms.iter_mut() {
+                if let Some(ranking) = room.speakers.tick(now) {
+                    self.events.push_back(ShardEvent::Speakers {
+                        session,
+                        speakers: ranking.to_vec(),
+                    });
+                }
+            }
+        }
         if now >= self.housekeeping_at {
             self.housekeeping_at = now + HOUSEKEEPING;
             for (&key, p) in self.participants.iter_mut() {
@@ -424,11 +470,11 @@ impl Shard {
                 .get(&key)
                 .is_some_and(|p| p.deadline == Some(t))
             {
-                return t.min(self.housekeeping_at);
+                return t.min(self.housekeeping_at).min(self.speakers_at);
             }
             self.timers.pop();
         }
-        self.housekeeping_at
+        self.housekeeping_at.min(self.speakers_at)
     }
 
     /// Drains one participant's `Rtc` until it asks for a timeout.
@@ -492,29 +538,48 @@ impl Shard {
         }
     }
 
-    /// Forwards queued publisher packets to every other subscriber of the room.
+    /// Forwards queued publisher packets to the other subscribers of the room: to all of them in a
+    /// small room, to those for whom the publisher is among the `top_n` loudest in a large one.
     fn forward(&mut self, now: Instant) {
         while let Some((from, pkt)) = self.forwards.pop_front() {
             let Some(session) = self.participants.get(&from).map(|p| p.session) else {
                 continue;
             };
+            let Some(room) = self.rooms.get_mut(&session) else {
+                continue;
+            };
+            let hdr = &pkt.header;
+            let level = hdr.ext_vals.audio_level.map(i8::unsigned_abs);
+            room.speakers
+                .observe(now, from, level, hdr.ext_vals.voice_activity);
             let source = SourceKey {
                 participant: from,
-                ssrc: *pkt.header.ssrc,
+                ssrc: *hdr.ssrc,
             };
-            let in_seq = *pkt.seq_no;
-            let in_ts = pkt.header.timestamp;
+            let (in_seq, in_ts) = (*pkt.seq_no, hdr.timestamp);
             let ext = ExtensionValues {
-                audio_level: pkt.header.ext_vals.audio_level,
-                voice_activity: pkt.header.ext_vals.voice_activity,
+                audio_level: hdr.ext_vals.audio_level,
+                voice_activity: hdr.ext_vals.voice_activity,
                 ..Default::default()
             };
-            let mut members = std::mem::take(&mut self.fanout);
-            members.clear();
-            if let Some(room) = self.rooms.get(&session) {
-                members.extend_from_slice(&room.members);
+            let large = room.members.len() > self.config.top_n_above;
+            let top_n = self.config.top_n;
+            let speakers = &room.speakers;
+            // May `who` take a slot of `listener` now?
+            let wanted = |who: ParticipantKey, listener: ParticipantKey| {
+                if large {
+                    speakers.in_top(who, listener, top_n)
+                } else {
+                    speakers.ranking().iter().any(|s| s.participant == who)
+                }
+            };
+            if large && !speakers.in_top(from, ParticipantKey::MAX, top_n + 1) {
+                // Not among anyone's `top_n` loudest others: nobody gets it.
+                continue;
             }
-            for &to in &members {
+            let mut written = std::mem::take(&mut self.fanout);
+            written.clear();
+            for &to in &room.members {
                 if to == from {
                     continue;
                 }
@@ -524,15 +589,29 @@ impl Shard {
                 if !sub.connected || sub.leaving.is_some() {
                     continue;
                 }
+                if large && !wanted(from, to) {
+                    continue;
+                }
                 let slot = match sub.slots.iter().position(|s| s.source() == Some(source)) {
-                    Some(i) => i,
-                    None => match sub.slots.iter().position(|s| s.source().is_none()) {
-                        Some(i) => {
-                            sub.slots[i].assign(source, in_seq, in_ts);
-                            i
-                        }
-                        None => continue,
-                    },
+                    Some(i) => Some(i),
+                    None => sub
+                        .slots
+                        .iter()
+                        .position(|s| s.source().is_none())
+                        // Full: a speaker displaces a slot whose publisher is not wanted now.
+                        .or_else(|| {
+                            wanted(from, to)
+                                .then(|| {
+                                    sub.slots.iter().position(|s| {
+                                        s.source().is_some_and(|src| !wanted(src.participant, to))
+                                    })
+                                })
+                                .flatten()
+                        })
+                        .inspect(|&i| sub.slots[i].assign(source, in_seq, in_ts)),
+                };
+                let Some(slot) = slot else {
+                    continue;
                 };
                 let slot = &mut sub.slots[slot];
                 let Some((seq, ts)) = slot.rewrite(source, in_seq, in_ts) else {
@@ -545,13 +624,16 @@ impl Shard {
                 };
                 tx.write_rtp(
                     RtpWrite::new(pt, seq.into(), ts, now, pkt.payload.clone())
-                        .marker(pkt.header.marker)
+                        .marker(hdr.marker)
                         .ext_vals(ext.clone()),
                 );
                 self.stats.rtp_forwarded += 1;
+                written.push(to);
+            }
+            for &to in &written {
+                // Drain the write, then give str0m's pacer the timeout that releases the packet
+                // now rather than a timer tick later, and drain that too.
                 self.drain(to);
-                // str0m queues written packets in its pacer and releases them on a timeout:
-                // give it one now so the packet leaves in this call, not a timer tick later.
                 if let Some(sub) = self.participants.get_mut(&to) {
                     if sub.rtc.handle_input(Input::Timeout(now)).is_err() {
                         mark(&mut self.to_reap, to, sub, LeaveReason::Failed);
@@ -559,7 +641,7 @@ impl Shard {
                     self.drain(to);
                 }
             }
-            self.fanout = members;
+            self.fanout = written;
         }
     }
 
@@ -591,6 +673,12 @@ impl Shard {
         });
         if let Some(room) = self.rooms.get_mut(&p.session) {
             room.remove(key);
+            if room.speakers.remove(key) {
+                self.events.push_back(ShardEvent::Speakers {
+                    session: p.session,
+                    speakers: room.speakers.ranking().to_vec(),
+                });
+            }
             if room.members.is_empty() {
                 self.rooms.remove(&p.session);
                 self.events

@@ -18,6 +18,8 @@ struct Peer {
     addr: SocketAddr,
     send_mid: Option<Mid>,
     tag: u8,
+    /// RFC 6464 level sent with every frame (-dBov, negative), if any.
+    level: Option<i8>,
     connected: bool,
     deadline: Instant,
     /// Every received frame: (mid, first byte = sender tag, length).
@@ -52,6 +54,7 @@ impl Peer {
             addr,
             send_mid,
             tag,
+            level: None,
             connected: false,
             deadline: now,
             received: Vec::new(),
@@ -90,8 +93,11 @@ impl Peer {
         if !self.connected {
             return;
         }
-        let writer = self.rtc.writer(mid).unwrap();
+        let mut writer = self.rtc.writer(mid).unwrap();
         let pt = writer.payload_params().next().unwrap().pt();
+        if let Some(level) = self.level {
+            writer = writer.audio_level(level, level > -60);
+        }
         let media_time = str0m::media::MediaTime::from_millis(u64::from(self.sent) * 20);
         let mut payload = vec![self.tag; 100];
         payload[1..5].copy_from_slice(&self.sent.to_be_bytes());
@@ -112,15 +118,7 @@ struct Sim {
 impl Sim {
     fn new() -> Self {
         let now = Instant::now();
-        let shard = Shard::new(
-            ShardConfig {
-                index: 0,
-                advertised: SERVER.parse().unwrap(),
-                seed: 7,
-            },
-            now,
-        )
-        .unwrap();
+        let shard = Shard::new(ShardConfig::new(0, SERVER.parse().unwrap(), 7), now).unwrap();
         Sim {
             now,
             shard,
@@ -450,5 +448,95 @@ fn a_forwarded_packet_leaves_within_the_same_input() {
     assert!(
         to_b >= 1,
         "the SRTP packet for peer 2 is ready without waiting for a timer"
+    );
+}
+
+/// Tags heard by peer `i` in frames received after index `from`.
+fn heard_since(sim: &Sim, i: usize, from: usize) -> std::collections::BTreeSet<u8> {
+    sim.peers[i].received[from..].iter().map(|r| r.1).collect()
+}
+
+#[test]
+fn a_large_room_forwards_each_listener_its_three_loudest_others_and_follows_changes() {
+    let mut sim = Sim::new();
+    for tag in 1..=8 {
+        // One sendrecv + two recvonly m-lines: three slots, for the three loudest.
+        sim.join(session(4), tag, ALL, true, 2);
+    }
+    // The first to join are silent; the loudest joined last, so first-come would be wrong.
+    for (i, level) in [-127, -127, -127, -127, -40, -30, -20, -10]
+        .into_iter()
+        .enumerate()
+    {
+        sim.peers[i].level = Some(level);
+    }
+    sim.run(Duration::from_secs(2));
+    let mark: Vec<usize> = sim.peers.iter().map(|p| p.received.len()).collect();
+    sim.run(Duration::from_secs(1));
+    let set = |v: &[u8]| {
+        v.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<u8>>()
+    };
+    assert_eq!(
+        heard_since(&sim, 0, mark[0]),
+        set(&[6, 7, 8]),
+        "a silent listener"
+    );
+    assert_eq!(
+        heard_since(&sim, 7, mark[7]),
+        set(&[5, 6, 7]),
+        "the loudest hears the next three"
+    );
+    assert_eq!(
+        heard_since(&sim, 4, mark[4]),
+        set(&[6, 7, 8]),
+        "the fourth hears the top three"
+    );
+    let ranked: Vec<u64> = sim
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            ShardEvent::Speakers { speakers, .. } => {
+                Some(speakers.iter().map(|s| s.participant).collect())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(ranked, vec![8, 7, 6, 5], "speaker events rank by level");
+
+    // 8 falls silent and 2 starts, loudest of all: within a second the listeners follow.
+    sim.peers[7].level = Some(-127);
+    sim.peers[1].level = Some(-5);
+    sim.run(Duration::from_secs(1));
+    let mark: Vec<usize> = sim.peers.iter().map(|p| p.received.len()).collect();
+    sim.run(Duration::from_secs(1));
+    assert_eq!(heard_since(&sim, 0, mark[0]), set(&[2, 6, 7]));
+    assert_eq!(heard_since(&sim, 1, mark[1]), set(&[5, 6, 7]));
+}
+
+#[test]
+fn speaker_events_follow_onset_within_300_ms() {
+    let mut sim = Sim::new();
+    sim.join(session(5), 1, ALL, true, 0);
+    sim.join(session(5), 2, ALL, true, 0);
+    sim.peers[0].level = Some(-127);
+    sim.run(Duration::from_secs(1));
+    sim.events.clear();
+    let t0 = sim.now;
+    sim.peers[0].level = Some(-20);
+    let mut seen = None;
+    for _ in 0..50 {
+        sim.run(Duration::from_millis(20));
+        if sim.events.iter().any(|e| matches!(e, ShardEvent::Speakers { speakers, .. } if speakers.first().is_some_and(|s| s.participant == 1))) {
+            seen = Some(sim.now - t0);
+            break;
+        }
+    }
+    let after = seen.expect("a speaker event for 1");
+    assert!(
+        after <= Duration::from_millis(300),
+        "speaker event after {after:?}"
     );
 }
