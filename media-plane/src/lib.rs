@@ -18,7 +18,7 @@ pub mod speakers;
 pub mod stun;
 
 pub use node::{Heartbeat, MediaNode, NodeConfig};
-pub use participant::{Grants, LeaveReason, ParticipantKey};
+pub use participant::{Grants, LeaveReason, MuteChange, ParticipantKey};
 pub use runtime::CoreLoad;
 pub use shard::{Datagram, JoinError, JoinRequest, Joined, Shard, ShardConfig, ShardEvent};
 pub use signaling::MAX_OFFER_BYTES;

@@ -249,6 +249,12 @@ async fn track_events(mut events: mpsc::UnboundedReceiver<(u16, ShardEvent)>, si
             ShardEvent::RoomClosed { session } => {
                 tracing::info!(core, %session, "room closed");
             }
+            ShardEvent::Muted {
+                session,
+                participant,
+                microphone,
+                speaker,
+            } => tracing::info!(core, %session, participant, microphone, speaker, "mute changed"),
             ShardEvent::Speakers { session, speakers } => {
                 tracing::debug!(core, %session, ?speakers, "active speakers");
             }

@@ -19,6 +19,13 @@ pub struct Grants {
     pub subscribe: bool,
 }
 
+/// A change of a participant's mute state; `None` leaves that side as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MuteChange {
+    pub microphone: Option<bool>,
+    pub speaker: Option<bool>,
+}
+
 /// Why a participant left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaveReason {
@@ -43,6 +50,10 @@ pub(crate) struct Participant {
     pub addrs: Vec<SocketAddr>,
     pub joined_at: Instant,
     pub connected: bool,
+    /// The server forwards nothing this participant sends.
+    pub mic_muted: bool,
+    /// The server sends this participant nothing (deafened).
+    pub speaker_muted: bool,
     /// The deadline str0m asked for last; heap entries with another deadline are stale.
     pub deadline: Option<Instant>,
     pub leaving: Option<LeaveReason>,

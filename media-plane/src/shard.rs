@@ -13,7 +13,7 @@
 //! `poll_output` before the next one.
 
 use crate::forwarder::{DownSlot, SourceKey};
-use crate::participant::{Grants, LeaveReason, Participant, ParticipantKey};
+use crate::participant::{Grants, LeaveReason, MuteChange, Participant, ParticipantKey};
 use crate::room::Room;
 use crate::speakers::{Speaker, SpeakerConfig};
 use crate::stun;
@@ -124,6 +124,13 @@ pub enum ShardEvent {
     },
     RoomClosed {
         session: SessionId,
+    },
+    /// A participant's mute state changed.
+    Muted {
+        session: SessionId,
+        participant: ParticipantKey,
+        microphone: bool,
+        speaker: bool,
     },
     /// The room's active speakers changed (loudest first).
     Speakers {
@@ -327,6 +334,8 @@ impl Shard {
             addrs: Vec::new(),
             joined_at: now,
             connected: false,
+            mic_muted: false,
+            speaker_muted: false,
             deadline,
             leaving: None,
         };
@@ -350,6 +359,57 @@ impl Shard {
             participant: key,
             answer: answer.to_sdp_string(),
         })
+    }
+
+    /// Mutes a participant's microphone (nothing it sends is forwarded) and/or speaker (it is sent
+    /// nothing). Returns the new state, or `None` if the participant is not here.
+    pub fn set_mute(
+        &mut self,
+        participant: ParticipantKey,
+        change: MuteChange,
+    ) -> Option<(bool, bool)> {
+        let p = self.participants.get_mut(&participant)?;
+        let before = (p.mic_muted, p.speaker_muted);
+        p.mic_muted = change.microphone.unwrap_or(p.mic_muted);
+        p.speaker_muted = change.speaker.unwrap_or(p.speaker_muted);
+        let after = (p.mic_muted, p.speaker_muted);
+        let session = p.session;
+        if after == before {
+            return Some(after);
+        }
+        if p.mic_muted && !before.0 {
+            // A muted publisher gives its slots back and stops counting as a speaker.
+            self.release_source(session, participant);
+        }
+        self.events.push_back(ShardEvent::Muted {
+            session,
+            participant,
+            microphone: after.0,
+            speaker: after.1,
+        });
+        Some(after)
+    }
+
+    /// Frees every slot that carries `source` in its room and drops it from the speakers.
+    fn release_source(&mut self, session: SessionId, source: ParticipantKey) {
+        let Some(room) = self.rooms.get_mut(&session) else {
+            return;
+        };
+        for m in &room.members {
+            if let Some(other) = self.participants.get_mut(m) {
+                for s in &mut other.slots {
+                    if s.source().is_some_and(|src| src.participant == source) {
+                        s.release();
+                    }
+                }
+            }
+        }
+        if room.speakers.remove(source) {
+            self.events.push_back(ShardEvent::Speakers {
+                session,
+                speakers: room.speakers.ranking().to_vec(),
+            });
+        }
     }
 
     /// Removes a participant at its own request. Returns whether it was here.
@@ -542,7 +602,12 @@ impl Shard {
     /// small room, to those for whom the publisher is among the `top_n` loudest in a large one.
     fn forward(&mut self, now: Instant) {
         while let Some((from, pkt)) = self.forwards.pop_front() {
-            let Some(session) = self.participants.get(&from).map(|p| p.session) else {
+            let Some(session) = self
+                .participants
+                .get(&from)
+                .filter(|p| !p.mic_muted)
+                .map(|p| p.session)
+            else {
                 continue;
             };
             let Some(room) = self.rooms.get_mut(&session) else {
@@ -586,7 +651,7 @@ impl Shard {
                 let Some(sub) = self.participants.get_mut(&to) else {
                     continue;
                 };
-                if !sub.connected || sub.leaving.is_some() {
+                if !sub.connected || sub.leaving.is_some() || sub.speaker_muted {
                     continue;
                 }
                 if large && !wanted(from, to) {
@@ -671,28 +736,13 @@ impl Shard {
             user: p.user,
             reason,
         });
+        self.release_source(p.session, key);
         if let Some(room) = self.rooms.get_mut(&p.session) {
             room.remove(key);
-            if room.speakers.remove(key) {
-                self.events.push_back(ShardEvent::Speakers {
-                    session: p.session,
-                    speakers: room.speakers.ranking().to_vec(),
-                });
-            }
             if room.members.is_empty() {
                 self.rooms.remove(&p.session);
                 self.events
                     .push_back(ShardEvent::RoomClosed { session: p.session });
-            } else {
-                for m in &room.members {
-                    if let Some(other) = self.participants.get_mut(m) {
-                        for s in &mut other.slots {
-                            if s.source().is_some_and(|src| src.participant == key) {
-                                s.release();
-                            }
-                        }
-                    }
-                }
             }
         }
         true

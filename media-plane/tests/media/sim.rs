@@ -1,6 +1,8 @@
 //! Simulation tier: str0m peers ↔ in-memory network ↔ shard, under simulated time.
 
-use media_plane::{Grants, JoinError, JoinRequest, LeaveReason, Shard, ShardConfig, ShardEvent};
+use media_plane::{
+    Grants, JoinError, JoinRequest, LeaveReason, MuteChange, Shard, ShardConfig, ShardEvent,
+};
 use protocol::{SessionId, UserId};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -539,4 +541,61 @@ fn speaker_events_follow_onset_within_300_ms() {
         after <= Duration::from_millis(300),
         "speaker event after {after:?}"
     );
+}
+
+#[test]
+fn a_muted_microphone_is_not_forwarded_and_a_deafened_listener_is_sent_nothing() {
+    let mut sim = Sim::new();
+    let a = sim.join(session(6), 1, ALL, true, 0);
+    let b = sim.join(session(6), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(1));
+    let mic = |on: bool| MuteChange {
+        microphone: Some(on),
+        speaker: None,
+    };
+    let deaf = |on: bool| MuteChange {
+        microphone: None,
+        speaker: Some(on),
+    };
+    assert_eq!(sim.shard.set_mute(a, mic(true)), Some((true, false)));
+    let (b_before, a_before) = (sim.peers[1].received.len(), sim.peers[0].received.len());
+    sim.run(Duration::from_secs(1));
+    assert_eq!(
+        sim.peers[1].received.len(),
+        b_before,
+        "nothing from a muted microphone"
+    );
+    assert!(
+        sim.peers[0].received.len() >= a_before + 45,
+        "the muted one still hears"
+    );
+
+    assert_eq!(sim.shard.set_mute(a, mic(false)), Some((false, false)));
+    assert_eq!(sim.shard.set_mute(b, deaf(true)), Some((false, true)));
+    let (b_before, a_before) = (sim.peers[1].received.len(), sim.peers[0].received.len());
+    sim.run(Duration::from_secs(1));
+    assert_eq!(
+        sim.peers[1].received.len(),
+        b_before,
+        "a deafened listener gets nothing"
+    );
+    assert!(
+        sim.peers[0].received.len() >= a_before + 45,
+        "the deafened one is still heard"
+    );
+
+    assert_eq!(sim.shard.set_mute(b, deaf(false)), Some((false, false)));
+    let b_before = sim.peers[1].received.len();
+    sim.run(Duration::from_secs(1));
+    assert!(
+        sim.peers[1].received.len() >= b_before + 45,
+        "unmuted: audio flows again"
+    );
+    assert_eq!(sim.shard.set_mute(999, mic(true)), None);
+    let muted: Vec<_> = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, ShardEvent::Muted { .. }))
+        .collect();
+    assert_eq!(muted.len(), 4, "one event per change: {muted:?}");
 }
