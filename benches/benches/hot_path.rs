@@ -71,6 +71,7 @@ fn token(c: &mut Criterion) {
         sub_media: true,
         music_ctl: false,
         mix: false,
+        admin: false,
     });
     assert!(
         keys.verify::<JoinClaims>(&token, "node-a", 1_500, 60)

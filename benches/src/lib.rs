@@ -69,6 +69,7 @@ impl Client {
                     grants: Grants {
                         publish: publisher,
                         subscribe: true,
+                        admin: false,
                     },
                     offer: offer.to_sdp_string(),
                 },

@@ -51,6 +51,8 @@ pub(crate) struct JoinGrant {
     pub group: GroupId,
     pub kind: SessionKind,
     pub music_ctl: bool,
+    /// A group admin: may moderate the room.
+    pub admin: bool,
 }
 
 /// The control plane's signing key, the matching public keys and its issuer name.
@@ -122,6 +124,7 @@ impl Tokens {
             sub_media: true,
             music_ctl: grant.music_ctl,
             mix: false,
+            admin: grant.admin,
         })
     }
 }
@@ -198,6 +201,7 @@ mod tests {
                 group: GroupId::from_uuid(Uuid::now_v7()),
                 kind: SessionKind::Audio,
                 music_ctl: false,
+                admin: false,
             },
             1_000,
         );

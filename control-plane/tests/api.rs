@@ -329,6 +329,7 @@ async fn sessions_are_created_once_and_joined_on_the_same_node() {
         );
         assert_eq!(claims.kind, protocol::api::SessionKind::Audio);
         assert!(claims.publish && claims.sub_media && claims.music_ctl && !claims.mix);
+        assert!(claims.admin, "the group admin moderates the room");
         assert_eq!(claims.exp - claims.iat, 120);
         assert!(
             keys.verify::<JoinClaims>(&first.join_token, "eu-2", unix_now(), 0)
@@ -348,6 +349,7 @@ async fn sessions_are_created_once_and_joined_on_the_same_node() {
             .unwrap();
         assert_eq!(claims.sub, bob.user.id);
         assert!(!claims.music_ctl, "members do not control music");
+        assert!(!claims.admin, "members do not moderate");
         assert_ne!(
             claims.jti,
             keys.verify::<JoinClaims>(&first.join_token, "eu-1", unix_now(), 0)

@@ -52,6 +52,7 @@ fn main() {
         sub_media: true,
         music_ctl: false,
         mix: false,
+        admin: false,
     };
     let now = 1_500u64.to_le_bytes();
     let mut token = Signer::from_seed(&[7; 32]).sign(&claims).into_bytes();

@@ -38,6 +38,7 @@ pub fn join_request(offer: String) -> JoinRequest {
         grants: Grants {
             publish: true,
             subscribe: true,
+            admin: false,
         },
         offer,
     }

@@ -6,6 +6,7 @@ use protocol::{SessionId, UserId};
 use std::net::SocketAddr;
 use std::time::Instant;
 use str0m::Rtc;
+use str0m::channel::ChannelId;
 
 /// Key of a participant inside its shard. Never reused within a shard's lifetime.
 pub type ParticipantKey = u64;
@@ -17,6 +18,8 @@ pub struct Grants {
     pub publish: bool,
     /// May receive the others' audio.
     pub subscribe: bool,
+    /// May moderate the room (mute others, allow to speak, remove).
+    pub admin: bool,
 }
 
 /// A change of a participant's mute state; `None` leaves that side as it is.
@@ -37,6 +40,8 @@ pub enum LeaveReason {
     NeverConnected,
     /// str0m reported an error for this connection.
     Failed,
+    /// An admin removed the participant.
+    Removed,
 }
 
 #[derive(Debug)]
@@ -54,6 +59,11 @@ pub(crate) struct Participant {
     pub mic_muted: bool,
     /// The server sends this participant nothing (deafened).
     pub speaker_muted: bool,
+    /// An admin may take the floor away; publishing needs both this and the publish grant.
+    pub can_speak: bool,
+    pub hand_raised: bool,
+    /// The room control data channel, once the client has opened it.
+    pub control: Option<ChannelId>,
     /// The deadline str0m asked for last; heap entries with another deadline are stale.
     pub deadline: Option<Instant>,
     pub leaving: Option<LeaveReason>,

@@ -12,11 +12,14 @@
 //! str0m's rule holds everywhere: every mutation of an `Rtc` is followed by a full drain of
 //! `poll_output` before the next one.
 
+mod control;
+
 use crate::forwarder::{DownSlot, SourceKey};
 use crate::participant::{Grants, LeaveReason, MuteChange, Participant, ParticipantKey};
 use crate::room::Room;
 use crate::speakers::{Speaker, SpeakerConfig};
 use crate::stun;
+use protocol::room::CONTROL_LABEL;
 use protocol::{SessionId, UserId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -176,6 +179,10 @@ pub struct Shard {
     transmits: VecDeque<Datagram>,
     events: VecDeque<ShardEvent>,
     forwards: VecDeque<(ParticipantKey, RtpPacket)>,
+    /// Participants whose control channel just opened.
+    control_opened: VecDeque<ParticipantKey>,
+    /// Control messages received, to handle after the current drain.
+    control_in: VecDeque<(ParticipantKey, Vec<u8>)>,
     /// Participants marked as leaving, removed at the end of the current input.
     to_reap: Vec<ParticipantKey>,
     scratch: Vec<ParticipantKey>,
@@ -208,6 +215,8 @@ impl Shard {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             forwards: VecDeque::new(),
+            control_opened: VecDeque::new(),
+            control_in: VecDeque::new(),
             to_reap: Vec::new(),
             scratch: Vec::new(),
             fanout: Vec::new(),
@@ -336,6 +345,9 @@ impl Shard {
             connected: false,
             mic_muted: false,
             speaker_muted: false,
+            can_speak: true,
+            hand_raised: false,
+            control: None,
             deadline,
             leaving: None,
         };
@@ -381,13 +393,19 @@ impl Shard {
             // A muted publisher gives its slots back and stops counting as a speaker.
             self.release_source(session, participant);
         }
-        self.events.push_back(ShardEvent::Muted {
+        self.emit(ShardEvent::Muted {
             session,
             participant,
             microphone: after.0,
             speaker: after.1,
         });
         Some(after)
+    }
+
+    /// Reports an event to the node and, where it concerns them, to the room's members.
+    fn emit(&mut self, event: ShardEvent) {
+        self.tell_room(&event);
+        self.events.push_back(event);
     }
 
     /// Frees every slot that carries `source` in its room and drops it from the speakers.
@@ -405,10 +423,8 @@ impl Shard {
             }
         }
         if room.speakers.remove(source) {
-            self.events.push_back(ShardEvent::Speakers {
-                session,
-                speakers: room.speakers.ranking().to_vec(),
-            });
+            let speakers = room.speakers.ranking().to_vec();
+            self.emit(ShardEvent::Speakers { session, speakers });
         }
     }
 
@@ -459,6 +475,7 @@ impl Shard {
         }
         self.drain(key);
         self.forward(now);
+        self.process_control(now);
         self.reap();
     }
 
@@ -491,13 +508,18 @@ impl Shard {
         self.scratch = due;
         if now >= self.speakers_at {
             self.speakers_at = now + self.config.speakers.interval;
-            for (&session, room) in self.rooms.iter_mut() {
-                if let Some(ranking) = room.speakers.tick(now) {
-                    self.events.push_back(ShardEvent::Speakers {
+            let changed: Vec<ShardEvent> = self
+                .rooms
+                .iter_mut()
+                .filter_map(|(&session, room)| {
+                    room.speakers.tick(now).map(|r| ShardEvent::Speakers {
                         session,
-                        speakers: ranking.to_vec(),
-                    });
-                }
+                        speakers: r.to_vec(),
+                    })
+                })
+                .collect();
+            for e in changed {
+                self.emit(e);
             }
         }
         if now >= self.housekeeping_at {
@@ -509,6 +531,7 @@ impl Shard {
             }
         }
         self.forward(now);
+        self.process_control(now);
         self.reap();
     }
 
@@ -574,6 +597,14 @@ impl Shard {
                         };
                         mark(&mut self.to_reap, key, p, why);
                     }
+                    Event::ChannelOpen(id, label) if label == CONTROL_LABEL => {
+                        p.control = Some(id);
+                        self.control_opened.push_back(key);
+                    }
+                    Event::ChannelData(d) if Some(d.id) == p.control => {
+                        self.control_in.push_back((key, d.data));
+                    }
+                    Event::ChannelClose(id) if Some(id) == p.control => p.control = None,
                     Event::RtpPacket(pkt) => {
                         self.stats.rtp_in += 1;
                         if p.grants.publish {
@@ -605,7 +636,7 @@ impl Shard {
             let Some(session) = self
                 .participants
                 .get(&from)
-                .filter(|p| !p.mic_muted)
+                .filter(|p| !p.mic_muted && p.can_speak)
                 .map(|p| p.session)
             else {
                 continue;
@@ -730,7 +761,7 @@ impl Shard {
                 self.by_addr.remove(a);
             }
         }
-        self.events.push_back(ShardEvent::Left {
+        self.emit(ShardEvent::Left {
             session: p.session,
             participant: key,
             user: p.user,

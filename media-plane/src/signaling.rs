@@ -188,6 +188,7 @@ async fn whip_post(
         grants: Grants {
             publish: claims.publish,
             subscribe: claims.sub_media,
+            admin: claims.admin,
         },
         offer,
     };

@@ -3,6 +3,7 @@
 //! - [`ids`]: id newtypes (a `GroupId` is never confused with a `UserId`).
 //! - [`api`]: the REST request/response bodies of the control plane and the problem+json error body.
 //! - [`node`]: the media node record the registry holds.
+//! - [`room`]: room control messages on the data channel.
 //! - [`token`]: the claims of every token kind and the EdDSA JWT codec that signs and verifies them.
 //!
 //! This crate must not depend on a runtime (tokio, glommio, sqlx, axum) and performs no I/O; every
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod ids;
 pub mod node;
+pub mod room;
 pub mod token;
 
 pub use ids::{GroupId, NodeId, SessionId, UserId};

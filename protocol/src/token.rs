@@ -78,6 +78,9 @@ pub struct JoinClaims {
     pub music_ctl: bool,
     /// The room mixes instead of forwarding.
     pub mix: bool,
+    /// A group admin: may mute, allow to speak and remove others in the room.
+    #[serde(rename = "adm", default)]
+    pub admin: bool,
 }
 
 impl Claims for JoinClaims {
@@ -316,6 +319,7 @@ mod tests {
             sub_media: true,
             music_ctl: false,
             mix: false,
+            admin: false,
         }
     }
 

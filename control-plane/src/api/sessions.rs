@@ -32,7 +32,8 @@ pub(super) async fn allocate(
     Json(req): Json<CreateSessionRequest>,
 ) -> Result<(StatusCode, Json<SessionAllocation>), AppError> {
     let membership = member_of(&state, group, caller).await?;
-    let music_ctl = membership.role == Role::Admin;
+    // Admins control the music and moderate the room.
+    let admin = membership.role == Role::Admin;
     let kind = req.kind;
 
     for _ in 0..MAX_ROUNDS {
@@ -40,7 +41,7 @@ pub(super) async fn allocate(
         if let Some(active) = state.store.active_session(group, kind).await? {
             match state.registry.get(&active.node) {
                 Some(node) if allocator::keeps_sessions(&node) => {
-                    let answer = answer(&state, caller, music_ctl, &active, vec![node], now);
+                    let answer = answer(&state, caller, admin, &active, vec![node], now);
                     return Ok((StatusCode::OK, Json(answer)));
                 }
                 _ => {
@@ -71,7 +72,7 @@ pub(super) async fn allocate(
         };
         if state.store.insert_active_session(&session).await? {
             tracing::info!(session = %session.id, node = %session.node, "session created");
-            let answer = answer(&state, caller, music_ctl, &session, candidates, now);
+            let answer = answer(&state, caller, admin, &session, candidates, now);
             return Ok((StatusCode::CREATED, Json(answer)));
         }
         // Another request created the group's session meanwhile: go round and join it.
@@ -83,7 +84,7 @@ pub(super) async fn allocate(
 fn answer(
     state: &AppState,
     caller: Caller,
-    music_ctl: bool,
+    admin: bool,
     session: &SessionRow,
     candidates: Vec<NodeRecord>,
     now: Now,
@@ -95,7 +96,8 @@ fn answer(
             session: session.id,
             group: session.group,
             kind: session.kind,
-            music_ctl,
+            music_ctl: admin,
+            admin,
         },
         now.secs(),
     );

@@ -77,6 +77,7 @@ impl Live {
             sub_media: true,
             music_ctl: false,
             mix: false,
+            admin: false,
         })
     }
 

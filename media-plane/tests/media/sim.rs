@@ -3,10 +3,12 @@
 use media_plane::{
     Grants, JoinError, JoinRequest, LeaveReason, MuteChange, Shard, ShardConfig, ShardEvent,
 };
+use protocol::room::{CONTROL_LABEL, ClientMessage, ErrorCode, ServerMessage};
 use protocol::{SessionId, UserId};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::channel::ChannelId;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -28,6 +30,9 @@ struct Peer {
     received: Vec<(Mid, u8, usize)>,
     sent: u32,
     outbox: Vec<(SocketAddr, Vec<u8>)>,
+    /// The room control channel, once open, and what arrived on it.
+    control: Option<ChannelId>,
+    inbox: Vec<ServerMessage>,
 }
 
 impl Peer {
@@ -50,6 +55,7 @@ impl Peer {
         for _ in 0..recv_only {
             api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         }
+        api.add_channel(CONTROL_LABEL.to_string());
         let (offer, pending) = api.apply().unwrap();
         let peer = Peer {
             rtc,
@@ -62,6 +68,8 @@ impl Peer {
             received: Vec::new(),
             sent: 0,
             outbox: Vec::new(),
+            control: None,
+            inbox: Vec::new(),
         };
         (peer, offer.to_sdp_string(), pending)
     }
@@ -81,6 +89,12 @@ impl Peer {
                 }
                 Output::Transmit(t) => self.outbox.push((t.destination, t.contents.into())),
                 Output::Event(Event::Connected) => self.connected = true,
+                Output::Event(Event::ChannelOpen(id, label)) if label == CONTROL_LABEL => {
+                    self.control = Some(id)
+                }
+                Output::Event(Event::ChannelData(d)) => self
+                    .inbox
+                    .push(ServerMessage::decode(&d.data).expect("the node sends valid messages")),
                 Output::Event(Event::MediaData(d)) => {
                     self.received
                         .push((d.mid, d.data.first().copied().unwrap_or(0), d.data.len()))
@@ -88,6 +102,12 @@ impl Peer {
                 Output::Event(_) => {}
             }
         }
+    }
+
+    fn send_control(&mut self, now: Instant, raw: &[u8]) {
+        let id = self.control.expect("control channel open");
+        self.rtc.channel(id).unwrap().write(false, raw).unwrap();
+        self.drain(now);
     }
 
     fn send_frame(&mut self, now: Instant) {
@@ -230,6 +250,7 @@ fn session(n: u128) -> SessionId {
 const ALL: Grants = Grants {
     publish: true,
     subscribe: true,
+    admin: false,
 };
 
 #[test]
@@ -303,6 +324,7 @@ fn rooms_are_isolated_and_listeners_without_publish_grant_are_not_forwarded() {
     let listen_only = Grants {
         publish: false,
         subscribe: true,
+        admin: false,
     };
     sim.join(session(1), 3, listen_only, true, 0);
     sim.run(Duration::from_secs(2));
@@ -598,4 +620,168 @@ fn a_muted_microphone_is_not_forwarded_and_a_deafened_listener_is_sent_nothing()
         .filter(|e| matches!(e, ShardEvent::Muted { .. }))
         .collect();
     assert_eq!(muted.len(), 4, "one event per change: {muted:?}");
+}
+
+const ADMIN: Grants = Grants {
+    publish: true,
+    subscribe: true,
+    admin: true,
+};
+
+/// Sends a control message from peer `i` and runs the network until it is handled.
+fn control(sim: &mut Sim, i: usize, msg: &ClientMessage) {
+    let now = sim.now;
+    sim.peers[i].send_control(now, msg.encode().as_bytes());
+    sim.run(Duration::from_millis(100));
+}
+
+fn last_update_of(sim: &Sim, i: usize, who: u64) -> Option<protocol::room::ParticipantInfo> {
+    sim.peers[i].inbox.iter().rev().find_map(|m| match m {
+        ServerMessage::ParticipantUpdated { participant } if participant.participant == who => {
+            Some(participant.clone())
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn room_control_on_the_data_channel_mutes_moderates_and_refuses_what_it_must() {
+    let mut sim = Sim::new();
+    let admin = sim.join(session(7), 1, ADMIN, true, 0);
+    let member = sim.join(session(7), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(2));
+    assert!(
+        sim.peers.iter().all(|p| p.control.is_some()),
+        "control channels open"
+    );
+    // On open: who you are, then everyone present.
+    assert_eq!(
+        sim.peers[1].inbox[0],
+        ServerMessage::Welcome {
+            participant: member
+        }
+    );
+    assert!(sim.peers[1].inbox.iter().any(|m| matches!(m,
+        ServerMessage::Participants { participants } if participants.len() == 2)));
+
+    // A member mutes its own microphone: everyone is told, and its audio stops.
+    control(
+        &mut sim,
+        1,
+        &ClientMessage::Mute {
+            microphone: Some(true),
+            speaker: None,
+        },
+    );
+    assert!(last_update_of(&sim, 0, member).unwrap().microphone_muted);
+    let before = sim.peers[0].received.len();
+    sim.run(Duration::from_secs(1));
+    assert_eq!(
+        sim.peers[0].received.len(),
+        before,
+        "muted by its own request"
+    );
+    control(
+        &mut sim,
+        1,
+        &ClientMessage::Mute {
+            microphone: Some(false),
+            speaker: None,
+        },
+    );
+
+    // A member may not moderate; garbage is refused; the call goes on.
+    control(&mut sim, 1, &ClientMessage::Remove { participant: admin });
+    sim.peers[1].send_control(sim.now, b"{not json");
+    sim.run(Duration::from_millis(100));
+    let errors: Vec<ErrorCode> = sim.peers[1]
+        .inbox
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors, vec![ErrorCode::Forbidden, ErrorCode::Malformed]);
+    assert_eq!(sim.shard.participant_count(), 2);
+
+    // The member raises a hand; the admin takes the floor away, then gives it back.
+    control(&mut sim, 1, &ClientMessage::RaiseHand { raised: true });
+    assert!(last_update_of(&sim, 0, member).unwrap().hand_raised);
+    control(
+        &mut sim,
+        0,
+        &ClientMessage::SetSpeak {
+            participant: member,
+            allowed: false,
+        },
+    );
+    assert!(!last_update_of(&sim, 1, member).unwrap().can_speak);
+    let before = sim.peers[0].received.len();
+    sim.run(Duration::from_secs(1));
+    assert_eq!(
+        sim.peers[0].received.len(),
+        before,
+        "no floor, no forwarding"
+    );
+    control(
+        &mut sim,
+        0,
+        &ClientMessage::SetSpeak {
+            participant: member,
+            allowed: true,
+        },
+    );
+    let info = last_update_of(&sim, 1, member).unwrap();
+    assert!(
+        info.can_speak && !info.hand_raised,
+        "allowed to speak, hand lowered"
+    );
+    let before = sim.peers[0].received.len();
+    sim.run(Duration::from_secs(1));
+    assert!(sim.peers[0].received.len() >= before + 45);
+
+    // The admin deafens the member, names someone absent, then removes the member.
+    control(
+        &mut sim,
+        0,
+        &ClientMessage::MuteParticipant {
+            participant: member,
+            microphone: None,
+            speaker: Some(true),
+        },
+    );
+    assert!(last_update_of(&sim, 0, member).unwrap().speaker_muted);
+    control(
+        &mut sim,
+        0,
+        &ClientMessage::MuteParticipant {
+            participant: 999,
+            microphone: Some(true),
+            speaker: None,
+        },
+    );
+    assert!(matches!(
+        sim.peers[0].inbox.last(),
+        Some(ServerMessage::Error {
+            code: ErrorCode::UnknownParticipant,
+            ..
+        })
+    ));
+    control(
+        &mut sim,
+        0,
+        &ClientMessage::Remove {
+            participant: member,
+        },
+    );
+    assert_eq!(sim.shard.participant_count(), 1);
+    assert!(
+        sim.peers[0]
+            .inbox
+            .contains(&ServerMessage::ParticipantLeft {
+                participant: member
+            })
+    );
+    assert!(sim.events.iter().any(|e| matches!(e, ShardEvent::Left { participant, reason: LeaveReason::Removed, .. } if *participant == member)));
 }
