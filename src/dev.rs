@@ -138,6 +138,11 @@ impl DevStack {
         })
     }
 
+    /// The media node.
+    pub fn media(&self) -> Option<&MediaNode> {
+        self.media.as_ref()
+    }
+
     /// The in-process node registry.
     pub fn registry(&self) -> &Arc<InProcessRegistry> {
         &self.registry

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "convoy", version, about = "Groups that move and talk together")]
@@ -34,6 +35,9 @@ enum Command {
         /// Media cores (default: all).
         #[arg(long)]
         cores: Option<usize>,
+        /// On SIGTERM/Ctrl-C, wait at most this long for calls to end (a second signal exits).
+        #[arg(long, default_value_t = 300)]
+        drain_timeout_secs: u64,
     },
     /// The control plane alone.
     ControlPlane {
@@ -66,6 +70,9 @@ enum Command {
         advertise_ip: IpAddr,
         #[arg(long)]
         cores: Option<usize>,
+        /// On SIGTERM/Ctrl-C, wait at most this long for calls to end (a second signal exits).
+        #[arg(long, env = "CONVOY_DRAIN_TIMEOUT_SECS", default_value_t = 300)]
+        drain_timeout_secs: u64,
         /// The control plane's JWKS, for join tokens.
         #[arg(
             long,
@@ -94,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
             udp_base_port,
             advertise_ip,
             cores,
+            drain_timeout_secs,
         } => {
             let mut config = convoy::dev::DevConfig::new(data_dir);
             config.control_plane_listen.set_port(port);
@@ -116,8 +124,11 @@ async fn main() -> anyhow::Result<()> {
                 stack.media_url
             );
             println!("  media UDP      {:?} on {}", stack.udp_ports, advertise_ip);
-            println!("Press Ctrl-C to stop.");
-            tokio::signal::ctrl_c().await?;
+            println!("Press Ctrl-C to stop (a second Ctrl-C skips draining).");
+            stop_signal().await;
+            if let Some(node) = stack.media() {
+                drain(node, Duration::from_secs(drain_timeout_secs)).await;
+            }
             stack.shutdown().await
         }
         Command::ControlPlane {
@@ -137,10 +148,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
-            control_plane::serve(listener, cp, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
+            control_plane::serve(listener, cp, stop_signal()).await
         }
         Command::MediaPlane {
             node_id,
@@ -149,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
             udp_base_port,
             advertise_ip,
             cores,
+            drain_timeout_secs,
             jwks_url,
         } => {
             let mut config =
@@ -166,12 +175,45 @@ async fn main() -> anyhow::Result<()> {
                 node.record().id,
                 node.http_addr()
             );
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await;
+            drain(&node, Duration::from_secs(drain_timeout_secs)).await;
             node.shutdown().await;
             Ok(())
         }
         Command::LocationEngine => {
             anyhow::bail!("the location engine is not built yet (issue 5)")
         }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Drains a media node: no new sessions, calls in progress go on; returns when the node is empty,
+/// at the deadline, or at a second signal.
+async fn drain(node: &media_plane::MediaNode, deadline: Duration) {
+    node.drain();
+    println!(
+        "draining: {} participant(s) left, waiting up to {}s (signal again to stop now)",
+        node.participant_count(),
+        deadline.as_secs()
+    );
+    tokio::select! {
+        _ = node.empty() => println!("drained: no participant left"),
+        _ = tokio::time::sleep(deadline) => println!("drain deadline reached"),
+        _ = stop_signal() => println!("second signal: stopping now"),
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod forwarder;
+mod metrics;
 pub mod node;
 pub mod participant;
 mod room;

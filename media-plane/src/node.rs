@@ -7,7 +7,7 @@ use crate::signaling::{self, CoreRef, Placement, Signaling};
 use protocol::NodeId;
 use protocol::node::{HEARTBEAT_INTERVAL_SECS, NodeRecord, NodeState};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -60,6 +60,9 @@ pub type Heartbeat = Arc<dyn Fn(NodeRecord) + Send + Sync>;
 /// A running media node.
 pub struct MediaNode {
     record: Arc<Mutex<NodeRecord>>,
+    signaling: Arc<Signaling>,
+    heartbeat: Option<Heartbeat>,
+    participants: watch::Receiver<usize>,
     http_addr: SocketAddr,
     cores: Vec<Core>,
     shutdown: watch::Sender<bool>,
@@ -118,6 +121,7 @@ impl MediaNode {
                 })
                 .collect(),
             placement: Mutex::new(Placement::default()),
+            draining: AtomicBool::new(false),
         });
         if let Err(e) = signaling.verifier.refresh().await {
             tracing::warn!(error = %e, url = %config.jwks_url, "JWKS not loaded yet; will retry on first join");
@@ -135,9 +139,14 @@ impl MediaNode {
         }));
 
         let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let (count_tx, participants) = watch::channel(0usize);
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(track_events(events_rx, signaling.clone())));
-        if let Some(beat) = heartbeat {
+        tasks.push(tokio::spawn(track_events(
+            events_rx,
+            signaling.clone(),
+            count_tx,
+        )));
+        if let Some(beat) = heartbeat.clone() {
             let record = record.clone();
             let sig = signaling.clone();
             let mut stop = shutdown.subscribe();
@@ -164,7 +173,7 @@ impl MediaNode {
                 }
             }));
         }
-        let app = signaling::router(signaling);
+        let app = signaling::router(signaling.clone());
         tasks.push(tokio::spawn(async move {
             let stop = async move {
                 let _ = shutdown_rx.changed().await;
@@ -179,6 +188,9 @@ impl MediaNode {
 
         Ok(Self {
             record,
+            signaling,
+            heartbeat,
+            participants,
             http_addr,
             cores,
             shutdown,
@@ -192,6 +204,36 @@ impl MediaNode {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Starts draining: the registry is told at once, readiness fails, joins to rooms this node
+    /// does not host are refused; calls in progress go on.
+    pub fn drain(&self) {
+        self.signaling.draining.store(true, Ordering::Relaxed);
+        let rec = {
+            let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
+            r.state = NodeState::Draining;
+            r.clone()
+        };
+        if let Some(beat) = &self.heartbeat {
+            beat(rec);
+        }
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.signaling.draining.load(Ordering::Relaxed)
+    }
+
+    /// Participants on the node (joining or connected).
+    pub fn participant_count(&self) -> usize {
+        *self.participants.borrow()
+    }
+
+    /// Resolves when no participant is left on the node.
+    pub async fn empty(&self) {
+        let mut rx = self.participants.clone();
+        let _ = rx.wait_for(|&n| n == 0).await;
     }
 
     /// Where the HTTP side listens.
@@ -222,8 +264,17 @@ impl MediaNode {
 }
 
 /// Keeps the placement in step with what the cores report.
-async fn track_events(mut events: mpsc::UnboundedReceiver<(u16, ShardEvent)>, sig: Arc<Signaling>) {
+async fn track_events(
+    mut events: mpsc::UnboundedReceiver<(u16, ShardEvent)>,
+    sig: Arc<Signaling>,
+    count: watch::Sender<usize>,
+) {
     while let Some((core, e)) = events.recv().await {
+        match &e {
+            ShardEvent::Joined { .. } => count.send_modify(|n| *n += 1),
+            ShardEvent::Left { .. } => count.send_modify(|n| *n = n.saturating_sub(1)),
+            _ => {}
+        }
         match e {
             ShardEvent::Joined {
                 session,

@@ -41,7 +41,13 @@ pub struct CoreLoad {
     pub participants: AtomicU32,
     pub datagrams_in: AtomicU64,
     pub datagrams_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
     pub send_errors: AtomicU64,
+    pub rtp_in: AtomicU64,
+    pub rtp_forwarded: AtomicU64,
+    pub unclaimed: AtomicU64,
+    pub malformed: AtomicU64,
 }
 
 /// The node's handle on one running core.
@@ -150,11 +156,23 @@ impl Local {
             self.load
                 .participants
                 .store(shard.participant_count() as u32, Ordering::Relaxed);
+            let stats = shard.stats();
+            self.load.rtp_in.store(stats.rtp_in, Ordering::Relaxed);
+            self.load
+                .rtp_forwarded
+                .store(stats.rtp_forwarded, Ordering::Relaxed);
+            self.load
+                .unclaimed
+                .store(stats.unclaimed, Ordering::Relaxed);
+            self.load
+                .malformed
+                .store(stats.malformed, Ordering::Relaxed);
         }
         for d in out {
             match self.socket.send_to(&d.contents, d.destination).await {
-                Ok(_) => {
+                Ok(n) => {
                     self.load.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                    self.load.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(_) => {
                     self.load.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -188,17 +206,19 @@ async fn run_core(
 
     // The core lives as long as its command channel is open.
     while let Ok(cmd) = commands.recv().await {
+        // Flush before answering, so what the caller sees next (metrics, events) includes it.
         match cmd {
             Command::Join { req, reply } => {
                 let r = local.shard.borrow_mut().join(Instant::now(), req);
+                local.flush().await;
                 let _ = reply.send(r);
             }
             Command::Leave { participant, reply } => {
                 let r = local.shard.borrow_mut().leave(participant);
+                local.flush().await;
                 let _ = reply.send(r);
             }
         }
-        local.flush().await;
     }
     recv.cancel();
     timer.cancel();
@@ -213,6 +233,7 @@ async fn receive_loop(local: Rc<Local>) {
             Err(_) => continue,
         };
         local.load.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        local.load.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         local
             .shard
             .borrow_mut()

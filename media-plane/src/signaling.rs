@@ -20,7 +20,7 @@ use base64::Engine as _;
 use protocol::SessionId;
 use protocol::api::{PROBLEM_JSON, PROBLEM_TYPE_PREFIX, Problem};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -85,6 +85,8 @@ pub(crate) struct Signaling {
     pub verifier: JoinVerifier,
     pub cores: Vec<CoreRef>,
     pub placement: Mutex<Placement>,
+    /// Draining: calls in progress go on (their members may still join), no new room starts.
+    pub draining: AtomicBool,
 }
 
 impl Signaling {
@@ -99,7 +101,8 @@ pub(crate) fn router(state: Arc<Signaling>) -> Router {
         .route("/v1/whip/{session}", post(whip_post))
         .route("/v1/whip/{session}/{resource}", delete(whip_delete))
         .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             problem(StatusCode::NOT_FOUND, "not-found", "No such resource", None)
         })
@@ -180,7 +183,19 @@ async fn whip_post(
         );
     };
 
-    let core = sig.placement().place(session, &sig.cores);
+    let core = {
+        let mut placement = sig.placement();
+        if sig.draining.load(Ordering::Relaxed) && !placement.sessions.contains_key(&session) {
+            drop(placement);
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "The node is draining and takes no new sessions",
+                None,
+            );
+        }
+        placement.place(session, &sig.cores)
+    };
     let (reply, answer) = oneshot::channel();
     let req = JoinRequest {
         session,
@@ -276,6 +291,30 @@ async fn whip_delete(
     // The Left event updates the placement; answer once the core has acted.
     let _ = done.await;
     StatusCode::OK.into_response()
+}
+
+async fn readyz(State(sig): State<Arc<Signaling>>) -> Response {
+    if sig.draining.load(Ordering::Relaxed) {
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "The node is draining",
+            None,
+        )
+    } else {
+        "ok".into_response()
+    }
+}
+
+async fn metrics(State(sig): State<Arc<Signaling>>) -> Response {
+    let loads: Vec<&CoreLoad> = sig.cores.iter().map(|c| &*c.load).collect();
+    let body = crate::metrics::render(&loads, sig.draining.load(Ordering::Relaxed));
+    let mut res = body.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
 }
 
 fn unauthorized(e: AuthError) -> Response {

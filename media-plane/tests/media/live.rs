@@ -81,6 +81,18 @@ impl Live {
         })
     }
 
+    /// A WHIP join of `session` with a fresh token.
+    async fn join(&self, session: SessionId) -> reqwest::Response {
+        let token = self.token(session, NODE, 60);
+        self.post(
+            &self.whip_url(session),
+            Some(&token),
+            "application/sdp",
+            offer(),
+        )
+        .await
+    }
+
     async fn post(
         &self,
         url: &str,
@@ -230,4 +242,78 @@ async fn bad_whip_requests_get_clear_4xx_problems() {
         .await;
     assert_eq!(res.status().as_u16(), 201);
     live.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_draining_node_keeps_its_calls_refuses_new_rooms_and_reports_when_empty() {
+    let live = Live::start().await;
+    let base = format!("http://{}", live.node.http_addr());
+    let (s1, s2) = (
+        SessionId::from_uuid(Uuid::now_v7()),
+        SessionId::from_uuid(Uuid::now_v7()),
+    );
+    let first = live.join(s1).await;
+    assert_eq!(first.status().as_u16(), 201);
+    let l1 = first.headers()["location"].to_str().unwrap().to_string();
+    let ready = live
+        .http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    live.node.drain();
+    assert!(live.node.is_draining());
+    assert_eq!(
+        live.node.record().state,
+        protocol::node::NodeState::Draining
+    );
+    let ready = live
+        .http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(ready, 503, "readiness while draining").await;
+    assert_problem(live.join(s2).await, 503, "a new room on a draining node").await;
+    let second = live.join(s1).await;
+    assert_eq!(
+        second.status().as_u16(),
+        201,
+        "the call in progress still takes members"
+    );
+    let l2 = second.headers()["location"].to_str().unwrap().to_string();
+
+    let metrics = live
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("convoy_media_draining 1\n"), "{text}");
+    assert!(
+        text.contains("convoy_media_participants{core=\"0\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("convoy_media_rooms{core=\"0\"} 1\n"),
+        "{text}"
+    );
+
+    for l in [l1, l2] {
+        let res = live.http.delete(format!("{base}{l}")).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), live.node.empty())
+        .await
+        .expect("the node reports empty once its last participant left");
+    assert_eq!(live.node.participant_count(), 0);
 }

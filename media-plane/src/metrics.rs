@@ -1,0 +1,115 @@
+//! `/metrics` in the Prometheus text format, base units (`_total`, `_bytes`), one series per core.
+
+use crate::runtime::CoreLoad;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+/// Renders the node's metrics.
+pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
+    type Read = fn(&CoreLoad) -> u64;
+    let series: [(&str, &str, &str, Read); 11] = [
+        ("convoy_media_rooms", "gauge", "Rooms hosted.", |c| {
+            u64::from(c.rooms.load(Ordering::Relaxed))
+        }),
+        (
+            "convoy_media_participants",
+            "gauge",
+            "Participants connected or joining.",
+            |c| u64::from(c.participants.load(Ordering::Relaxed)),
+        ),
+        (
+            "convoy_media_datagrams_received_total",
+            "counter",
+            "UDP datagrams received.",
+            |c| c.datagrams_in.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_datagrams_sent_total",
+            "counter",
+            "UDP datagrams sent.",
+            |c| c.datagrams_out.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_received_bytes_total",
+            "counter",
+            "UDP payload bytes received.",
+            |c| c.bytes_in.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_sent_bytes_total",
+            "counter",
+            "UDP payload bytes sent.",
+            |c| c.bytes_out.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_send_errors_total",
+            "counter",
+            "Datagrams the socket refused to send.",
+            |c| c.send_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_rtp_packets_received_total",
+            "counter",
+            "RTP packets received from publishers.",
+            |c| c.rtp_in.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_rtp_packets_forwarded_total",
+            "counter",
+            "RTP packets written to subscribers.",
+            |c| c.rtp_forwarded.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_datagrams_unclaimed_total",
+            "counter",
+            "Datagrams no participant claimed.",
+            |c| c.unclaimed.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_datagrams_malformed_total",
+            "counter",
+            "Datagrams that failed to parse or were refused.",
+            |c| c.malformed.load(Ordering::Relaxed),
+        ),
+    ];
+    let mut out = String::with_capacity(4096);
+    for (name, kind, help, read) in series {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (i, c) in cores.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", read(c));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP convoy_media_draining Whether the node is draining (1) or serving (0)."
+    );
+    let _ = writeln!(out, "# TYPE convoy_media_draining gauge");
+    let _ = writeln!(out, "convoy_media_draining {}", u8::from(draining));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_has_help_type_and_one_sample_per_core() {
+        let (a, b) = (CoreLoad::default(), CoreLoad::default());
+        b.rooms.store(3, Ordering::Relaxed);
+        b.bytes_out.store(1234, Ordering::Relaxed);
+        let text = render(&[&a, &b], true);
+        assert!(text.contains("convoy_media_rooms{core=\"1\"} 3\n"));
+        assert!(text.contains("convoy_media_sent_bytes_total{core=\"1\"} 1234\n"));
+        assert!(text.contains("convoy_media_draining 1\n"));
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples, 11 * 2 + 1);
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                name.ends_with("_total") == line.ends_with("counter"),
+                "counters and only counters end in _total: {line}"
+            );
+        }
+    }
+}
