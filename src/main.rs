@@ -55,6 +55,12 @@ enum Command {
             default_value = ".convoy/signing.key"
         )]
         signing_key_file: PathBuf,
+        /// Redis for the node registry (media nodes in other processes); in-process without it.
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
+        /// Region whose media nodes new sessions prefer.
+        #[arg(long, env = "CONVOY_REGION")]
+        region: Option<String>,
     },
     /// A media node alone.
     MediaPlane {
@@ -73,6 +79,9 @@ enum Command {
         /// On SIGTERM/Ctrl-C, wait at most this long for calls to end (a second signal exits).
         #[arg(long, env = "CONVOY_DRAIN_TIMEOUT_SECS", default_value_t = 300)]
         drain_timeout_secs: u64,
+        /// Redis to heartbeat into (the control plane's node registry).
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
         /// The control plane's JWKS, for join tokens.
         #[arg(
             long,
@@ -135,14 +144,23 @@ async fn main() -> anyhow::Result<()> {
             listen,
             database_url,
             signing_key_file,
+            redis_url,
+            region,
         } => {
-            let registry = std::sync::Arc::new(control_plane::InProcessRegistry::new());
+            let registry: std::sync::Arc<dyn control_plane::NodeRegistry> = match redis_url {
+                Some(url) => {
+                    control_plane::RedisRegistry::connect(&url, protocol::node::REDIS_PREFIX)
+                        .await
+                        .context("connecting to Redis")?
+                }
+                None => std::sync::Arc::new(control_plane::InProcessRegistry::new()),
+            };
             let config = control_plane::Config {
                 listen,
                 database_url,
                 signing_key_file: Some(signing_key_file),
                 issuer: "convoy".into(),
-                region_hint: None,
+                region_hint: region,
             };
             let cp = control_plane::ControlPlane::new(&config, registry).await?;
             let listener = tokio::net::TcpListener::bind(listen)
@@ -158,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
             advertise_ip,
             cores,
             drain_timeout_secs,
+            redis_url,
             jwks_url,
         } => {
             let mut config =
@@ -169,7 +188,18 @@ async fn main() -> anyhow::Result<()> {
             if let Some(c) = cores {
                 config.cores = c;
             }
-            let node = media_plane::MediaNode::start(config, None).await?;
+            let heartbeat = match redis_url {
+                Some(url) => Some(
+                    media_plane::registry::redis_heartbeat(&url, protocol::node::REDIS_PREFIX)
+                        .await
+                        .context("connecting to Redis")?,
+                ),
+                None => {
+                    println!("no --redis-url: this node registers with no control plane");
+                    None
+                }
+            };
+            let node = media_plane::MediaNode::start(config, heartbeat).await?;
             println!(
                 "media node {} listening on {}",
                 node.record().id,

@@ -5,7 +5,8 @@
 //! to [`serve`]; tests call [`ControlPlane::router`] directly with `tower::ServiceExt::oneshot`.
 //!
 //! Code map:
-//! - [`registry`]: which media nodes are alive ([`NodeRegistry`]; [`InProcessRegistry`] in dev).
+//! - [`registry`]: which media nodes are alive ([`NodeRegistry`]; [`InProcessRegistry`] in dev,
+//!   [`RedisRegistry`] across processes).
 //! - [`allocator`]: where a new session goes, a pure function of the live nodes and an RNG.
 //! - `store`: every SQL statement, one code path for SQLite and PostgreSQL, migrations embedded.
 //! - `api`: routes, extractors and the problem+json error type.
@@ -24,11 +25,13 @@ mod domain;
 mod keys;
 mod passwords;
 pub mod registry;
+pub mod registry_redis;
 mod store;
 mod tokens;
 
 pub use api::error::PROBLEM_TYPE_PREFIX;
 pub use registry::{InProcessRegistry, NodeRegistry};
+pub use registry_redis::RedisRegistry;
 
 use anyhow::Context as _;
 use std::net::SocketAddr;

@@ -11,6 +11,7 @@ pub mod forwarder;
 mod metrics;
 pub mod node;
 pub mod participant;
+pub mod registry;
 mod room;
 mod runtime;
 pub mod shard;

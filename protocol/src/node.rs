@@ -9,6 +9,20 @@ pub const HEARTBEAT_INTERVAL_SECS: u64 = 2;
 /// A node whose last heartbeat is older than this is dead.
 pub const NODE_TTL_SECS: u64 = 6;
 
+/// Default prefix of the registry's Redis keys: `{prefix}node:{id}` holds a node's JSON record
+/// (expiring after [`NODE_TTL_SECS`]); the set `{prefix}nodes` indexes the ids.
+pub const REDIS_PREFIX: &str = "convoy:";
+
+/// Redis key of one node's record.
+pub fn redis_node_key(prefix: &str, id: &NodeId) -> String {
+    format!("{prefix}node:{id}")
+}
+
+/// Redis key of the set of node ids.
+pub fn redis_index_key(prefix: &str) -> String {
+    format!("{prefix}nodes")
+}
+
 /// Lifecycle state of a media node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -4,6 +4,7 @@
 //! environment variable. When it is absent they print one loud `SKIPPED` line and pass, unless
 //! `CONVOY_REQUIRE_EXTERNAL=1` (set by CI), which turns the skip into a failure.
 
+pub mod api;
 pub mod audio;
 
 /// The value of `var`, or `None` after printing a SKIPPED line (panics instead under

@@ -1,0 +1,185 @@
+//! Two media nodes behind one control plane, through the in-process registry and through Redis:
+//! a drained node keeps its sessions and gets no new ones.
+//!
+//! The Redis half needs `CONVOY_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379`).
+
+use control_plane::{ControlPlane, InProcessRegistry, NodeRegistry, RedisRegistry};
+use media_plane::{Heartbeat, MediaNode, NodeConfig};
+use protocol::NodeId;
+use protocol::node::NodeState;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tests::api::User;
+
+type Refresh = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+struct Cluster {
+    base: String,
+    registry: Arc<dyn NodeRegistry>,
+    refresh: Refresh,
+    nodes: Vec<MediaNode>,
+}
+
+impl Cluster {
+    /// A control plane on SQLite and two one-core media nodes `a` and `b`.
+    async fn start(
+        registry: Arc<dyn NodeRegistry>,
+        refresh: Refresh,
+        beat: impl Fn() -> Pin<Box<dyn Future<Output = Heartbeat> + Send>>,
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!("convoy-reg-{}", uuid::Uuid::now_v7()));
+        let config = control_plane::Config {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            database_url: format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
+            signing_key_file: None,
+            issuer: "convoy".into(),
+            region_hint: None,
+        };
+        let cp = ControlPlane::new(&config, registry.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(control_plane::serve(listener, cp, std::future::pending()));
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let mut nodes = Vec::new();
+        for name in ["a", "b"] {
+            let config = NodeConfig {
+                http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                udp_bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                udp_base_port: 0,
+                cores: 1,
+                ..NodeConfig::local(
+                    NodeId::new(format!("{name}-{}", &tag[..8])).unwrap(),
+                    format!("{base}/.well-known/jwks.json"),
+                )
+            };
+            nodes.push(MediaNode::start(config, Some(beat().await)).await.unwrap());
+        }
+        let cluster = Cluster {
+            base,
+            registry,
+            refresh,
+            nodes,
+        };
+        for n in &cluster.nodes {
+            let id = n.record().id;
+            cluster
+                .until(|r| r.get(&id).is_some(), "both nodes registered")
+                .await;
+        }
+        cluster
+    }
+
+    /// Refreshes the registry until `cond` holds (10 s at most).
+    async fn until(&self, cond: impl Fn(&dyn NodeRegistry) -> bool, what: &str) {
+        let wait = async {
+            loop {
+                (self.refresh)().await;
+                if cond(&*self.registry) {
+                    return;
+                }
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+    }
+}
+
+async fn a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster: Cluster) {
+    let alice = User::register(&cluster.base, "alice").await.unwrap();
+    let bob = User::register(&cluster.base, "bob").await.unwrap();
+    let group = alice.create_group("Club ride").await.unwrap();
+    bob.accept(&alice.invite(&group).await.unwrap())
+        .await
+        .unwrap();
+    let (status, first) = alice.allocate(&group).await.unwrap();
+    assert_eq!(status, 201);
+    let hosting = first.session.node_id.clone();
+    let (drained, other) = if cluster.nodes[0].record().id == hosting {
+        (&cluster.nodes[0], &cluster.nodes[1])
+    } else {
+        (&cluster.nodes[1], &cluster.nodes[0])
+    };
+    assert_eq!(
+        first.candidates[0].node_id, hosting,
+        "the join token's node comes first"
+    );
+
+    drained.drain();
+    let id = drained.record().id;
+    cluster
+        .until(
+            |r| r.get(&id).is_some_and(|n| n.state == NodeState::Draining),
+            "the control plane sees the node draining",
+        )
+        .await;
+
+    let (status, again) = bob.allocate(&group).await.unwrap();
+    assert_eq!(status, 200, "the active session is joined");
+    assert_eq!(
+        again.session, first.session,
+        "and stays on its (draining) node"
+    );
+    for i in 0..6 {
+        let g = alice.create_group(&format!("Ride {i}")).await.unwrap();
+        let (status, alloc) = alice.allocate(&g).await.unwrap();
+        assert_eq!(status, 201);
+        assert_eq!(
+            alloc.session.node_id,
+            other.record().id,
+            "new sessions avoid the draining node"
+        );
+        assert!(alloc.candidates.iter().all(|c| c.node_id != id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_registry_two_nodes_one_drained() {
+    let registry = Arc::new(InProcessRegistry::new());
+    let beat_to = registry.clone();
+    let cluster = Cluster::start(registry, Box::new(|| Box::pin(async {})), move || {
+        let r = beat_to.clone();
+        Box::pin(async move {
+            let beat: Heartbeat = Arc::new(move |rec| r.heartbeat(rec));
+            beat
+        })
+    })
+    .await;
+    a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_registry_two_nodes_one_drained() {
+    let Some(url) = tests::external("CONVOY_TEST_REDIS_URL", "Redis node registry") else {
+        return;
+    };
+    // A key prefix of its own, so parallel runs never see each other's nodes.
+    let prefix = format!("convoy-test-{}:", uuid::Uuid::new_v4().simple());
+    let registry = RedisRegistry::connect(&url, &prefix).await.unwrap();
+    let refresher = registry.clone();
+    let (url2, prefix2) = (url.clone(), prefix.clone());
+    let cluster = Cluster::start(
+        registry,
+        Box::new(move || {
+            let r = refresher.clone();
+            Box::pin(async move {
+                r.refresh().await.expect("Redis answers");
+            })
+        }),
+        move || {
+            let (u, p) = (url2.clone(), prefix2.clone());
+            Box::pin(async move {
+                media_plane::registry::redis_heartbeat(&u, &p)
+                    .await
+                    .unwrap()
+            })
+        },
+    )
+    .await;
+    a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster).await;
+}
