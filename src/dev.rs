@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use control_plane::{ControlPlane, InProcessRegistry, NodeRegistry};
-use media_plane::{MediaNode, NodeConfig};
+use media_plane::{Hooks, MediaNode, NodeConfig};
 use protocol::NodeId;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -97,6 +97,7 @@ impl DevStack {
         };
         let cp = ControlPlane::new(&cp_config, registry.clone()).await?;
         let signer = cp.signer().clone();
+        let ingest = cp.session_events();
         let listener = tokio::net::TcpListener::bind(config.control_plane_listen)
             .await
             .with_context(|| format!("binding {}", config.control_plane_listen))?;
@@ -118,11 +119,11 @@ impl DevStack {
             )
         };
         let beat_registry = registry.clone();
-        let media = MediaNode::start(
-            node_config,
-            Some(Arc::new(move |rec| beat_registry.heartbeat(rec))),
-        )
-        .await?;
+        let hooks = Hooks {
+            heartbeat: Some(Arc::new(move |rec| beat_registry.heartbeat(rec))),
+            events: Some(Arc::new(move |event| ingest.submit(event))),
+        };
+        let media = MediaNode::start(node_config, hooks).await?;
         // Register at once rather than at the first tick, so the stack is usable on return.
         registry.heartbeat(media.record());
         Ok(Self {

@@ -147,9 +147,9 @@ async fn main() -> anyhow::Result<()> {
             redis_url,
             region,
         } => {
-            let registry: std::sync::Arc<dyn control_plane::NodeRegistry> = match redis_url {
+            let registry: std::sync::Arc<dyn control_plane::NodeRegistry> = match &redis_url {
                 Some(url) => {
-                    control_plane::RedisRegistry::connect(&url, protocol::node::REDIS_PREFIX)
+                    control_plane::RedisRegistry::connect(url, protocol::node::REDIS_PREFIX)
                         .await
                         .context("connecting to Redis")?
                 }
@@ -163,6 +163,11 @@ async fn main() -> anyhow::Result<()> {
                 region_hint: region,
             };
             let cp = control_plane::ControlPlane::new(&config, registry).await?;
+            if let Some(url) = &redis_url {
+                cp.consume_redis_events(url, protocol::node::REDIS_PREFIX)
+                    .await
+                    .context("consuming session events from Redis")?;
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
@@ -188,18 +193,24 @@ async fn main() -> anyhow::Result<()> {
             if let Some(c) = cores {
                 config.cores = c;
             }
-            let heartbeat = match redis_url {
-                Some(url) => Some(
-                    media_plane::registry::redis_heartbeat(&url, protocol::node::REDIS_PREFIX)
-                        .await
-                        .context("connecting to Redis")?,
-                ),
-                None => {
-                    println!("no --redis-url: this node registers with no control plane");
-                    None
+            let mut hooks = media_plane::Hooks::default();
+            match redis_url {
+                Some(url) => {
+                    let prefix = protocol::node::REDIS_PREFIX;
+                    hooks.heartbeat = Some(
+                        media_plane::registry::redis_heartbeat(&url, prefix)
+                            .await
+                            .context("connecting to Redis")?,
+                    );
+                    hooks.events = Some(
+                        media_plane::registry::redis_event_sink(&url, prefix)
+                            .await
+                            .context("connecting to Redis")?,
+                    );
                 }
-            };
-            let node = media_plane::MediaNode::start(config, heartbeat).await?;
+                None => println!("no --redis-url: this node registers with no control plane"),
+            }
+            let node = media_plane::MediaNode::start(config, hooks).await?;
             println!(
                 "media node {} listening on {}",
                 node.record().id,

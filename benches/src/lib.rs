@@ -64,6 +64,7 @@ impl Client {
             .join(
                 now,
                 JoinRequest {
+                    id: protocol::ParticipantId::from_uuid(Uuid::new_v4()),
                     session: SessionId::from_uuid(Uuid::from_u128(1)),
                     user: UserId::from_uuid(Uuid::from_u128(u128::from(n))),
                     grants: Grants {

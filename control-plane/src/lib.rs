@@ -26,12 +26,14 @@ mod keys;
 mod passwords;
 pub mod registry;
 pub mod registry_redis;
+pub mod session_events;
 mod store;
 mod tokens;
 
 pub use api::error::PROBLEM_TYPE_PREFIX;
 pub use registry::{InProcessRegistry, NodeRegistry};
 pub use registry_redis::RedisRegistry;
+pub use session_events::EventIngest;
 
 use anyhow::Context as _;
 use std::net::SocketAddr;
@@ -86,6 +88,7 @@ fn redact_password(url: &str) -> String {
 /// A ready control plane: database migrated, signing key loaded, password hasher warmed.
 pub struct ControlPlane {
     state: api::AppState,
+    events: EventIngest,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -119,10 +122,28 @@ impl ControlPlane {
             tokens: tokens::Tokens::new(signer, config.issuer.clone()),
             passwords,
             region_hint: config.region_hint.clone(),
+            http: reqwest::Client::new(),
         };
+        let events = session_events::spawn_ingest(shared.store.clone());
         Ok(Self {
             state: api::AppState(Arc::new(shared)),
+            events,
         })
+    }
+
+    /// Where media nodes of this process report their session events.
+    pub fn session_events(&self) -> EventIngest {
+        self.events.clone()
+    }
+
+    /// Starts consuming the session events media nodes append to Redis (keys under `prefix`).
+    pub async fn consume_redis_events(&self, url: &str, prefix: &str) -> anyhow::Result<()> {
+        session_events::consume_redis(
+            self.state.store.clone(),
+            url.to_string(),
+            prefix.to_string(),
+        )
+        .await
     }
 
     /// Every route, ready for `axum::serve` or `oneshot`.

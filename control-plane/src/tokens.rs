@@ -11,7 +11,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use protocol::api::{Jwks, SessionKind};
 use protocol::ids::{GroupId, NodeId, SessionId, UserId};
 use protocol::token::{
-    AUD_API, AccessClaims, JoinClaims, Signer, TokenError, TokenKind, VerifyingKeys,
+    AUD_API, AccessClaims, JoinClaims, ModerationClaims, Signer, TokenError, TokenKind,
+    VerifyingKeys,
 };
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
@@ -128,6 +129,31 @@ impl Tokens {
         })
     }
 }
+
+impl Tokens {
+    /// A moderation token for `node`: act on a participant of `session` for `user` (60 s).
+    pub(crate) fn moderation(
+        &self,
+        user: UserId,
+        node: NodeId,
+        session: SessionId,
+        now: u64,
+    ) -> String {
+        self.signer.sign(&ModerationClaims {
+            iss: self.issuer.clone(),
+            sub: user,
+            aud: node,
+            typ: TokenKind::Moderation,
+            iat: now,
+            exp: now + MODERATION_TTL_SECS,
+            jti: random_b64(16),
+            sid: session,
+        })
+    }
+}
+
+/// Lifetime of a moderation token: it is used at once.
+const MODERATION_TTL_SECS: u64 = 60;
 
 /// A new refresh token: the secret for the caller and the hash to store.
 pub(crate) struct RefreshToken {

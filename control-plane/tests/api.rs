@@ -15,6 +15,7 @@ use sha2::Digest as _;
 use sqlx::Row as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{App, PASSWORD, SimulatedRegistry, node, with_each_backend};
+use uuid::Uuid;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -640,6 +641,112 @@ async fn only_valid_access_tokens_authenticate() {
             .body(Body::empty())
             .unwrap();
         app.send(basic).await.problem(StatusCode::UNAUTHORIZED);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn session_events_keep_the_participants_current_and_only_from_the_hosting_node() {
+    use protocol::api::{ParticipantView, SessionAllocation};
+    use protocol::events::{ParticipantChange, SessionEvent};
+    use protocol::{NodeId, ParticipantId};
+    with_each_backend(SimulatedRegistry::default, |app| async move {
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let eve = app.register("eve").await;
+        let gid = app.group(&ann).await;
+        app.join(&gid, &ann, &bob).await;
+        app.registry
+            .heartbeat(node("eu-1", "eu", 0.1, NodeState::Serving));
+        let alloc: SessionAllocation = app.allocate(&gid, &ann).await.parse(StatusCode::CREATED);
+        let session = alloc.session.id;
+        let (p1, p2, p3) = (
+            ParticipantId::from_uuid(Uuid::now_v7()),
+            ParticipantId::from_uuid(Uuid::now_v7()),
+            ParticipantId::from_uuid(Uuid::now_v7()),
+        );
+        let event = |node: &str, participant, user, change| SessionEvent {
+            node: NodeId::new(node).unwrap(),
+            session,
+            participant,
+            user,
+            at_ms: 1_700_000_000_000,
+            change,
+        };
+        app.events
+            .submit(event("eu-1", p1, ann.user.id, ParticipantChange::Joined));
+        app.events
+            .submit(event("eu-1", p2, bob.user.id, ParticipantChange::Joined));
+        // Another node cannot write into this node's session.
+        app.events
+            .submit(event("eu-9", p3, bob.user.id, ParticipantChange::Joined));
+        // Repeated events change nothing.
+        app.events
+            .submit(event("eu-1", p1, ann.user.id, ParticipantChange::Joined));
+        app.events.submit(event(
+            "eu-1",
+            p2,
+            bob.user.id,
+            ParticipantChange::Muted {
+                microphone: true,
+                speaker: false,
+            },
+        ));
+        let left = ParticipantChange::Left {
+            reason: "requested".into(),
+        };
+        app.events.submit(event("eu-1", p1, ann.user.id, left));
+
+        let uri = format!("/v1/sessions/{session}/participants");
+        // Events apply in order on a task of their own: wait for the last one's effect.
+        let list = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let list: Vec<ParticipantView> = app
+                    .call(Method::GET, &uri, Some(&bob.access_token), None)
+                    .await
+                    .parse(StatusCode::OK);
+                if list.iter().all(|p| p.id != p1) && !list.is_empty() {
+                    return list;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the events are applied");
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].id, p2);
+        assert_eq!(list[0].user_id, bob.user.id);
+        assert!(list[0].mute_status.microphone && !list[0].mute_status.speaker);
+        app.call(Method::GET, &uri, Some(&eve.access_token), None)
+            .await
+            .problem(StatusCode::NOT_FOUND);
+        let unknown = format!("/v1/sessions/{}/participants", Uuid::now_v7());
+        app.call(Method::GET, &unknown, Some(&ann.access_token), None)
+            .await
+            .problem(StatusCode::NOT_FOUND);
+        // Moderating someone who left, or who never was there, is a 404 before any relay.
+        app.post(
+            &format!("{uri}/{p1}/mute"),
+            &ann.access_token,
+            json!({"microphone": true}),
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
+        app.post(
+            &format!("{uri}/{p3}/mute"),
+            &ann.access_token,
+            json!({"microphone": true}),
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
+        // A member may not moderate another.
+        app.post(
+            &format!("{uri}/{p2}/speak"),
+            &eve.access_token,
+            json!({"allowed": false}),
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
     })
     .await;
 }

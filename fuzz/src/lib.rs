@@ -33,6 +33,7 @@ pub fn shard(now: Instant) -> Shard {
 /// A join request for `offer` into session 1, with every grant.
 pub fn join_request(offer: String) -> JoinRequest {
     JoinRequest {
+        id: protocol::ParticipantId::from_uuid(Uuid::new_v4()),
         session: SessionId::from_uuid(Uuid::from_u128(1)),
         user: UserId::from_uuid(Uuid::from_u128(1)),
         grants: Grants {

@@ -6,7 +6,7 @@
 //! key id we do not know (the control plane rotated its key).
 
 use protocol::api::Jwks;
-use protocol::token::{self, JoinClaims, TokenError, VerifyingKeys};
+use protocol::token::{self, Claims, JoinClaims, ModerationClaims, TokenError, VerifyingKeys};
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -110,6 +110,16 @@ impl JoinVerifier {
 
     /// Verifies a join token and consumes it.
     pub async fn verify(&self, bearer: &str) -> Result<JoinClaims, AuthError> {
+        self.verify_once(bearer).await
+    }
+
+    /// Verifies a moderation token and consumes it.
+    pub async fn verify_moderation(&self, bearer: &str) -> Result<ModerationClaims, AuthError> {
+        self.verify_once(bearer).await
+    }
+
+    /// Verifies a single-use token of kind `C` for this node and consumes it.
+    async fn verify_once<C: Claims + SingleUse>(&self, bearer: &str) -> Result<C, AuthError> {
         if let Some(kid) = token::peek_kid(bearer)? {
             let known = self
                 .keys
@@ -127,7 +137,7 @@ impl JoinVerifier {
             }
         }
         let now = unix_now();
-        let claims: JoinClaims = self.keys.read().unwrap_or_else(|e| e.into_inner()).verify(
+        let claims: C = self.keys.read().unwrap_or_else(|e| e.into_inner()).verify(
             bearer,
             &self.node_id,
             now,
@@ -137,12 +147,36 @@ impl JoinVerifier {
             .replay
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .use_once(&claims.jti, claims.exp, now);
+            .use_once(claims.jti(), claims.exp(), now);
         if fresh {
             Ok(claims)
         } else {
             Err(AuthError::Replayed)
         }
+    }
+}
+
+/// A token used at most once: its id and expiry.
+trait SingleUse {
+    fn jti(&self) -> &str;
+    fn exp(&self) -> u64;
+}
+
+impl SingleUse for JoinClaims {
+    fn jti(&self) -> &str {
+        &self.jti
+    }
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
+impl SingleUse for ModerationClaims {
+    fn jti(&self) -> &str {
+        &self.jti
+    }
+    fn exp(&self) -> u64 {
+        self.exp
     }
 }
 

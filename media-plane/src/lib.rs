@@ -19,7 +19,7 @@ mod signaling;
 pub mod speakers;
 pub mod stun;
 
-pub use node::{Heartbeat, MediaNode, NodeConfig};
+pub use node::{EventSink, Heartbeat, Hooks, MediaNode, NodeConfig};
 pub use participant::{Grants, LeaveReason, MuteChange, ParticipantKey};
 pub use runtime::CoreLoad;
 pub use shard::{Datagram, JoinError, JoinRequest, Joined, Shard, ShardConfig, ShardEvent};

@@ -5,6 +5,7 @@ use crate::runtime::Core;
 use crate::shard::ShardEvent;
 use crate::signaling::{self, CoreRef, Placement, Signaling};
 use protocol::NodeId;
+use protocol::events::{ParticipantChange, SessionEvent};
 use protocol::node::{HEARTBEAT_INTERVAL_SECS, NodeRecord, NodeState};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,25 @@ impl NodeConfig {
 /// Called with the node's record at start and every heartbeat.
 pub type Heartbeat = Arc<dyn Fn(NodeRecord) + Send + Sync>;
 
+/// Called with every session event (participant joined, left, mute changed), in order.
+pub type EventSink = Arc<dyn Fn(SessionEvent) + Send + Sync>;
+
+/// Where a node reports to: the registry and the control plane.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub heartbeat: Option<Heartbeat>,
+    pub events: Option<EventSink>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("heartbeat", &self.heartbeat.is_some())
+            .field("events", &self.events.is_some())
+            .finish()
+    }
+}
+
 /// A running media node.
 pub struct MediaNode {
     record: Arc<Mutex<NodeRecord>>,
@@ -80,7 +100,8 @@ impl std::fmt::Debug for MediaNode {
 
 impl MediaNode {
     /// Starts the cores, the HTTP side and the heartbeat. Call from within a tokio runtime.
-    pub async fn start(config: NodeConfig, heartbeat: Option<Heartbeat>) -> anyhow::Result<Self> {
+    pub async fn start(config: NodeConfig, hooks: Hooks) -> anyhow::Result<Self> {
+        let heartbeat = hooks.heartbeat;
         anyhow::ensure!(config.cores >= 1, "a media node needs at least one core");
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut cores = Vec::with_capacity(config.cores);
@@ -145,6 +166,8 @@ impl MediaNode {
             events_rx,
             signaling.clone(),
             count_tx,
+            config.node_id.clone(),
+            hooks.events,
         )));
         if let Some(beat) = heartbeat.clone() {
             let record = record.clone();
@@ -263,24 +286,39 @@ impl MediaNode {
     }
 }
 
-/// Keeps the placement in step with what the cores report.
+/// Keeps the placement in step with what the cores report, counts participants, and reports
+/// session events.
 async fn track_events(
     mut events: mpsc::UnboundedReceiver<(u16, ShardEvent)>,
     sig: Arc<Signaling>,
     count: watch::Sender<usize>,
+    node: NodeId,
+    sink: Option<EventSink>,
 ) {
     while let Some((core, e)) = events.recv().await {
-        match &e {
-            ShardEvent::Joined { .. } => count.send_modify(|n| *n += 1),
-            ShardEvent::Left { .. } => count.send_modify(|n| *n = n.saturating_sub(1)),
-            _ => {}
-        }
+        let report = |session, participant, user, change| {
+            if let Some(sink) = &sink {
+                sink(SessionEvent {
+                    node: node.clone(),
+                    session,
+                    participant,
+                    user,
+                    at_ms: unix_ms(),
+                    change,
+                });
+            }
+        };
         match e {
             ShardEvent::Joined {
                 session,
                 participant,
+                id,
                 user,
-            } => tracing::info!(core, %session, participant, %user, "participant joined"),
+            } => {
+                count.send_modify(|n| *n += 1);
+                tracing::info!(core, %session, participant, %id, %user, "participant joined");
+                report(session, id, user, ParticipantChange::Joined);
+            }
             ShardEvent::Connected {
                 session,
                 participant,
@@ -288,27 +326,50 @@ async fn track_events(
             ShardEvent::Left {
                 session,
                 participant,
+                id,
+                user,
                 reason,
-                ..
             } => {
-                tracing::info!(core, %session, participant, ?reason, "participant left");
+                count.send_modify(|n| *n = n.saturating_sub(1));
+                tracing::info!(core, %session, participant, %id, ?reason, "participant left");
                 sig.placement
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .left(core, participant);
-            }
-            ShardEvent::RoomClosed { session } => {
-                tracing::info!(core, %session, "room closed");
+                let reason = reason.as_str().to_string();
+                report(session, id, user, ParticipantChange::Left { reason });
             }
             ShardEvent::Muted {
                 session,
                 participant,
+                id,
+                user,
                 microphone,
                 speaker,
-            } => tracing::info!(core, %session, participant, microphone, speaker, "mute changed"),
+            } => {
+                tracing::info!(core, %session, participant, microphone, speaker, "mute changed");
+                report(
+                    session,
+                    id,
+                    user,
+                    ParticipantChange::Muted {
+                        microphone,
+                        speaker,
+                    },
+                );
+            }
+            ShardEvent::RoomClosed { session } => {
+                tracing::info!(core, %session, "room closed");
+            }
             ShardEvent::Speakers { session, speakers } => {
                 tracing::debug!(core, %session, ?speakers, "active speakers");
             }
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

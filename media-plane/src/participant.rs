@@ -2,7 +2,7 @@
 //! which it receives the other participants' audio.
 
 use crate::forwarder::DownSlot;
-use protocol::{SessionId, UserId};
+use protocol::{ParticipantId, SessionId, UserId};
 use std::net::SocketAddr;
 use std::time::Instant;
 use str0m::Rtc;
@@ -46,6 +46,7 @@ pub enum LeaveReason {
 
 #[derive(Debug)]
 pub(crate) struct Participant {
+    pub id: ParticipantId,
     pub session: SessionId,
     pub user: UserId,
     pub rtc: Rtc,
@@ -67,4 +68,17 @@ pub(crate) struct Participant {
     /// The deadline str0m asked for last; heap entries with another deadline are stale.
     pub deadline: Option<Instant>,
     pub leaving: Option<LeaveReason>,
+}
+
+impl LeaveReason {
+    /// The reason as reported in session events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Requested => "requested",
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::NeverConnected => "never_connected",
+            LeaveReason::Failed => "failed",
+            LeaveReason::Removed => "removed",
+        }
+    }
 }

@@ -10,6 +10,7 @@ use crate::shard::{JoinError, JoinRequest, Joined, Shard, ShardConfig, ShardEven
 use futures_lite::future;
 use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
+use protocol::api::Moderation;
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -30,6 +31,11 @@ pub(crate) enum Command {
     },
     Leave {
         participant: ParticipantKey,
+        reply: oneshot::Sender<bool>,
+    },
+    Moderate {
+        participant: ParticipantKey,
+        action: Moderation,
         reply: oneshot::Sender<bool>,
     },
 }
@@ -215,6 +221,15 @@ async fn run_core(
             }
             Command::Leave { participant, reply } => {
                 let r = local.shard.borrow_mut().leave(participant);
+                local.flush().await;
+                let _ = reply.send(r);
+            }
+            Command::Moderate {
+                participant,
+                action,
+                reply,
+            } => {
+                let r = local.shard.borrow_mut().moderate(participant, action);
                 local.flush().await;
                 let _ = reply.send(r);
             }

@@ -20,7 +20,7 @@ use crate::room::Room;
 use crate::speakers::{Speaker, SpeakerConfig};
 use crate::stun;
 use protocol::room::CONTROL_LABEL;
-use protocol::{SessionId, UserId};
+use protocol::{ParticipantId, SessionId, UserId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -77,6 +77,8 @@ impl ShardConfig {
 /// A request to join a room on this shard (already authorised by the caller).
 #[derive(Debug, Clone)]
 pub struct JoinRequest {
+    /// The participation's id, minted by the caller (the WHIP resource id).
+    pub id: ParticipantId,
     pub session: SessionId,
     pub user: UserId,
     pub grants: Grants,
@@ -113,6 +115,7 @@ pub enum ShardEvent {
     Joined {
         session: SessionId,
         participant: ParticipantKey,
+        id: ParticipantId,
         user: UserId,
     },
     Connected {
@@ -122,6 +125,7 @@ pub enum ShardEvent {
     Left {
         session: SessionId,
         participant: ParticipantKey,
+        id: ParticipantId,
         user: UserId,
         reason: LeaveReason,
     },
@@ -132,6 +136,8 @@ pub enum ShardEvent {
     Muted {
         session: SessionId,
         participant: ParticipantKey,
+        id: ParticipantId,
+        user: UserId,
         microphone: bool,
         speaker: bool,
     },
@@ -334,6 +340,7 @@ impl Shard {
         }
 
         let participant = Participant {
+            id: req.id,
             session: req.session,
             user: req.user,
             rtc,
@@ -365,6 +372,7 @@ impl Shard {
         self.events.push_back(ShardEvent::Joined {
             session: req.session,
             participant: key,
+            id: req.id,
             user: req.user,
         });
         Ok(Joined {
@@ -385,7 +393,7 @@ impl Shard {
         p.mic_muted = change.microphone.unwrap_or(p.mic_muted);
         p.speaker_muted = change.speaker.unwrap_or(p.speaker_muted);
         let after = (p.mic_muted, p.speaker_muted);
-        let session = p.session;
+        let (session, id, user) = (p.session, p.id, p.user);
         if after == before {
             return Some(after);
         }
@@ -396,6 +404,8 @@ impl Shard {
         self.emit(ShardEvent::Muted {
             session,
             participant,
+            id,
+            user,
             microphone: after.0,
             speaker: after.1,
         });
@@ -764,6 +774,7 @@ impl Shard {
         self.emit(ShardEvent::Left {
             session: p.session,
             participant: key,
+            id: p.id,
             user: p.user,
             reason,
         });

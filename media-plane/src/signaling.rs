@@ -16,9 +16,9 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use base64::Engine as _;
-use protocol::SessionId;
+use protocol::api::Moderation;
 use protocol::api::{PROBLEM_JSON, PROBLEM_TYPE_PREFIX, Problem};
+use protocol::{ParticipantId, SessionId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,9 +39,9 @@ pub(crate) struct CoreRef {
 pub(crate) struct Placement {
     /// Session → (core, participants placed or joining there).
     sessions: HashMap<SessionId, (u16, u32)>,
-    /// WHIP resource id → (core, participant, session).
-    resources: HashMap<String, (u16, ParticipantKey, SessionId)>,
-    by_participant: HashMap<(u16, ParticipantKey), String>,
+    /// WHIP resource (participant id) → (core, participant, session).
+    resources: HashMap<ParticipantId, (u16, ParticipantKey, SessionId)>,
+    by_participant: HashMap<(u16, ParticipantKey), ParticipantId>,
 }
 
 impl Placement {
@@ -100,6 +100,10 @@ pub(crate) fn router(state: Arc<Signaling>) -> Router {
     Router::new()
         .route("/v1/whip/{session}", post(whip_post))
         .route("/v1/whip/{session}/{resource}", delete(whip_delete))
+        .route(
+            "/v1/admin/sessions/{session}/participants/{participant}",
+            post(moderate),
+        )
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -183,6 +187,7 @@ async fn whip_post(
         );
     };
 
+    let id = ParticipantId::from_uuid(uuid::Uuid::new_v4());
     let core = {
         let mut placement = sig.placement();
         if sig.draining.load(Ordering::Relaxed) && !placement.sessions.contains_key(&session) {
@@ -198,6 +203,7 @@ async fn whip_post(
     };
     let (reply, answer) = oneshot::channel();
     let req = JoinRequest {
+        id,
         session,
         user: claims.sub,
         grants: Grants {
@@ -217,15 +223,12 @@ async fn whip_post(
     };
     match result {
         Some(Ok(joined)) => {
-            let resource = random_id();
             {
                 let mut p = sig.placement();
-                p.resources
-                    .insert(resource.clone(), (core, joined.participant, session));
-                p.by_participant
-                    .insert((core, joined.participant), resource.clone());
+                p.resources.insert(id, (core, joined.participant, session));
+                p.by_participant.insert((core, joined.participant), id);
             }
-            let location = format!("/v1/whip/{session}/{resource}");
+            let location = format!("/v1/whip/{session}/{id}");
             let mut res = (StatusCode::CREATED, joined.answer).into_response();
             let h = res.headers_mut();
             h.insert(
@@ -266,7 +269,10 @@ async fn whip_delete(
     State(sig): State<Arc<Signaling>>,
     Path((session, resource)): Path<(String, String)>,
 ) -> Response {
-    let found = sig.placement().resources.get(&resource).copied();
+    let found = resource
+        .parse::<ParticipantId>()
+        .ok()
+        .and_then(|id| sig.placement().resources.get(&id).copied());
     let Some((core, participant, sid)) = found else {
         return problem(
             StatusCode::NOT_FOUND,
@@ -291,6 +297,85 @@ async fn whip_delete(
     // The Left event updates the placement; answer once the core has acted.
     let _ = done.await;
     StatusCode::OK.into_response()
+}
+
+/// The control plane relays a moderation (mute, allow to speak, remove) with a moderation token.
+async fn moderate(
+    State(sig): State<Arc<Signaling>>,
+    Path((session, participant)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<axum::Json<Moderation>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let claims = match bearer {
+        None => return unauthorized(AuthError::Missing),
+        Some(t) => match sig.verifier.verify_moderation(t).await {
+            Ok(c) => c,
+            Err(e) => return unauthorized(e),
+        },
+    };
+    let axum::Json(action) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return problem(
+                e.status(),
+                "bad-body",
+                "The moderation could not be read",
+                Some(e.body_text()),
+            );
+        }
+    };
+    let not_found = || {
+        problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such participant",
+            None,
+        )
+    };
+    let (Ok(session), Ok(participant)) = (
+        session.parse::<SessionId>(),
+        participant.parse::<ParticipantId>(),
+    ) else {
+        return not_found();
+    };
+    if claims.sid != session {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "wrong-session",
+            "The token is for another session",
+            None,
+        );
+    }
+    let Some((core, key, sid)) = sig.placement().resources.get(&participant).copied() else {
+        return not_found();
+    };
+    if sid != session {
+        return not_found();
+    }
+    let (reply, done) = oneshot::channel();
+    let sent = sig.cores[usize::from(core)]
+        .commands
+        .send(Command::Moderate {
+            participant: key,
+            action,
+            reply,
+        })
+        .await;
+    match (sent, done.await) {
+        (Ok(()), Ok(true)) => StatusCode::NO_CONTENT.into_response(),
+        (Ok(()), Ok(false)) => not_found(),
+        _ => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "core-unavailable",
+            "The media core is not running",
+            None,
+        ),
+    }
 }
 
 async fn readyz(State(sig): State<Arc<Signaling>>) -> Response {
@@ -348,9 +433,4 @@ pub(crate) fn problem(
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     res
-}
-
-/// A 128-bit random id, base64url: a WHIP resource URL is a capability.
-fn random_id() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
 }

@@ -2,7 +2,7 @@
 //!
 //! Timestamps are RFC 3339 strings on the wire so this crate needs no time library.
 
-use crate::ids::{GroupId, NodeId, SessionId, UserId};
+use crate::ids::{GroupId, NodeId, ParticipantId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/auth/register`.
@@ -176,6 +176,58 @@ pub struct SessionAllocation {
     pub session: SessionView,
     pub candidates: Vec<Candidate>,
     pub join_token: String,
+}
+
+/// Whether a participant's microphone and speaker are muted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MuteStatus {
+    pub microphone: bool,
+    pub speaker: bool,
+}
+
+/// A participant of a session (`GET /v1/sessions/{id}/participants`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantView {
+    pub id: ParticipantId,
+    pub user_id: UserId,
+    pub joined_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_at: Option<String>,
+    pub mute_status: MuteStatus,
+}
+
+/// `POST /v1/sessions/{id}/participants/{pid}/mute`: `None` leaves that side as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MuteRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microphone: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker: Option<bool>,
+}
+
+/// `POST /v1/sessions/{id}/participants/{pid}/speak`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeakRequest {
+    pub allowed: bool,
+}
+
+/// What the control plane asks a media node to do to a participant (the node's moderation API,
+/// `POST {node}/v1/admin/sessions/{sid}/participants/{pid}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Moderation {
+    Mute {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        microphone: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        speaker: Option<bool>,
+    },
+    Speak {
+        allowed: bool,
+    },
+    Remove,
 }
 
 /// RFC 9457 problem details, the body of every error answer (`application/problem+json`).

@@ -50,6 +50,11 @@ uuid_id!(
     /// A media session (a room) of a group, hosted on one media node.
     SessionId
 );
+uuid_id!(
+    /// One participation of a user in a session: minted by the media node at the WHIP join, the
+    /// id of its WHIP resource and of its row in the control plane's participants table.
+    ParticipantId
+);
 
 /// A media node's id: short, printable, chosen by the operator (`eu-1-a`) or generated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

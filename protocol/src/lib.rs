@@ -2,6 +2,7 @@
 //!
 //! - [`ids`]: id newtypes (a `GroupId` is never confused with a `UserId`).
 //! - [`api`]: the REST request/response bodies of the control plane and the problem+json error body.
+//! - [`events`]: what media nodes report about their sessions to the control plane.
 //! - [`node`]: the media node record the registry holds.
 //! - [`room`]: room control messages on the data channel.
 //! - [`token`]: the claims of every token kind and the EdDSA JWT codec that signs and verifies them.
@@ -10,9 +11,10 @@
 //! other crate may depend on it (ARCHITECTURE.md, invariant 1). Decoders return errors, never panic.
 
 pub mod api;
+pub mod events;
 pub mod ids;
 pub mod node;
 pub mod room;
 pub mod token;
 
-pub use ids::{GroupId, NodeId, SessionId, UserId};
+pub use ids::{GroupId, NodeId, ParticipantId, SessionId, UserId};

@@ -131,9 +131,11 @@ pub enum ServerMessage {
     Speakers {
         speakers: Vec<SpeakerInfo>,
     },
-    /// You were removed from the room; the connection closes.
+    /// You were removed from the room (by an admin in the room, or through the REST API when
+    /// `by` is absent); the connection closes.
     Removed {
-        by: ParticipantRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<ParticipantRef>,
     },
     /// A request was refused.
     Error {

@@ -30,6 +30,7 @@ pub enum TokenKind {
     Access,
     Join,
     Location,
+    Moderation,
 }
 
 /// Claims every token kind has.
@@ -85,6 +86,25 @@ pub struct JoinClaims {
 
 impl Claims for JoinClaims {
     const KIND: TokenKind = TokenKind::Join;
+}
+
+/// Moderation token (aud = the media node id, ≤ 1 min): the control plane asks a node to act on
+/// a participant of one session on behalf of `sub`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModerationClaims {
+    pub iss: String,
+    /// The user on whose behalf the control plane acts.
+    pub sub: UserId,
+    pub aud: NodeId,
+    pub typ: TokenKind,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+    pub sid: SessionId,
+}
+
+impl Claims for ModerationClaims {
+    const KIND: TokenKind = TokenKind::Moderation;
 }
 
 /// Why a token was refused. The messages are safe to show to the caller.

@@ -25,10 +25,12 @@ struct Cluster {
 
 impl Cluster {
     /// A control plane on SQLite and two one-core media nodes `a` and `b`.
+    /// With `redis` (url, prefix), session events travel on the Redis stream; else in process.
     async fn start(
         registry: Arc<dyn NodeRegistry>,
         refresh: Refresh,
         beat: impl Fn() -> Pin<Box<dyn Future<Output = Heartbeat> + Send>>,
+        redis: Option<(String, String)>,
     ) -> Self {
         let dir = std::env::temp_dir().join(format!("convoy-reg-{}", uuid::Uuid::now_v7()));
         let config = control_plane::Config {
@@ -39,6 +41,18 @@ impl Cluster {
             region_hint: None,
         };
         let cp = ControlPlane::new(&config, registry.clone()).await.unwrap();
+        let events: media_plane::EventSink = match &redis {
+            Some((url, prefix)) => {
+                cp.consume_redis_events(url, prefix).await.unwrap();
+                media_plane::registry::redis_event_sink(url, prefix)
+                    .await
+                    .unwrap()
+            }
+            None => {
+                let ingest = cp.session_events();
+                Arc::new(move |e| ingest.submit(e))
+            }
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(control_plane::serve(listener, cp, std::future::pending()));
@@ -55,7 +69,11 @@ impl Cluster {
                     format!("{base}/.well-known/jwks.json"),
                 )
             };
-            nodes.push(MediaNode::start(config, Some(beat().await)).await.unwrap());
+            let hooks = media_plane::Hooks {
+                heartbeat: Some(beat().await),
+                events: Some(events.clone()),
+            };
+            nodes.push(MediaNode::start(config, hooks).await.unwrap());
         }
         let cluster = Cluster {
             base,
@@ -90,6 +108,19 @@ impl Cluster {
     }
 }
 
+fn offer() -> String {
+    let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(
+        str0m::media::MediaKind::Audio,
+        str0m::media::Direction::SendRecv,
+        None,
+        None,
+        None,
+    );
+    api.apply().unwrap().0.to_sdp_string()
+}
+
 async fn a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster: Cluster) {
     let alice = User::register(&cluster.base, "alice").await.unwrap();
     let bob = User::register(&cluster.base, "bob").await.unwrap();
@@ -109,6 +140,40 @@ async fn a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster: Cluster
         first.candidates[0].node_id, hosting,
         "the join token's node comes first"
     );
+
+    // Joining over WHIP: the node's session event puts alice in the participants table.
+    let res = reqwest::Client::new()
+        .post(&first.candidates[0].whip_url)
+        .header("content-type", "application/sdp")
+        .bearer_auth(&first.join_token)
+        .body(offer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let listed = async {
+        loop {
+            let list: Vec<protocol::api::ParticipantView> = reqwest::Client::new()
+                .get(format!(
+                    "{}/v1/sessions/{}/participants",
+                    cluster.base, first.session.id
+                ))
+                .bearer_auth(&bob.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if list.len() == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), listed)
+        .await
+        .expect("the participant reaches the control plane through the session events");
 
     drained.drain();
     let id = drained.record().id;
@@ -142,14 +207,14 @@ async fn a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster: Cluster
 async fn in_process_registry_two_nodes_one_drained() {
     let registry = Arc::new(InProcessRegistry::new());
     let beat_to = registry.clone();
-    let cluster = Cluster::start(registry, Box::new(|| Box::pin(async {})), move || {
+    let beat = move || -> Pin<Box<dyn Future<Output = Heartbeat> + Send>> {
         let r = beat_to.clone();
         Box::pin(async move {
             let beat: Heartbeat = Arc::new(move |rec| r.heartbeat(rec));
             beat
         })
-    })
-    .await;
+    };
+    let cluster = Cluster::start(registry, Box::new(|| Box::pin(async {})), beat, None).await;
     a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster).await;
 }
 
@@ -179,7 +244,20 @@ async fn redis_registry_two_nodes_one_drained() {
                     .unwrap()
             })
         },
+        Some((url.clone(), prefix.clone())),
     )
     .await;
     a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster).await;
+    // Node records expire on their own; the stream and the index do not.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(protocol::events::redis_stream_key(&prefix))
+        .arg(protocol::node::redis_index_key(&prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }

@@ -45,6 +45,9 @@ pub(crate) enum AppError {
     /// No media node takes new sessions (503).
     #[error("no media node can take a new session now; try again shortly")]
     NoMediaNode,
+    /// A media node did not carry out a relayed request (502).
+    #[error("{0}")]
+    BadGateway(&'static str),
     /// The database does not answer (503).
     #[error("the database does not answer")]
     NotReady,
@@ -71,6 +74,7 @@ impl AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::NoMediaNode | AppError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +103,7 @@ impl AppError {
             AppError::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
             AppError::NoMediaNode => ("no-media-node", "No media capacity"),
             AppError::NotReady => ("not-ready", "Not ready"),
+            AppError::BadGateway(_) => ("media-node-failed", "The media node did not answer"),
             AppError::Internal(_) => ("internal", "Internal server error"),
         }
     }

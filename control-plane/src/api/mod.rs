@@ -12,6 +12,7 @@ pub(crate) mod error;
 mod extract;
 mod groups;
 mod health;
+mod participants;
 mod sessions;
 
 use crate::passwords::Passwords;
@@ -20,7 +21,7 @@ use crate::store::Store;
 use crate::tokens::Tokens;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use error::AppError;
 use std::fmt;
 use std::ops::Deref;
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub tokens: Tokens,
     pub passwords: Passwords,
     pub region_hint: Option<String>,
+    /// Client for relaying moderation to media nodes.
+    pub http: reqwest::Client,
 }
 
 impl fmt::Debug for Shared {
@@ -72,6 +75,19 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/groups/{id}/invites", post(groups::invite))
         .route("/v1/groups/{id}/sessions", post(sessions::allocate))
         .route("/v1/invites/{code}/accept", post(groups::accept))
+        .route("/v1/sessions/{id}/participants", get(participants::list))
+        .route(
+            "/v1/sessions/{id}/participants/{pid}",
+            delete(participants::remove),
+        )
+        .route(
+            "/v1/sessions/{id}/participants/{pid}/mute",
+            post(participants::mute),
+        )
+        .route(
+            "/v1/sessions/{id}/participants/{pid}/speak",
+            post(participants::speak),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

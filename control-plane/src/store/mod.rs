@@ -8,10 +8,12 @@
 //! time and applied on connect. This module knows nothing about HTTP.
 
 mod groups;
+mod participants;
 mod sessions;
 mod users;
 
 pub(crate) use groups::{GroupRow, MemberGroup};
+pub(crate) use participants::ParticipantRow;
 pub(crate) use sessions::SessionRow;
 pub(crate) use users::{NewRefreshToken, NewUser};
 

@@ -18,7 +18,7 @@ pub(crate) struct SessionRow {
 }
 
 impl SessionRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             id: uuid_column(row, "id", SessionId::from_uuid)?,
             group: uuid_column(row, "group_id", GroupId::from_uuid)?,

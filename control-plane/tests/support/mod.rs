@@ -30,6 +30,8 @@ pub const PASSWORD: &str = "correct horse battery";
 pub struct App<R> {
     router: Router,
     pub signer: Signer,
+    /// Where in-process media nodes report session events.
+    pub events: control_plane::EventIngest,
     pub registry: Arc<R>,
     pub database_url: String,
 }
@@ -39,6 +41,7 @@ impl<R> Clone for App<R> {
         Self {
             router: self.router.clone(),
             signer: self.signer.clone(),
+            events: self.events.clone(),
             registry: self.registry.clone(),
             database_url: self.database_url.clone(),
         }
@@ -293,6 +296,7 @@ where
     let app = App {
         router: cp.router(),
         signer: cp.signer().clone(),
+        events: cp.session_events(),
         registry,
         database_url: url.to_owned(),
     };

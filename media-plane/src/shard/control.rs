@@ -8,6 +8,7 @@
 use super::{Shard, ShardEvent};
 use crate::participant::{LeaveReason, MuteChange, Participant, ParticipantKey};
 use protocol::SessionId;
+use protocol::api::Moderation;
 use protocol::room::{ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, SpeakerInfo};
 use std::time::Instant;
 
@@ -115,7 +116,7 @@ impl Shard {
             }
             ClientMessage::Remove { participant } => {
                 if self.in_room(participant, session) {
-                    self.send(participant, &ServerMessage::Removed { by: from });
+                    self.send(participant, &ServerMessage::Removed { by: Some(from) });
                     self.remove_participant(participant, LeaveReason::Removed);
                 } else {
                     self.unknown(from, participant);
@@ -146,6 +147,33 @@ impl Shard {
             self.announce(participant);
         }
         true
+    }
+
+    /// Applies a moderation the control plane relays (REST API). Returns whether the participant
+    /// was here.
+    pub fn moderate(&mut self, participant: ParticipantKey, action: Moderation) -> bool {
+        if !self.participants.contains_key(&participant) {
+            return false;
+        }
+        match action {
+            Moderation::Mute {
+                microphone,
+                speaker,
+            } => self
+                .set_mute(
+                    participant,
+                    MuteChange {
+                        microphone,
+                        speaker,
+                    },
+                )
+                .is_some(),
+            Moderation::Speak { allowed } => self.set_can_speak(participant, allowed),
+            Moderation::Remove => {
+                self.send(participant, &ServerMessage::Removed { by: None });
+                self.remove_participant(participant, LeaveReason::Removed)
+            }
+        }
     }
 
     /// Removes a participant on an admin's request. Returns whether it was here.

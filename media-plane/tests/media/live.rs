@@ -45,7 +45,9 @@ impl Live {
             cores: 1,
             ..NodeConfig::local(NodeId::new(NODE).unwrap(), jwks_url)
         };
-        let node = MediaNode::start(config, None).await.unwrap();
+        let node = MediaNode::start(config, media_plane::Hooks::default())
+            .await
+            .unwrap();
         Live {
             node,
             signer,

@@ -164,6 +164,7 @@ impl Sim {
             .join(
                 self.now,
                 JoinRequest {
+                    id: protocol::ParticipantId::from_uuid(Uuid::new_v4()),
                     session,
                     user: UserId::from_uuid(Uuid::from_u128(u128::from(tag))),
                     grants,
@@ -375,6 +376,7 @@ fn a_peer_that_never_connects_is_removed_after_the_join_timeout() {
         .join(
             sim.now,
             JoinRequest {
+                id: protocol::ParticipantId::from_uuid(Uuid::new_v4()),
                 session: session(3),
                 user: UserId::from_uuid(Uuid::from_u128(5)),
                 grants: ALL,
@@ -395,6 +397,7 @@ fn bad_offers_are_refused_with_a_reason_and_leave_the_call_running() {
     sim.join(session(1), 2, ALL, true, 0);
     sim.run(Duration::from_secs(1));
     let req = |offer: &str| JoinRequest {
+        id: protocol::ParticipantId::from_uuid(Uuid::new_v4()),
         session: session(1),
         user: UserId::from_uuid(Uuid::from_u128(99)),
         grants: ALL,

@@ -1,0 +1,157 @@
+//! The participants of a media session: `GET /v1/sessions/{id}/participants` and the moderation
+//! routes under `/v1/sessions/{id}/participants/{pid}` (mute, speak, remove).
+//!
+//! The list comes from SQL, which the media nodes' session events keep current. Moderation is
+//! relayed to the node hosting the session with a single-use moderation token (aud = the node);
+//! the node reports the outcome as session events like any other change. Who may do what: any
+//! member lists; a participant mutes or removes itself; a group admin does anything to anyone.
+
+use super::AppState;
+use super::error::AppError;
+use super::extract::{Caller, Json, Path};
+use super::groups::member_of;
+use crate::clock::{Now, rfc3339};
+use crate::store::{ParticipantRow, SessionRow};
+use axum::extract::State;
+use axum::http::StatusCode;
+use protocol::api::{Moderation, MuteRequest, MuteStatus, ParticipantView, Role, SpeakRequest};
+use protocol::ids::{ParticipantId, SessionId};
+use std::time::Duration;
+
+/// How long the control plane waits for a media node to carry out a moderation.
+const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn view(p: ParticipantRow) -> ParticipantView {
+    ParticipantView {
+        id: p.id,
+        user_id: p.user,
+        joined_at: rfc3339(p.joined_at_ms),
+        left_at: p.left_at_ms.map(rfc3339),
+        mute_status: MuteStatus {
+            microphone: p.mute_microphone,
+            speaker: p.mute_speaker,
+        },
+    }
+}
+
+/// The session and the caller's role in its group (404 for non-members, as for groups).
+async fn session_of(
+    state: &AppState,
+    caller: Caller,
+    id: SessionId,
+) -> Result<(SessionRow, Role), AppError> {
+    let session = state
+        .store
+        .session(id)
+        .await?
+        .ok_or(AppError::NotFound("no such session"))?;
+    let membership = member_of(state, session.group, caller)
+        .await
+        .map_err(|_| AppError::NotFound("no such session"))?;
+    Ok((session, membership.role))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<SessionId>,
+) -> Result<Json<Vec<ParticipantView>>, AppError> {
+    let (session, _) = session_of(&state, caller, id).await?;
+    let rows = state.store.present_participants(session.id).await?;
+    Ok(Json(rows.into_iter().map(view).collect()))
+}
+
+pub(super) async fn mute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, pid)): Path<(SessionId, ParticipantId)>,
+    Json(req): Json<MuteRequest>,
+) -> Result<StatusCode, AppError> {
+    let action = Moderation::Mute {
+        microphone: req.microphone,
+        speaker: req.speaker,
+    };
+    moderate(&state, caller, id, pid, action, true).await
+}
+
+pub(super) async fn speak(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, pid)): Path<(SessionId, ParticipantId)>,
+    Json(req): Json<SpeakRequest>,
+) -> Result<StatusCode, AppError> {
+    let action = Moderation::Speak {
+        allowed: req.allowed,
+    };
+    moderate(&state, caller, id, pid, action, false).await
+}
+
+pub(super) async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, pid)): Path<(SessionId, ParticipantId)>,
+) -> Result<StatusCode, AppError> {
+    moderate(&state, caller, id, pid, Moderation::Remove, true).await
+}
+
+/// Checks the caller's right and relays `action` to the session's node.
+async fn moderate(
+    state: &AppState,
+    caller: Caller,
+    id: SessionId,
+    pid: ParticipantId,
+    action: Moderation,
+    self_allowed: bool,
+) -> Result<StatusCode, AppError> {
+    let (session, role) = session_of(state, caller, id).await?;
+    let participant = state
+        .store
+        .participant(session.id, pid)
+        .await?
+        .filter(|p| p.left_at_ms.is_none())
+        .ok_or(AppError::NotFound("no such participant in the session"))?;
+    let is_self = participant.user == caller.user;
+    if role != Role::Admin && !(self_allowed && is_self) {
+        return Err(AppError::Forbidden("only a group admin may do that"));
+    }
+    let node = state
+        .registry
+        .get(&session.node)
+        .ok_or(AppError::BadGateway(
+            "the session's media node is not reachable",
+        ))?;
+    let token = state.tokens.moderation(
+        caller.user,
+        session.node.clone(),
+        session.id,
+        Now::read().secs(),
+    );
+    let url = format!(
+        "{}/v1/admin/sessions/{}/participants/{}",
+        node.http_url.trim_end_matches('/'),
+        session.id,
+        pid
+    );
+    let res = state
+        .http
+        .post(&url)
+        .bearer_auth(token)
+        .json(&action)
+        .timeout(NODE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, node = %session.node, "moderation relay failed");
+            AppError::BadGateway("the session's media node is not reachable")
+        })?;
+    match res.status().as_u16() {
+        200..=299 => Ok(StatusCode::NO_CONTENT),
+        404 => Err(AppError::NotFound(
+            "the participant is no longer on the media node",
+        )),
+        status => {
+            tracing::warn!(status, node = %session.node, "media node refused a moderation");
+            Err(AppError::BadGateway("the media node refused the request"))
+        }
+    }
+}

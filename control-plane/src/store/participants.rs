@@ -1,0 +1,140 @@
+//! Participants of media sessions, kept current from the media nodes' session events.
+//!
+//! A node may only write rows for sessions the control plane placed on it: every statement checks
+//! the session's `node_id` against the event's node. Events are idempotent (a repeated `joined`
+//! changes nothing, `left` only closes an open row).
+
+use super::{SessionRow, Store, uuid_column};
+use protocol::events::{ParticipantChange, SessionEvent};
+use protocol::ids::{ParticipantId, SessionId, UserId};
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+/// A stored participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParticipantRow {
+    pub id: ParticipantId,
+    pub session: SessionId,
+    pub user: UserId,
+    pub joined_at_ms: i64,
+    pub left_at_ms: Option<i64>,
+    pub mute_microphone: bool,
+    pub mute_speaker: bool,
+}
+
+impl ParticipantRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: uuid_column(row, "id", ParticipantId::from_uuid)?,
+            session: uuid_column(row, "session_id", SessionId::from_uuid)?,
+            user: uuid_column(row, "user_id", UserId::from_uuid)?,
+            joined_at_ms: row.try_get("joined_at")?,
+            left_at_ms: row.try_get("left_at")?,
+            mute_microphone: row.try_get::<i64, _>("mute_microphone")? != 0,
+            mute_speaker: row.try_get::<i64, _>("mute_speaker")? != 0,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, session_id, user_id, joined_at, left_at, mute_microphone, mute_speaker";
+
+impl Store {
+    /// Applies one session event. Returns whether a row changed.
+    pub(crate) async fn apply_session_event(&self, e: &SessionEvent) -> Result<bool, sqlx::Error> {
+        let at = i64::try_from(e.at_ms).unwrap_or(i64::MAX);
+        let result = match &e.change {
+            ParticipantChange::Joined => {
+                sqlx::query(
+                    "INSERT INTO participants (id, session_id, user_id, joined_at) \
+                     SELECT $1, $2, $3, $4 WHERE EXISTS \
+                     (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(e.participant.to_string())
+                .bind(e.session.to_string())
+                .bind(e.user.to_string())
+                .bind(at)
+                .bind(e.node.as_str())
+                .execute(&self.pool)
+                .await?
+            }
+            ParticipantChange::Left { .. } => {
+                sqlx::query(
+                    "UPDATE participants SET left_at = $1 \
+                     WHERE id = $2 AND session_id = $3 AND left_at IS NULL AND EXISTS \
+                     (SELECT 1 FROM sessions WHERE id = $3 AND node_id = $4)",
+                )
+                .bind(at)
+                .bind(e.participant.to_string())
+                .bind(e.session.to_string())
+                .bind(e.node.as_str())
+                .execute(&self.pool)
+                .await?
+            }
+            ParticipantChange::Muted {
+                microphone,
+                speaker,
+            } => {
+                sqlx::query(
+                    "UPDATE participants SET mute_microphone = $1, mute_speaker = $2 \
+                     WHERE id = $3 AND session_id = $4 AND EXISTS \
+                     (SELECT 1 FROM sessions WHERE id = $4 AND node_id = $5)",
+                )
+                .bind(i64::from(*microphone))
+                .bind(i64::from(*speaker))
+                .bind(e.participant.to_string())
+                .bind(e.session.to_string())
+                .bind(e.node.as_str())
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// The participants of a session who have not left, in join order.
+    pub(crate) async fn present_participants(
+        &self,
+        session: SessionId,
+    ) -> Result<Vec<ParticipantRow>, sqlx::Error> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM participants WHERE session_id = $1 AND left_at IS NULL \
+             ORDER BY joined_at, id"
+        ))
+        .bind(session.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(ParticipantRow::from_row)
+        .collect()
+    }
+
+    /// One participant of a session, present or not.
+    pub(crate) async fn participant(
+        &self,
+        session: SessionId,
+        id: ParticipantId,
+    ) -> Result<Option<ParticipantRow>, sqlx::Error> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM participants WHERE session_id = $1 AND id = $2"
+        ))
+        .bind(session.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(ParticipantRow::from_row)
+        .transpose()
+    }
+
+    /// A session by id.
+    pub(crate) async fn session(&self, id: SessionId) -> Result<Option<SessionRow>, sqlx::Error> {
+        sqlx::query("SELECT id, group_id, kind, node_id, created_at FROM sessions WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(SessionRow::from_row)
+            .transpose()
+    }
+}
