@@ -11,6 +11,7 @@ pub mod forwarder;
 mod metrics;
 pub mod node;
 pub mod participant;
+pub mod red;
 pub mod registry;
 mod room;
 mod runtime;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 use str0m::Rtc;
 use str0m::channel::ChannelId;
+use str0m::media::Pt;
 
 /// Key of a participant inside its shard. Never reused within a shard's lifetime.
 pub type ParticipantKey = u64;
@@ -51,6 +52,8 @@ pub(crate) struct Participant {
     pub user: UserId,
     pub rtc: Rtc,
     pub grants: Grants,
+    /// This peer's payload type for RFC 2198 RED over Opus, if it negotiated RED.
+    pub red_pt: Option<Pt>,
     pub slots: Vec<DownSlot>,
     pub ufrag: Vec<u8>,
     pub addrs: Vec<SocketAddr>,

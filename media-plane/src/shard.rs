@@ -16,6 +16,7 @@ mod control;
 
 use crate::forwarder::{DownSlot, SourceKey};
 use crate::participant::{Grants, LeaveReason, MuteChange, Participant, ParticipantKey};
+use crate::red;
 use crate::room::Room;
 use crate::speakers::{Speaker, SpeakerConfig};
 use crate::stun;
@@ -26,6 +27,7 @@ use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
@@ -276,7 +278,7 @@ impl Shard {
             .set_rtp_mode(true)
             .set_ice_lite(true)
             .clear_codecs()
-            .enable_opus(true, false)
+            .enable_opus(true, true)
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
                 pass,
@@ -321,12 +323,12 @@ impl Shard {
         if audio_mids.is_empty() {
             return Err(JoinError::NoAudio);
         }
-        let opus_pt = rtc
+        let (opus_pt, red_pt) = rtc
             .codec_config()
             .params()
             .iter()
             .find(|p| p.spec().codec == Codec::Opus)
-            .map(|p| p.pt())
+            .map(|p| (p.pt(), p.red()))
             .ok_or(JoinError::NoAudio)?;
         let mut slots = Vec::new();
         if req.grants.subscribe {
@@ -345,6 +347,7 @@ impl Shard {
             user: req.user,
             rtc,
             grants: req.grants,
+            red_pt,
             slots,
             ufrag: ufrag.clone().into_bytes(),
             addrs: Vec::new(),
@@ -643,11 +646,11 @@ impl Shard {
     /// small room, to those for whom the publisher is among the `top_n` loudest in a large one.
     fn forward(&mut self, now: Instant) {
         while let Some((from, pkt)) = self.forwards.pop_front() {
-            let Some(session) = self
+            let Some((session, from_red)) = self
                 .participants
                 .get(&from)
                 .filter(|p| !p.mic_muted && p.can_speak)
-                .map(|p| p.session)
+                .map(|p| (p.session, p.red_pt))
             else {
                 continue;
             };
@@ -663,6 +666,9 @@ impl Shard {
                 ssrc: *hdr.ssrc,
             };
             let (in_seq, in_ts) = (*pkt.seq_no, hdr.timestamp);
+            let is_red = from_red == Some(hdr.payload_type);
+            // The primary encoding of a RED packet, for subscribers without RED (made once).
+            let mut primary: Option<Option<Arc<[u8]>>> = None;
             let ext = ExtensionValues {
                 audio_level: hdr.ext_vals.audio_level,
                 voice_activity: hdr.ext_vals.voice_activity,
@@ -723,13 +729,26 @@ impl Shard {
                 let Some((seq, ts)) = slot.rewrite(source, in_seq, in_ts) else {
                     continue;
                 };
-                let (mid, pt) = (slot.mid, slot.pt);
+                let (mid, opus_pt) = (slot.mid, slot.pt);
+                let (pt, payload) = match (is_red, sub.red_pt) {
+                    (false, _) => (opus_pt, pkt.payload.clone()),
+                    (true, Some(red_pt)) => (red_pt, pkt.payload.clone()),
+                    (true, None) => {
+                        let stripped = primary.get_or_insert_with(|| {
+                            red::primary(&pkt.payload).map(|(_, data)| Arc::from(data))
+                        });
+                        match stripped {
+                            Some(data) => (opus_pt, data.clone()),
+                            None => continue,
+                        }
+                    }
+                };
                 let mut api = sub.rtc.direct_api();
                 let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                     continue;
                 };
                 tx.write_rtp(
-                    RtpWrite::new(pt, seq.into(), ts, now, pkt.payload.clone())
+                    RtpWrite::new(pt, seq.into(), ts, now, payload)
                         .marker(hdr.marker)
                         .ext_vals(ext.clone()),
                 );

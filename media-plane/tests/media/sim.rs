@@ -43,10 +43,21 @@ impl Peer {
         send: bool,
         recv_only: usize,
     ) -> (Self, String, SdpPendingOffer) {
+        Self::offer_with(tag, now, send, recv_only, false)
+    }
+
+    /// Like [`Peer::offer`], optionally offering RFC 2198 RED for Opus.
+    fn offer_with(
+        tag: u8,
+        now: Instant,
+        send: bool,
+        recv_only: usize,
+        red: bool,
+    ) -> (Self, String, SdpPendingOffer) {
         let addr: SocketAddr = format!("127.0.0.{}:5000", 10 + tag).parse().unwrap();
         let mut rtc = Rtc::builder()
             .clear_codecs()
-            .enable_opus(true, false)
+            .enable_opus(true, red)
             .build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
@@ -158,7 +169,19 @@ impl Sim {
         send: bool,
         recv_only: usize,
     ) -> u64 {
-        let (mut peer, offer, pending) = Peer::offer(tag, self.now, send, recv_only);
+        self.join_with(session, tag, grants, send, recv_only, false)
+    }
+
+    fn join_with(
+        &mut self,
+        session: SessionId,
+        tag: u8,
+        grants: Grants,
+        send: bool,
+        recv_only: usize,
+        red: bool,
+    ) -> u64 {
+        let (mut peer, offer, pending) = Peer::offer_with(tag, self.now, send, recv_only, red);
         let joined = self
             .shard
             .join(
@@ -787,4 +810,30 @@ fn room_control_on_the_data_channel_mutes_moderates_and_refuses_what_it_must() {
             })
     );
     assert!(sim.events.iter().any(|e| matches!(e, ShardEvent::Left { participant, reason: LeaveReason::Removed, .. } if *participant == member)));
+}
+
+#[test]
+fn red_is_passed_to_red_subscribers_and_stripped_for_the_others() {
+    let mut sim = Sim::new();
+    // 1 sends RED; 2 understands RED; 3 does not; 3 also publishes plain Opus.
+    sim.join_with(session(8), 1, ALL, true, 1, true);
+    sim.join_with(session(8), 2, ALL, true, 1, true);
+    sim.join_with(session(8), 3, ALL, true, 1, false);
+    sim.run(Duration::from_secs(2));
+    let mark: Vec<usize> = sim.peers.iter().map(|p| p.received.len()).collect();
+    sim.run(Duration::from_secs(1));
+    for (i, expect) in [(0, [2u8, 3]), (1, [1, 3]), (2, [1, 2])] {
+        let got = &sim.peers[i].received[mark[i]..];
+        for from in expect {
+            let n = got.iter().filter(|r| r.1 == from).count();
+            assert!(n >= 45, "peer {} hears {from} {n} times in 1 s", i + 1);
+        }
+        // Every frame decodes to the sender's 100-byte payload: no RED header left in it.
+        assert!(
+            got.iter().all(|r| r.2 == 100 && expect.contains(&r.1)),
+            "peer {}: {:?}",
+            i + 1,
+            &got[..3]
+        );
+    }
 }
