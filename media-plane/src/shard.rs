@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
-use str0m::format::Codec;
+use str0m::format::{Codec, CodecConfig};
 use str0m::media::{MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
@@ -274,7 +274,7 @@ impl Shard {
         let pass: String = (0..24)
             .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[self.rng.gen_range(0..36)]))
             .collect();
-        let mut rtc = Rtc::builder()
+        let mut config = Rtc::builder()
             .set_rtp_mode(true)
             .set_ice_lite(true)
             .clear_codecs()
@@ -283,15 +283,33 @@ impl Shard {
                 ufrag: ufrag.clone(),
                 pass,
             })
-            .set_dtls_cert(self.dtls_cert.clone())
-            .build(now);
+            .set_dtls_cert(self.dtls_cert.clone());
+        // Answer NACK for Opus when the client offers it: audio retransmission (str0m answers
+        // from its send buffer, one second of audio).
+        let params = config
+            .codec_config()
+            .params()
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                if p.spec().codec == Codec::Opus {
+                    p.set_fb_nack(true);
+                }
+                p
+            })
+            .collect();
+        *config.codec_config() = CodecConfig::new_from_payload_params(params);
+        let mut rtc = config.build(now);
         let candidate = Candidate::host(self.config.advertised, "udp")
             .map_err(|e| JoinError::Internal(e.to_string()))?;
         rtc.add_local_candidate(candidate);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| JoinError::RefusedOffer(e.to_string()))?;
+        // str0m treats an offer it cannot negotiate as a bug in places (e.g. exhausted payload
+        // types); a client's bytes must not take the core down with it.
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rtc.sdp_api().accept_offer(offer)
+        }))
+        .map_err(|_| JoinError::RefusedOffer("the offer could not be negotiated".into()))?
+        .map_err(|e| JoinError::RefusedOffer(e.to_string()))?;
 
         // The m-lines the answer accepted, from the offer's mids (str0m reports `MediaAdded` only
         // once the connection is up; the answer is needed now).
@@ -749,6 +767,7 @@ impl Shard {
                 };
                 tx.write_rtp(
                     RtpWrite::new(pt, seq.into(), ts, now, payload)
+                        .nackable(true)
                         .marker(hdr.marker)
                         .ext_vals(ext.clone()),
                 );

@@ -28,6 +28,8 @@ struct Peer {
     deadline: Instant,
     /// Every received frame: (mid, first byte = sender tag, length).
     received: Vec<(Mid, u8, usize)>,
+    /// The frame counter of every received frame, in arrival order.
+    counters: Vec<u32>,
     sent: u32,
     outbox: Vec<(SocketAddr, Vec<u8>)>,
     /// The room control channel, once open, and what arrived on it.
@@ -54,11 +56,34 @@ impl Peer {
         recv_only: usize,
         red: bool,
     ) -> (Self, String, SdpPendingOffer) {
+        Self::offer_opts(tag, now, send, recv_only, red, false)
+    }
+
+    /// With `nack`, the client offers NACK feedback for Opus.
+    fn offer_opts(
+        tag: u8,
+        now: Instant,
+        send: bool,
+        recv_only: usize,
+        red: bool,
+        nack: bool,
+    ) -> (Self, String, SdpPendingOffer) {
         let addr: SocketAddr = format!("127.0.0.{}:5000", 10 + tag).parse().unwrap();
-        let mut rtc = Rtc::builder()
-            .clear_codecs()
-            .enable_opus(true, red)
-            .build(now);
+        let mut config = Rtc::builder().clear_codecs().enable_opus(true, red);
+        if nack {
+            let params = config
+                .codec_config()
+                .params()
+                .iter()
+                .cloned()
+                .map(|mut p| {
+                    p.set_fb_nack(true);
+                    p
+                })
+                .collect();
+            *config.codec_config() = str0m::format::CodecConfig::new_from_payload_params(params);
+        }
+        let mut rtc = config.build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
         let send_mid =
@@ -77,6 +102,7 @@ impl Peer {
             connected: false,
             deadline: now,
             received: Vec::new(),
+            counters: Vec::new(),
             sent: 0,
             outbox: Vec::new(),
             control: None,
@@ -107,6 +133,10 @@ impl Peer {
                     .inbox
                     .push(ServerMessage::decode(&d.data).expect("the node sends valid messages")),
                 Output::Event(Event::MediaData(d)) => {
+                    if let Some(c) = d.data.get(1..5) {
+                        self.counters
+                            .push(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                    }
                     self.received
                         .push((d.mid, d.data.first().copied().unwrap_or(0), d.data.len()))
                 }
@@ -146,6 +176,9 @@ struct Sim {
     peers: Vec<Peer>,
     next_frame: Instant,
     events: Vec<ShardEvent>,
+    /// Drop every n-th SRTP datagram the shard sends to this peer (index, n).
+    loss: Option<(usize, usize)>,
+    lossy_count: usize,
 }
 
 impl Sim {
@@ -158,6 +191,8 @@ impl Sim {
             peers: Vec::new(),
             next_frame: now + FRAME,
             events: Vec::new(),
+            loss: None,
+            lossy_count: 0,
         }
     }
 
@@ -181,7 +216,22 @@ impl Sim {
         recv_only: usize,
         red: bool,
     ) -> u64 {
-        let (mut peer, offer, pending) = Peer::offer_with(tag, self.now, send, recv_only, red);
+        self.join_opts(session, tag, grants, send, recv_only, red, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join_opts(
+        &mut self,
+        session: SessionId,
+        tag: u8,
+        grants: Grants,
+        send: bool,
+        recv_only: usize,
+        red: bool,
+        nack: bool,
+    ) -> u64 {
+        let (mut peer, offer, pending) =
+            Peer::offer_opts(tag, self.now, send, recv_only, red, nack);
         let joined = self
             .shard
             .join(
@@ -217,6 +267,17 @@ impl Sim {
             }
             while let Some(d) = self.shard.poll_transmit() {
                 moved = true;
+                let srtp = d.contents.first().is_some_and(|b| (128..192).contains(b))
+                    && d.contents.len() > 60;
+                if let Some((i, n)) = self.loss
+                    && srtp
+                    && self.peers[i].addr == d.destination
+                {
+                    self.lossy_count += 1;
+                    if self.lossy_count.is_multiple_of(n) {
+                        continue;
+                    }
+                }
                 if let Some(p) = self.peers.iter_mut().find(|p| p.addr == d.destination) {
                     let input = Input::Receive(
                         self.now,
