@@ -11,6 +11,8 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::RawPacket;
+use str0m::rtp::rtcp::Rtcp;
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use uuid::Uuid;
 
@@ -30,6 +32,8 @@ struct Peer {
     received: Vec<(Mid, u8, usize)>,
     /// The frame counter of every received frame, in arrival order.
     counters: Vec<u32>,
+    /// RTCP transport-wide congestion control feedback packets received.
+    twcc_in: usize,
     sent: u32,
     outbox: Vec<(SocketAddr, Vec<u8>)>,
     /// The room control channel, once open, and what arrived on it.
@@ -69,7 +73,10 @@ impl Peer {
         nack: bool,
     ) -> (Self, String, SdpPendingOffer) {
         let addr: SocketAddr = format!("127.0.0.{}:5000", 10 + tag).parse().unwrap();
-        let mut config = Rtc::builder().clear_codecs().enable_opus(true, red);
+        let mut config = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, red)
+            .enable_raw_packets(true);
         if nack {
             let params = config
                 .codec_config()
@@ -103,6 +110,7 @@ impl Peer {
             deadline: now,
             received: Vec::new(),
             counters: Vec::new(),
+            twcc_in: 0,
             sent: 0,
             outbox: Vec::new(),
             control: None,
@@ -132,6 +140,11 @@ impl Peer {
                 Output::Event(Event::ChannelData(d)) => self
                     .inbox
                     .push(ServerMessage::decode(&d.data).expect("the node sends valid messages")),
+                Output::Event(Event::RawPacket(raw)) => {
+                    if let RawPacket::RtcpRx(Rtcp::Twcc(_)) = *raw {
+                        self.twcc_in += 1;
+                    }
+                }
                 Output::Event(Event::MediaData(d)) => {
                     if let Some(c) = d.data.get(1..5) {
                         self.counters
@@ -897,4 +910,63 @@ fn red_is_passed_to_red_subscribers_and_stripped_for_the_others() {
             &got[..3]
         );
     }
+}
+
+#[test]
+fn publishers_get_transport_wide_congestion_control_feedback() {
+    let mut sim = Sim::new();
+    sim.join(session(10), 1, ALL, true, 0);
+    let listen_only = Grants {
+        publish: false,
+        subscribe: true,
+        admin: false,
+    };
+    sim.join(session(10), 2, listen_only, false, 1);
+    sim.run(Duration::from_secs(2));
+    assert!(sim.peers[0].sent > 50);
+    assert!(
+        sim.peers[0].twcc_in >= 5,
+        "the node sends TWCC feedback for the publisher's packets: {}",
+        sim.peers[0].twcc_in
+    );
+    assert_eq!(
+        sim.peers[1].twcc_in, 0,
+        "a peer that sends no media gets none"
+    );
+}
+
+#[test]
+fn a_flood_of_junk_from_a_stranger_and_from_a_participants_address_does_not_stop_the_call() {
+    use rand::{Rng, SeedableRng};
+    let mut sim = Sim::new();
+    sim.join(session(11), 1, ALL, true, 0);
+    sim.join(session(11), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(1));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let stranger: SocketAddr = "127.0.0.200:9".parse().unwrap();
+    let spoofed = sim.peers[0].addr;
+    let before = (sim.peers[0].received.len(), sim.peers[1].received.len());
+    let stats_before = sim.shard.stats();
+    for _ in 0..50 {
+        // 400 junk datagrams every 20 ms: 20,000 a second, RTP-, DTLS- and STUN-shaped.
+        for i in 0..400 {
+            let mut junk = vec![0u8; rng.gen_range(1..300)];
+            rng.fill(&mut junk[..]);
+            junk[0] = [0x80, 0x90, 0x16, 0x00][i % 4];
+            let from = if i % 2 == 0 { stranger } else { spoofed };
+            sim.shard.handle_datagram(sim.now, from, &junk);
+        }
+        sim.run(Duration::from_millis(20));
+    }
+    let stats = sim.shard.stats();
+    assert!(
+        stats.unclaimed - stats_before.unclaimed >= 9_000,
+        "{stats:?}"
+    );
+    assert_eq!(sim.shard.participant_count(), 2);
+    assert!(
+        sim.peers[0].received.len() >= before.0 + 45,
+        "the call goes on"
+    );
+    assert!(sim.peers[1].received.len() >= before.1 + 45, "both ways");
 }
