@@ -139,11 +139,7 @@ async fn whip_post(
             None,
         );
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let bearer = bearer(&headers);
     let claims = match bearer {
         None => return unauthorized(AuthError::Missing),
         Some(t) => match sig.verifier.verify(t).await {
@@ -306,11 +302,7 @@ async fn moderate(
     headers: HeaderMap,
     body: Result<axum::Json<Moderation>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let bearer = bearer(&headers);
     let claims = match bearer {
         None => return unauthorized(AuthError::Missing),
         Some(t) => match sig.verifier.verify_moderation(t).await {
@@ -400,6 +392,15 @@ async fn metrics(State(sig): State<Arc<Signaling>>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     res
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 fn unauthorized(e: AuthError) -> Response {
