@@ -1,6 +1,6 @@
 //! `/metrics` in the Prometheus text format, base units (`_total`, `_bytes`), one series per core.
 
-use crate::runtime::CoreLoad;
+use crate::runtime::{CoreLoad, LATENCY_BUCKETS};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
@@ -80,6 +80,38 @@ pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
             let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", read(c));
         }
     }
+    let name = "convoy_media_forward_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From a publisher's datagram read to its forwarded copies handed to the kernel."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (i, c) in cores.iter().enumerate() {
+        let h = &c.forward_latency;
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{core=\"{i}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{core=\"{i}\",le=\"+Inf\"}} {count}");
+        let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{core=\"{i}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{core=\"{i}\"}} {count}");
+    }
+    let name = "convoy_media_core_busy_seconds_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time each core spent on packets, timers and commands; its rate is the busy ratio."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (i, c) in cores.iter().enumerate() {
+        let busy = c.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}{{core=\"{i}\"}} {busy}");
+    }
     let _ = writeln!(
         out,
         "# HELP convoy_media_draining Whether the node is draining (1) or serving (0)."
@@ -103,7 +135,8 @@ mod tests {
         assert!(text.contains("convoy_media_sent_bytes_total{core=\"1\"} 1234\n"));
         assert!(text.contains("convoy_media_draining 1\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 11 * 2 + 1);
+        // 11 series and busy time per core, the histogram's buckets + sum + count per core, draining.
+        assert_eq!(samples, 12 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(
@@ -111,5 +144,29 @@ mod tests {
                 "counters and only counters end in _total: {line}"
             );
         }
+    }
+
+    #[test]
+    fn the_latency_histogram_is_cumulative_and_counts_everything() {
+        let c = CoreLoad::default();
+        for us in [10, 40, 40, 800, 100_000] {
+            c.forward_latency
+                .observe(std::time::Duration::from_micros(us));
+        }
+        let text = render(&[&c], false);
+        let n = "convoy_media_forward_latency_seconds";
+        assert!(
+            text.contains(&format!("{n}_bucket{{core=\"0\",le=\"0.000025\"}} 1\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{n}_bucket{{core=\"0\",le=\"0.00005\"}} 3\n")));
+        assert!(text.contains(&format!("{n}_bucket{{core=\"0\",le=\"0.001\"}} 4\n")));
+        assert!(text.contains(&format!("{n}_bucket{{core=\"0\",le=\"0.025\"}} 4\n")));
+        assert!(text.contains(&format!("{n}_bucket{{core=\"0\",le=\"+Inf\"}} 5\n")));
+        assert!(text.contains(&format!("{n}_count{{core=\"0\"}} 5\n")));
+        assert!(
+            text.contains(&format!("{n}_sum{{core=\"0\"}} 0.10089\n")),
+            "{text}"
+        );
     }
 }

@@ -54,6 +54,39 @@ pub struct CoreLoad {
     pub rtp_forwarded: AtomicU64,
     pub unclaimed: AtomicU64,
     pub malformed: AtomicU64,
+    /// Time the core spent handling inputs and sending, in nanoseconds.
+    pub busy_nanos: AtomicU64,
+    /// From a publisher's datagram read to its forwarded copies handed to the kernel.
+    pub forward_latency: LatencyHistogram,
+}
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 10] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+];
+
+/// A Prometheus-style histogram with fixed buckets, written by one core, read by the scraper.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Non-cumulative count per bucket; the last one is above every bound.
+    pub buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    pub count: AtomicU64,
+    pub sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 /// The node's handle on one running core.
@@ -145,6 +178,13 @@ struct Local {
 }
 
 impl Local {
+    /// Counts the time since `started` as busy.
+    fn busy_since(&self, started: Instant) {
+        self.load
+            .busy_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
     /// Sends what the shard queued, publishes its events and load, and re-arms the timer.
     async fn flush(&self) {
         let mut out = Vec::new();
@@ -212,6 +252,7 @@ async fn run_core(
 
     // The core lives as long as its command channel is open.
     while let Ok(cmd) = commands.recv().await {
+        let started = Instant::now();
         // Flush before answering, so what the caller sees next (metrics, events) includes it.
         match cmd {
             Command::Join { req, reply } => {
@@ -234,6 +275,7 @@ async fn run_core(
                 let _ = reply.send(r);
             }
         }
+        local.busy_since(started);
     }
     recv.cancel();
     timer.cancel();
@@ -247,13 +289,20 @@ async fn receive_loop(local: Rc<Local>) {
             // ICMP errors from earlier sends and the like: keep serving.
             Err(_) => continue,
         };
+        let read_at = Instant::now();
         local.load.datagrams_in.fetch_add(1, Ordering::Relaxed);
         local.load.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        local
-            .shard
-            .borrow_mut()
-            .handle_datagram(Instant::now(), source, &buf[..n]);
+        let forwarded = {
+            let mut shard = local.shard.borrow_mut();
+            let before = shard.stats().rtp_forwarded;
+            shard.handle_datagram(read_at, source, &buf[..n]);
+            shard.stats().rtp_forwarded > before
+        };
         local.flush().await;
+        if forwarded {
+            local.load.forward_latency.observe(read_at.elapsed());
+        }
+        local.busy_since(read_at);
     }
 }
 
@@ -271,7 +320,9 @@ async fn timer_loop(local: Rc<Local>, rearmed: async_channel::Receiver<()>) {
             future::or(sleep, woken).await;
             continue;
         }
-        local.shard.borrow_mut().handle_timeout(Instant::now());
+        let started = Instant::now();
+        local.shard.borrow_mut().handle_timeout(started);
         local.flush().await;
+        local.busy_since(started);
     }
 }

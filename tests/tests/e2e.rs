@@ -237,6 +237,42 @@ async fn two_aiortc_clients_hear_each_other_and_never_themselves() {
             "client {who} does not hear itself: {heard:?}"
         );
     }
+    // The node counted what it forwarded and how long forwarding took.
+    let metrics = reqwest::get(format!("{}/metrics", stack.media_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let total = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let forwarded = total("convoy_media_rtp_packets_forwarded_total");
+    let observed = total("convoy_media_forward_latency_seconds_count");
+    let within_1ms: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("convoy_media_forward_latency_seconds_bucket")
+                && l.contains("le=\"0.001\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!(
+        "node: {forwarded} RTP packets forwarded; {observed} forwards timed, {:.1} % within 1 ms",
+        100.0 * within_1ms / observed.max(1.0)
+    );
+    assert!(
+        forwarded >= 2.0 * 50.0 * TONE_SECONDS,
+        "both directions forwarded: {forwarded}"
+    );
+    assert!(
+        observed >= forwarded * 0.9,
+        "forward latency observed per packet: {observed}"
+    );
     stack.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
