@@ -34,6 +34,11 @@ struct Peer {
     counters: Vec<u32>,
     /// RTCP transport-wide congestion control feedback packets received.
     twcc_in: usize,
+    /// The media time of every received frame, in microseconds, in arrival order.
+    times: Vec<u64>,
+    /// 20 ms ticks so far; with `dtx`, a frame is sent only every `dtx`-th tick (Opus DTX).
+    ticks: u32,
+    dtx: Option<u32>,
     sent: u32,
     outbox: Vec<(SocketAddr, Vec<u8>)>,
     /// The room control channel, once open, and what arrived on it.
@@ -111,6 +116,9 @@ impl Peer {
             received: Vec::new(),
             counters: Vec::new(),
             twcc_in: 0,
+            times: Vec::new(),
+            ticks: 0,
+            dtx: None,
             sent: 0,
             outbox: Vec::new(),
             control: None,
@@ -146,6 +154,7 @@ impl Peer {
                     }
                 }
                 Output::Event(Event::MediaData(d)) => {
+                    self.times.push(d.time.as_micros());
                     if let Some(c) = d.data.get(1..5) {
                         self.counters
                             .push(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
@@ -169,14 +178,19 @@ impl Peer {
         if !self.connected {
             return;
         }
+        let tick = self.ticks;
+        self.ticks += 1;
+        if self.dtx.is_some_and(|k| !tick.is_multiple_of(k)) {
+            return;
+        }
         let mut writer = self.rtc.writer(mid).unwrap();
         let pt = writer.payload_params().next().unwrap().pt();
         if let Some(level) = self.level {
             writer = writer.audio_level(level, level > -60);
         }
-        let media_time = str0m::media::MediaTime::from_millis(u64::from(self.sent) * 20);
+        let media_time = str0m::media::MediaTime::from_millis(u64::from(tick) * 20);
         let mut payload = vec![self.tag; 100];
-        payload[1..5].copy_from_slice(&self.sent.to_be_bytes());
+        payload[1..5].copy_from_slice(&tick.to_be_bytes());
         writer.write(pt, now, media_time, payload).unwrap();
         self.sent += 1;
         self.drain(now);
@@ -969,4 +983,31 @@ fn a_flood_of_junk_from_a_stranger_and_from_a_participants_address_does_not_stop
         "the call goes on"
     );
     assert!(sim.peers[1].received.len() >= before.1 + 45, "both ways");
+}
+
+#[test]
+fn dtx_gaps_pass_through_with_their_timing() {
+    let mut sim = Sim::new();
+    sim.join(session(12), 1, ALL, true, 0);
+    sim.join(session(12), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(1));
+    // Peer 1 goes quiet: one frame every 400 ms, its media time still advancing 20 ms a tick.
+    sim.peers[0].dtx = Some(20);
+    let from = sim.peers[1].counters.len();
+    sim.run(Duration::from_secs(3));
+    let (counters, times) = (&sim.peers[1].counters[from..], &sim.peers[1].times[from..]);
+    assert!(counters.len() >= 6, "{counters:?}");
+    let gaps: Vec<u32> = counters.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().skip(1).all(|&g| g == 20),
+        "a frame each 20 ticks: {gaps:?}"
+    );
+    for (c, t) in counters.windows(2).zip(times.windows(2)) {
+        let ticks = u64::from(c[1] - c[0]);
+        assert_eq!(
+            t[1] - t[0],
+            ticks * 20_000,
+            "the timestamp gap is the sender's"
+        );
+    }
 }
