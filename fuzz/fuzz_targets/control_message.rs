@@ -7,7 +7,8 @@ use protocol::room::ClientMessage;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = ClientMessage::decode(data) {
-        let again = ClientMessage::decode(msg.encode().as_bytes()).expect("re-encoded message decodes");
+        let again =
+            ClientMessage::decode(msg.encode().as_bytes()).expect("re-encoded message decodes");
         assert_eq!(again, msg);
     }
 });

@@ -8,7 +8,10 @@ use media_plane::red;
 fuzz_target!(|data: &[u8]| {
     if let Some((pt, primary)) = red::primary(data) {
         assert!(pt < 128);
-        assert!(data.ends_with(primary), "the primary block ends the payload");
+        assert!(
+            data.ends_with(primary),
+            "the primary block ends the payload"
+        );
         // Wrapping it again and unwrapping gives it back.
         let again = red::wrap_primary(pt, primary);
         assert_eq!(red::primary(&again), Some((pt, primary)));

@@ -23,11 +23,7 @@ pub const CLIENT: &str = "127.0.0.1:5000";
 
 /// The shard every target uses: index 0, seed 1.
 pub fn shard(now: Instant) -> Shard {
-    Shard::new(
-        ShardConfig::new(0, parse(SERVER), 1),
-        now,
-    )
-    .expect("a shard can be built")
+    Shard::new(ShardConfig::new(0, parse(SERVER), 1), now).expect("a shard can be built")
 }
 
 /// A join request for `offer` into session 1, with every grant.
