@@ -1,10 +1,11 @@
-//! Session events from media nodes into SQL (participants joined, left, muted), applied in order.
+//! Session events from media nodes into SQL (participants joined, left, muted).
 //!
-//! A node in this process hands its events to [`EventIngest::submit`]; nodes in other processes
-//! append them to a Redis stream that [`consume_redis`] reads as a consumer group, so each event is
-//! applied once however many control planes run. Applying is idempotent, so a redelivered event
-//! changes nothing. An event that cannot be applied is logged and acknowledged: one bad entry
-//! never blocks the stream.
+//! A node in this process hands its events to [`EventIngest::submit`] (applied in order); nodes in
+//! other processes append them to a Redis stream that [`consume_redis`] reads as a consumer group,
+//! so each event is applied once however many control planes run — but not necessarily in order
+//! across them, which is why `left` and `muted` are upserts that hold whatever arrives first.
+//! Applying is idempotent, so a redelivered event changes nothing. An event that cannot be applied
+//! is logged and acknowledged: one bad entry never blocks the stream.
 
 use crate::store::Store;
 use protocol::events::{REDIS_EVENT_FIELD, SessionEvent, redis_stream_key};
@@ -52,19 +53,7 @@ pub(crate) async fn consume_redis(store: Store, url: String, prefix: String) -> 
     let client = redis::Client::open(url.as_str())?;
     let mut conn = redis::aio::ConnectionManager::new(client).await?;
     let key = redis_stream_key(&prefix);
-    let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&key)
-        .arg(CONSUMER_GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = created
-        && e.code() != Some("BUSYGROUP")
-    {
-        return Err(e.into());
-    }
+    create_group(&mut conn, &key).await?;
     let consumer = format!("cp-{}", uuid::Uuid::new_v4().simple());
     tokio::spawn(async move {
         let opts = StreamReadOptions::default()
@@ -76,6 +65,11 @@ pub(crate) async fn consume_redis(store: Store, url: String, prefix: String) -> 
                 redis::AsyncCommands::xread_options(&mut conn, &[&key], &[">"], &opts).await;
             let reply = match reply {
                 Ok(r) => r,
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // Redis restarted empty: the stream and the group are gone; make them again.
+                    let _ = create_group(&mut conn, &key).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading session events from Redis");
                     // Redis is down: back off, the connection manager reconnects.
@@ -103,4 +97,23 @@ pub(crate) async fn consume_redis(store: Store, url: String, prefix: String) -> 
         }
     });
     Ok(())
+}
+
+/// Creates the consumer group (and the stream) unless it exists.
+async fn create_group(
+    conn: &mut redis::aio::ConnectionManager,
+    key: &str,
+) -> Result<(), redis::RedisError> {
+    let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg(CONSUMER_GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+        _ => Ok(()),
+    }
 }

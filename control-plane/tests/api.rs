@@ -695,6 +695,13 @@ async fn session_events_keep_the_participants_current_and_only_from_the_hosting_
         let left = ParticipantChange::Left {
             reason: "requested".into(),
         };
+        // A `left` that overtakes its `joined` (two control planes of one consumer group) still
+        // leaves the participant gone.
+        let p4 = ParticipantId::from_uuid(Uuid::now_v7());
+        app.events
+            .submit(event("eu-1", p4, bob.user.id, left.clone()));
+        app.events
+            .submit(event("eu-1", p4, bob.user.id, ParticipantChange::Joined));
         app.events.submit(event("eu-1", p1, ann.user.id, left));
 
         let uri = format!("/v1/sessions/{session}/participants");

@@ -131,9 +131,9 @@ impl JoinVerifier {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_none_or(|t| t.elapsed() >= REFRESH_MIN_INTERVAL);
-            if !known && may_fetch {
-                // Failure shows up below as an unknown key.
-                let _ = self.refresh().await;
+            if !known && may_fetch && self.refresh().await.is_err() {
+                // The key may be new and the control plane unreachable: not the client's fault.
+                return Err(AuthError::KeysUnavailable);
             }
         }
         let now = unix_now();

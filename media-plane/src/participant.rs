@@ -52,6 +52,8 @@ pub(crate) struct Participant {
     pub user: UserId,
     pub rtc: Rtc,
     pub grants: Grants,
+    /// This peer's payload type for Opus.
+    pub opus_pt: Pt,
     /// This peer's payload type for RFC 2198 RED over Opus, if it negotiated RED.
     pub red_pt: Option<Pt>,
     pub slots: Vec<DownSlot>,

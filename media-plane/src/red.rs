@@ -31,6 +31,24 @@ pub fn primary(payload: &[u8]) -> Option<(u8, &[u8])> {
     None
 }
 
+/// A copy of a RED payload whose block headers name payload type `to` wherever they named
+/// `from` (publisher and subscriber may number Opus differently). `None` if it is inconsistent.
+pub fn rename_pt(payload: &[u8], from: u8, to: u8) -> Option<Vec<u8>> {
+    primary(payload)?;
+    let mut out = payload.to_vec();
+    let mut at = 0;
+    loop {
+        let b = out[at];
+        if b & 0x7f == from {
+            out[at] = (b & 0x80) | (to & 0x7f);
+        }
+        if b & 0x80 == 0 {
+            return Some(out);
+        }
+        at += 4;
+    }
+}
+
 /// Wraps `data` as a RED payload with only a primary block (no redundancy).
 pub fn wrap_primary(pt: u8, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 1);
@@ -69,6 +87,16 @@ mod tests {
         assert_eq!(primary(&p), Some((111, &b"primary"[..])));
         assert_eq!(primary(&red(&[], 111, b"only")), Some((111, &b"only"[..])));
         assert_eq!(primary(&wrap_primary(111, b"x")), Some((111, &b"x"[..])));
+    }
+
+    #[test]
+    fn block_payload_types_are_renamed_and_the_data_kept() {
+        let p = red(&[(111, 960, b"older")], 111, b"primary");
+        let r = rename_pt(&p, 111, 109).unwrap();
+        assert_eq!(primary(&r), Some((109, &b"primary"[..])));
+        assert_eq!(r[0], 0x80 | 109);
+        assert_eq!(r.len(), p.len());
+        assert_eq!(rename_pt(&p[..3], 111, 109), None);
     }
 
     #[test]

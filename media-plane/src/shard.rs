@@ -41,6 +41,8 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many m-lines in an offer; more is refused as abuse.
 pub const MAX_MEDIA_LINES: usize = 16;
+/// Source addresses remembered per participant (ICE may move between a few).
+pub const MAX_ADDRS_PER_PARTICIPANT: usize = 8;
 /// Period of the housekeeping pass (join timeouts).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -365,6 +367,7 @@ impl Shard {
             user: req.user,
             rtc,
             grants: req.grants,
+            opus_pt,
             red_pt,
             slots,
             ufrag: ufrag.clone().into_bytes(),
@@ -491,11 +494,22 @@ impl Shard {
         // str0m checks a request's integrity with the ICE password; learning the address of an
         // accepted request is what lets the DTLS and SRTP that follow find their participant.
         let learn = ufrag.is_some() && !p.addrs.contains(&source);
+        let mut forget = None;
         if learn {
+            // A peer that knows its ICE password could bind any number of source addresses:
+            // keep the latest few.
+            if p.addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
+                forget = Some(p.addrs.remove(0));
+            }
             p.addrs.push(source);
         }
         if p.rtc.handle_input(input).is_err() {
             self.stats.malformed += 1;
+        }
+        if let Some(a) = forget
+            && self.by_addr.get(&a) == Some(&key)
+        {
+            self.by_addr.remove(&a);
         }
         if learn
             && let Some(old) = self.by_addr.insert(source, key)
@@ -664,11 +678,11 @@ impl Shard {
     /// small room, to those for whom the publisher is among the `top_n` loudest in a large one.
     fn forward(&mut self, now: Instant) {
         while let Some((from, pkt)) = self.forwards.pop_front() {
-            let Some((session, from_red)) = self
+            let Some((session, from_red, from_opus)) = self
                 .participants
                 .get(&from)
                 .filter(|p| !p.mic_muted && p.can_speak)
-                .map(|p| (p.session, p.red_pt))
+                .map(|p| (p.session, p.red_pt, p.opus_pt))
             else {
                 continue;
             };
@@ -750,7 +764,16 @@ impl Shard {
                 let (mid, opus_pt) = (slot.mid, slot.pt);
                 let (pt, payload) = match (is_red, sub.red_pt) {
                     (false, _) => (opus_pt, pkt.payload.clone()),
-                    (true, Some(red_pt)) => (red_pt, pkt.payload.clone()),
+                    (true, Some(red_pt)) if sub.opus_pt == from_opus => {
+                        (red_pt, pkt.payload.clone())
+                    }
+                    (true, Some(red_pt)) => {
+                        // The blocks name the publisher's Opus type: rename it to the subscriber's.
+                        match red::rename_pt(&pkt.payload, *from_opus, *sub.opus_pt) {
+                            Some(p) => (red_pt, Arc::from(p)),
+                            None => continue,
+                        }
+                    }
                     (true, None) => {
                         let stripped = primary.get_or_insert_with(|| {
                             red::primary(&pkt.payload).map(|(_, data)| Arc::from(data))

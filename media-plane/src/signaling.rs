@@ -183,6 +183,34 @@ async fn whip_post(
         );
     };
 
+    // Placing, joining and registering run on a task of their own: a client that hangs up
+    // mid-request must not leave a placement behind without its resource.
+    let sig = sig.clone();
+    let user = claims.sub;
+    let grants = Grants {
+        publish: claims.publish,
+        subscribe: claims.sub_media,
+        admin: claims.admin,
+    };
+    match tokio::spawn(join(sig, session, user, grants, offer)).await {
+        Ok(res) => res,
+        Err(_) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "The join failed",
+            None,
+        ),
+    }
+}
+
+/// Places the session's room, joins the participant on its core and registers its resource.
+async fn join(
+    sig: Arc<Signaling>,
+    session: SessionId,
+    user: protocol::UserId,
+    grants: Grants,
+    offer: String,
+) -> Response {
     let id = ParticipantId::from_uuid(uuid::Uuid::new_v4());
     let core = {
         let mut placement = sig.placement();
@@ -201,12 +229,8 @@ async fn whip_post(
     let req = JoinRequest {
         id,
         session,
-        user: claims.sub,
-        grants: Grants {
-            publish: claims.publish,
-            subscribe: claims.sub_media,
-            admin: claims.admin,
-        },
+        user,
+        grants,
         offer,
     };
     let sent = sig.cores[usize::from(core)]

@@ -64,9 +64,8 @@ impl ClientMessage {
             return Err(ControlError::TooLarge);
         }
         serde_json::from_slice(bytes).map_err(|e| {
-            let mut msg = e.to_string();
-            msg.truncate(200);
-            ControlError::Malformed(msg)
+            // serde's message quotes the client's text: keep at most 200 characters of it.
+            ControlError::Malformed(e.to_string().chars().take(200).collect())
         })
     }
 
@@ -195,6 +194,12 @@ mod tests {
                 matches!(ClientMessage::decode(bad), Err(ControlError::Malformed(_))),
                 "{bad:?}"
             );
+        }
+        // An error message quoting multi-byte text is cut on a character, not a byte.
+        let long = format!(r#"{{"type":"{}"}}"#, "é".repeat(500));
+        match ClientMessage::decode(long.as_bytes()) {
+            Err(ControlError::Malformed(m)) => assert!(m.chars().count() <= 200),
+            other => panic!("{other:?}"),
         }
         let big = vec![b' '; MAX_CONTROL_MESSAGE + 1];
         assert_eq!(ClientMessage::decode(&big), Err(ControlError::TooLarge));

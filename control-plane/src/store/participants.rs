@@ -59,14 +59,19 @@ impl Store {
                 .await?
             }
             ParticipantChange::Left { .. } => {
+                // Upsert: a `left` applied before its `joined` (another control plane of the
+                // consumer group took that one) still closes the row.
                 sqlx::query(
-                    "UPDATE participants SET left_at = $1 \
-                     WHERE id = $2 AND session_id = $3 AND left_at IS NULL AND EXISTS \
-                     (SELECT 1 FROM sessions WHERE id = $3 AND node_id = $4)",
+                    "INSERT INTO participants (id, session_id, user_id, joined_at, left_at) \
+                     SELECT $1, $2, $3, $4, $4 WHERE EXISTS \
+                     (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
+                     ON CONFLICT (id) DO UPDATE SET left_at = excluded.left_at \
+                     WHERE participants.left_at IS NULL",
                 )
-                .bind(at)
                 .bind(e.participant.to_string())
                 .bind(e.session.to_string())
+                .bind(e.user.to_string())
+                .bind(at)
                 .bind(e.node.as_str())
                 .execute(&self.pool)
                 .await?
@@ -75,16 +80,22 @@ impl Store {
                 microphone,
                 speaker,
             } => {
+                // Upsert for the same reason as `left`.
                 sqlx::query(
-                    "UPDATE participants SET mute_microphone = $1, mute_speaker = $2 \
-                     WHERE id = $3 AND session_id = $4 AND EXISTS \
-                     (SELECT 1 FROM sessions WHERE id = $4 AND node_id = $5)",
+                    "INSERT INTO participants \
+                     (id, session_id, user_id, joined_at, mute_microphone, mute_speaker) \
+                     SELECT $1, $2, $3, $4, $6, $7 WHERE EXISTS \
+                     (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
+                     ON CONFLICT (id) DO UPDATE SET mute_microphone = excluded.mute_microphone, \
+                     mute_speaker = excluded.mute_speaker",
                 )
-                .bind(i64::from(*microphone))
-                .bind(i64::from(*speaker))
                 .bind(e.participant.to_string())
                 .bind(e.session.to_string())
+                .bind(e.user.to_string())
+                .bind(at)
                 .bind(e.node.as_str())
+                .bind(i64::from(*microphone))
+                .bind(i64::from(*speaker))
                 .execute(&self.pool)
                 .await?
             }
