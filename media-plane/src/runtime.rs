@@ -6,12 +6,13 @@
 //! a thread: commands come in on a channel, events go out on another.
 
 use crate::participant::ParticipantKey;
-use crate::shard::{JoinError, JoinRequest, Joined, Shard, ShardConfig, ShardEvent};
+use crate::shard::{Datagram, JoinError, JoinRequest, Joined, Shard, ShardConfig, ShardEvent};
 use futures_lite::future;
 use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
 use protocol::api::Moderation;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -175,6 +176,10 @@ struct Local {
     load: Arc<CoreLoad>,
     /// Wakes the timer loop when an input may have moved the shard's deadline earlier.
     rearm: async_channel::Sender<()>,
+    /// Datagrams waiting for the socket, in the order the shard produced them.
+    outbox: RefCell<VecDeque<Datagram>>,
+    /// Whether a task is draining `outbox`: only one does, so datagrams leave in order.
+    sending: Cell<bool>,
 }
 
 impl Local {
@@ -187,11 +192,11 @@ impl Local {
 
     /// Sends what the shard queued, publishes its events and load, and re-arms the timer.
     async fn flush(&self) {
-        let mut out = Vec::new();
         {
             let mut shard = self.shard.borrow_mut();
+            let mut outbox = self.outbox.borrow_mut();
             while let Some(d) = shard.poll_transmit() {
-                out.push(d);
+                outbox.push_back(d);
             }
             while let Some(e) = shard.poll_event() {
                 let _ = self.events.send((self.index, e));
@@ -214,7 +219,15 @@ impl Local {
                 .malformed
                 .store(stats.malformed, Ordering::Relaxed);
         }
-        for d in out {
+        let _ = self.rearm.try_send(());
+        if self.sending.replace(true) {
+            // Another task is sending; it takes these too, after what it queued before.
+            return;
+        }
+        loop {
+            let Some(d) = self.outbox.borrow_mut().pop_front() else {
+                break;
+            };
             match self.socket.send_to(&d.contents, d.destination).await {
                 Ok(n) => {
                     self.load.datagrams_out.fetch_add(1, Ordering::Relaxed);
@@ -225,7 +238,7 @@ impl Local {
                 }
             }
         }
-        let _ = self.rearm.try_send(());
+        self.sending.set(false);
     }
 }
 
@@ -245,6 +258,8 @@ async fn run_core(
         events,
         load,
         rearm,
+        outbox: RefCell::new(VecDeque::new()),
+        sending: Cell::new(false),
     });
 
     let recv = glommio::spawn_local(receive_loop(local.clone())).detach();

@@ -47,14 +47,23 @@ pub(crate) struct Placement {
 impl Placement {
     /// The core for a new participant of `session`, counted as placed there.
     fn place(&mut self, session: SessionId, cores: &[CoreRef]) -> u16 {
-        let entry = self.sessions.entry(session).or_insert_with(|| {
-            let core = cores
+        if !self.sessions.contains_key(&session) {
+            // Least loaded by what is placed here (joins in flight included), not by the cores'
+            // counters, which lag behind a burst of joins.
+            let mut placed = vec![0u32; cores.len().max(1)];
+            for &(core, n) in self.sessions.values() {
+                if let Some(p) = placed.get_mut(usize::from(core)) {
+                    *p += n;
+                }
+            }
+            let core = placed
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, c)| c.load.participants.load(Ordering::Relaxed))
+                .min_by_key(|&(_, n)| *n)
                 .map_or(0, |(i, _)| i as u16);
-            (core, 0)
-        });
+            self.sessions.insert(session, (core, 0));
+        }
+        let entry = self.sessions.entry(session).or_insert((0, 0));
         entry.1 += 1;
         entry.0
     }
@@ -458,4 +467,41 @@ pub(crate) fn problem(
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cores(n: usize) -> Vec<CoreRef> {
+        (0..n)
+            .map(|_| CoreRef {
+                commands: async_channel::bounded(1).0,
+                load: Arc::new(CoreLoad::default()),
+            })
+            .collect()
+    }
+
+    fn session(n: u128) -> SessionId {
+        SessionId::from_uuid(uuid::Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn a_burst_of_new_rooms_spreads_over_the_cores_and_a_room_stays_on_its_core() {
+        let cores = cores(2);
+        let mut p = Placement::default();
+        // Four members of room 1 arrive before any core has counted them.
+        let first = p.place(session(1), &cores);
+        for _ in 0..3 {
+            assert_eq!(p.place(session(1), &cores), first, "a room never moves");
+        }
+        let second = p.place(session(2), &cores);
+        assert_ne!(second, first, "the next room goes to the emptier core");
+        // Room 1 empties: its place is released.
+        for _ in 0..4 {
+            p.unplace(session(1));
+        }
+        assert!(!p.sessions.contains_key(&session(1)));
+        assert_eq!(p.place(session(3), &cores), first);
+    }
 }
