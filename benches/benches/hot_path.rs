@@ -89,10 +89,8 @@ fn shard(c: &mut Criterion) {
     let mut g = c.benchmark_group("shard/forward");
     for n in [1usize, 10, 50] {
         let mut room = SimRoom::new(n);
-        // Warm up: the first packet assigns every subscriber's slot.
-        let first = room.publish(OPUS_FRAME);
         assert_eq!(
-            room.forward(&first),
+            room.warm_up(OPUS_FRAME),
             n as u64,
             "every subscriber is forwarded to"
         );

@@ -200,7 +200,9 @@ impl SimRoom {
         let mut payload = vec![0x5a; payload_len];
         payload[..8.min(payload_len)]
             .copy_from_slice(&self.frames.to_be_bytes()[..8.min(payload_len)]);
+        // A speaking publisher (RFC 6464 level -20 dBov): rooms above six forward only speakers.
         writer
+            .audio_level(-20, true)
             .write(pt, self.now, media_time, payload)
             .expect("the publisher writes");
         self.frames += 1;
@@ -233,6 +235,21 @@ impl SimRoom {
     /// drains what is to be sent. Returns the number of SRTP packets that came out (encrypted,
     /// ready for the socket); they are dropped, not delivered (subscribers need not decrypt them
     /// to stay connected).
+    /// Publishes and forwards frames until the shard forwards to every subscriber (in a room
+    /// above six, once the publisher ranks as a speaker after the first 100 ms speaker tick) or
+    /// half a second passed. Returns the packets out for the last frame.
+    pub fn warm_up(&mut self, payload_len: usize) -> u64 {
+        let mut out = 0;
+        for _ in 0..25 {
+            let frame = self.publish(payload_len);
+            out = self.forward(&frame);
+            if out == self.subscribers.len() as u64 {
+                break;
+            }
+        }
+        out
+    }
+
     pub fn forward(&mut self, datagram: &[u8]) -> u64 {
         self.shard
             .handle_datagram(self.now, self.publisher.addr, datagram);
@@ -314,4 +331,19 @@ impl SimRoom {
 /// DTLS (RFC 7983: first byte 128..=191).
 fn is_rtp(d: &[u8]) -> bool {
     matches!(d, [128..=191, pt, ..] if !(192..=223).contains(pt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_room_forwards_to_every_subscriber_small_and_large() {
+        for n in [1, 10] {
+            let mut room = SimRoom::new(n);
+            assert_eq!(room.warm_up(120), n as u64, "{n} subscribers");
+            let frame = room.publish(120);
+            assert_eq!(room.forward(&frame), n as u64);
+        }
+    }
 }
