@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
-use str0m::format::{Codec, CodecConfig};
+use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
@@ -172,6 +172,40 @@ pub struct ShardStats {
     pub rtp_forwarded: u64,
 }
 
+/// The RTCP feedback for Opus we answer: what the offer asks for, as far as we can honour it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct OpusFeedback {
+    /// Generic NACK (RFC 4585), answered by retransmission over RTX (RFC 4588).
+    nack: bool,
+}
+
+impl OpusFeedback {
+    /// What to answer for Opus, from every Opus payload type of the offer's enabled m-lines
+    /// (str0m negotiates one set of parameters per codec, so all of them must agree).
+    ///
+    /// NACK is answered only when the offer also pairs an `rtx` payload type (`apt=<opus>`) with
+    /// Opus: str0m 0.25 resends only over RTX (it does not even keep sent packets without an RTX
+    /// payload type) and adopts the RTX type the offer pairs with Opus. Answering `nack` without
+    /// it would promise retransmissions that never come. Browsers offer neither NACK nor RTX for
+    /// audio today; resending on the main SSRC (in band, which is what they would need) is str0m
+    /// PR #980, not in a release yet.
+    fn of(offer: &SdpOffer) -> Self {
+        // The parsed offer is reachable through `SdpOffer`'s `Deref` (str0m does not name the
+        // type); its m-lines give the payload parameters as the peer wrote them.
+        let opus: Vec<PayloadParams> = offer
+            .media_lines
+            .iter()
+            .filter(|m| !m.disabled)
+            .flat_map(|m| m.rtp_params())
+            .filter(|p| p.spec().codec == Codec::Opus)
+            .collect();
+        let all = |f: fn(&PayloadParams) -> bool| !opus.is_empty() && opus.iter().all(f);
+        Self {
+            nack: all(|p| p.fb_nack() && p.resend().is_some()),
+        }
+    }
+}
+
 /// The sans-IO core of one CPU core.
 #[derive(Debug)]
 pub struct Shard {
@@ -286,8 +320,9 @@ impl Shard {
                 pass,
             })
             .set_dtls_cert(self.dtls_cert.clone());
-        // Answer NACK for Opus when the client offers it: audio retransmission (str0m answers
-        // from its send buffer, one second of audio).
+        // Answer only the Opus feedback the offer asks for and we can honour (see
+        // `OpusFeedback::of`): str0m writes our local flags into the answer as they are.
+        let feedback = OpusFeedback::of(&offer);
         let params = config
             .codec_config()
             .params()
@@ -295,7 +330,7 @@ impl Shard {
             .cloned()
             .map(|mut p| {
                 if p.spec().codec == Codec::Opus {
-                    p.set_fb_nack(true);
+                    p.set_fb_nack(feedback.nack);
                 }
                 p
             })

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::ChannelId;
+use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RawPacket;
@@ -18,6 +19,35 @@ use uuid::Uuid;
 
 const SERVER: &str = "127.0.0.1:40000";
 const FRAME: Duration = Duration::from_millis(20);
+/// The payload type str0m gives Opus, and the RTX type our clients pair with it.
+const OPUS_PT: u8 = 111;
+const RTX_PT: u8 = 112;
+/// The payload type str0m gives RED over Opus.
+const RED_PT: u8 = 63;
+
+/// What a simulated client offers besides plain Opus.
+#[derive(Debug, Clone, Copy, Default)]
+struct Opts {
+    /// RFC 2198 RED for Opus.
+    red: bool,
+    /// NACK feedback for Opus without RTX (a NACK the node could only answer in band).
+    nack: bool,
+    /// NACK feedback and an RTX payload type paired with Opus (RFC 4588).
+    rtx: bool,
+    /// PLI and FIR feedback for Opus.
+    keyframes: bool,
+}
+
+/// `p` with an RTX payload type paired with it, keeping everything else (RED included).
+fn with_rtx(p: PayloadParams, rtx: u8) -> PayloadParams {
+    if p.red().is_none() {
+        return PayloadParams::new(p.pt(), Some(rtx.into()), p.spec());
+    }
+    // str0m has no setter for the RTX type of a RED-carrying parameter set.
+    let mut v = serde_json::to_value(p).unwrap();
+    v["resend"] = rtx.into();
+    serde_json::from_value(v).unwrap()
+}
 
 struct Peer {
     rtc: Rtc,
@@ -34,6 +64,15 @@ struct Peer {
     counters: Vec<u32>,
     /// RTCP transport-wide congestion control feedback packets received.
     twcc_in: usize,
+    /// (sender tag, frame counter) of every distinct Opus frame that reached the client as RTP,
+    /// first sent or retransmitted.
+    heard: std::collections::BTreeSet<(u8, u32)>,
+    /// RTX packets received (retransmissions).
+    rtx_in: usize,
+    /// Keyframe requests (PLI or FIR) that reached this client as a sender.
+    keyframe_requests: usize,
+    /// The node's SDP answer.
+    answer: String,
     /// The media time of every received frame, in microseconds, in arrival order.
     times: Vec<u64>,
     /// 20 ms ticks so far; with `dtx`, a frame is sent only every `dtx`-th tick (Opus DTX).
@@ -54,47 +93,38 @@ impl Peer {
         send: bool,
         recv_only: usize,
     ) -> (Self, String, SdpPendingOffer) {
-        Self::offer_with(tag, now, send, recv_only, false)
+        Self::offer_opts(tag, now, send, recv_only, Opts::default())
     }
 
-    /// Like [`Peer::offer`], optionally offering RFC 2198 RED for Opus.
-    fn offer_with(
-        tag: u8,
-        now: Instant,
-        send: bool,
-        recv_only: usize,
-        red: bool,
-    ) -> (Self, String, SdpPendingOffer) {
-        Self::offer_opts(tag, now, send, recv_only, red, false)
-    }
-
-    /// With `nack`, the client offers NACK feedback for Opus.
+    /// Like [`Peer::offer`], with `opts` on top of plain Opus.
     fn offer_opts(
         tag: u8,
         now: Instant,
         send: bool,
         recv_only: usize,
-        red: bool,
-        nack: bool,
+        opts: Opts,
     ) -> (Self, String, SdpPendingOffer) {
         let addr: SocketAddr = format!("127.0.0.{}:5000", 10 + tag).parse().unwrap();
         let mut config = Rtc::builder()
             .clear_codecs()
-            .enable_opus(true, red)
+            .enable_opus(true, opts.red)
             .enable_raw_packets(true);
-        if nack {
-            let params = config
-                .codec_config()
-                .params()
-                .iter()
-                .cloned()
-                .map(|mut p| {
-                    p.set_fb_nack(true);
-                    p
-                })
-                .collect();
-            *config.codec_config() = str0m::format::CodecConfig::new_from_payload_params(params);
-        }
+        let params = config
+            .codec_config()
+            .params()
+            .iter()
+            .map(|&p| {
+                if p.spec().codec != Codec::Opus {
+                    return p;
+                }
+                let mut p = if opts.rtx { with_rtx(p, RTX_PT) } else { p };
+                p.set_fb_nack(opts.nack || opts.rtx);
+                p.set_fb_pli(opts.keyframes);
+                p.set_fb_fir(opts.keyframes);
+                p
+            })
+            .collect();
+        *config.codec_config() = CodecConfig::new_from_payload_params(params);
         let mut rtc = config.build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
@@ -116,6 +146,10 @@ impl Peer {
             received: Vec::new(),
             counters: Vec::new(),
             twcc_in: 0,
+            heard: Default::default(),
+            rtx_in: 0,
+            keyframe_requests: 0,
+            answer: String::new(),
             times: Vec::new(),
             ticks: 0,
             dtx: None,
@@ -148,11 +182,29 @@ impl Peer {
                 Output::Event(Event::ChannelData(d)) => self
                     .inbox
                     .push(ServerMessage::decode(&d.data).expect("the node sends valid messages")),
-                Output::Event(Event::RawPacket(raw)) => {
-                    if let RawPacket::RtcpRx(Rtcp::Twcc(_)) = *raw {
-                        self.twcc_in += 1;
+                Output::Event(Event::RawPacket(raw)) => match *raw {
+                    RawPacket::RtcpRx(Rtcp::Twcc(_)) => self.twcc_in += 1,
+                    RawPacket::RtpRx(header, data) => {
+                        // An RTX payload starts with the original sequence number.
+                        let frame = match *header.payload_type {
+                            OPUS_PT => data.get(..5),
+                            RED_PT => {
+                                media_plane::red::primary(&data).and_then(|(_, d)| d.get(..5))
+                            }
+                            RTX_PT => {
+                                self.rtx_in += 1;
+                                data.get(2..7)
+                            }
+                            _ => None,
+                        };
+                        if let Some(f) = frame {
+                            let counter = u32::from_be_bytes([f[1], f[2], f[3], f[4]]);
+                            self.heard.insert((f[0], counter));
+                        }
                     }
-                }
+                    _ => {}
+                },
+                Output::Event(Event::KeyframeRequest(_)) => self.keyframe_requests += 1,
                 Output::Event(Event::MediaData(d)) => {
                     self.times.push(d.time.as_micros());
                     if let Some(c) = d.data.get(1..5) {
@@ -243,10 +295,13 @@ impl Sim {
         recv_only: usize,
         red: bool,
     ) -> u64 {
-        self.join_opts(session, tag, grants, send, recv_only, red, false)
+        let opts = Opts {
+            red,
+            ..Opts::default()
+        };
+        self.join_opts(session, tag, grants, send, recv_only, opts)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn join_opts(
         &mut self,
         session: SessionId,
@@ -254,11 +309,9 @@ impl Sim {
         grants: Grants,
         send: bool,
         recv_only: usize,
-        red: bool,
-        nack: bool,
+        opts: Opts,
     ) -> u64 {
-        let (mut peer, offer, pending) =
-            Peer::offer_opts(tag, self.now, send, recv_only, red, nack);
+        let (mut peer, offer, pending) = Peer::offer_opts(tag, self.now, send, recv_only, opts);
         let joined = self
             .shard
             .join(
@@ -272,6 +325,7 @@ impl Sim {
                 },
             )
             .unwrap();
+        peer.answer = joined.answer.clone();
         peer.accept(&joined.answer, pending, self.now);
         self.peers.push(peer);
         joined.participant
@@ -1010,4 +1064,148 @@ fn dtx_gaps_pass_through_with_their_timing() {
             "the timestamp gap is the sender's"
         );
     }
+}
+
+/// Opus frames of `tag` with a counter in `range` that peer `i` never received as RTP.
+fn missing(sim: &Sim, i: usize, tag: u8, range: std::ops::Range<u32>) -> usize {
+    range
+        .filter(|c| !sim.peers[i].heard.contains(&(tag, *c)))
+        .count()
+}
+
+#[test]
+fn the_answer_offers_nack_for_opus_only_with_rtx() {
+    let mut sim = Sim::new();
+    let nack_line = |answer: &str| {
+        answer
+            .lines()
+            .any(|l| l.trim_end() == format!("a=rtcp-fb:{OPUS_PT} nack"))
+    };
+    let rtx = Opts {
+        rtx: true,
+        ..Opts::default()
+    };
+    let nack_only = Opts {
+        nack: true,
+        ..Opts::default()
+    };
+    sim.join_opts(session(20), 1, ALL, true, 0, rtx);
+    sim.join_opts(session(20), 2, ALL, true, 0, nack_only);
+    sim.join(session(20), 3, ALL, true, 0);
+    let answers: Vec<&str> = sim.peers.iter().map(|p| p.answer.as_str()).collect();
+    assert!(nack_line(answers[0]), "{}", answers[0]);
+    assert!(
+        answers[0].contains(&format!("a=fmtp:{RTX_PT} apt={OPUS_PT}")),
+        "RTX paired with Opus: {}",
+        answers[0]
+    );
+    assert!(
+        !nack_line(answers[1]),
+        "NACK without RTX would go unanswered: {}",
+        answers[1]
+    );
+    assert!(!nack_line(answers[2]), "not offered: {}", answers[2]);
+    for a in &answers {
+        assert!(!a.contains("nack pli") && !a.contains("ccm fir"), "{a}");
+    }
+}
+
+/// Frames peer 1 sends while every 10th datagram to peer 2 is dropped: (first counter, end).
+fn lossy_window(sim: &mut Sim) -> std::ops::Range<u32> {
+    sim.run(Duration::from_secs(1));
+    let start = sim.peers[0].ticks;
+    sim.loss = Some((1, 10));
+    sim.run(Duration::from_secs(4));
+    let end = sim.peers[0].ticks;
+    sim.loss = None;
+    // Late retransmissions land.
+    sim.run(Duration::from_millis(500));
+    start..end
+}
+
+#[test]
+fn nack_and_rtx_recover_what_the_network_lost_and_plain_opus_keeps_its_gaps() {
+    let listen_only = Grants {
+        publish: false,
+        subscribe: true,
+        admin: false,
+    };
+    let rtx = Opts {
+        rtx: true,
+        ..Opts::default()
+    };
+    let mut results = Vec::new();
+    for opts in [rtx, Opts::default()] {
+        let mut sim = Sim::new();
+        sim.join(session(21), 1, ALL, true, 0);
+        sim.join_opts(session(21), 2, listen_only, false, 1, opts);
+        let window = lossy_window(&mut sim);
+        let n = (window.end - window.start) as usize;
+        results.push((n, missing(&sim, 1, 1, window), sim.peers[1].rtx_in));
+    }
+    let [(n, rtx_missing, rtx_in), (m, plain_missing, plain_rtx)] = results[..] else {
+        unreachable!()
+    };
+    assert!(n >= 190 && m == n, "4 s of frames: {n} and {m}");
+    // Every 10th datagram lost: about n / 10 frames, each retransmitted (a lost retransmission is
+    // asked for again).
+    assert_eq!(rtx_missing, 0, "with RTX every frame arrives");
+    assert!(
+        (n / 10 - 2..=n / 10 + 5).contains(&rtx_in),
+        "one retransmission per loss: {rtx_in} for {n} frames"
+    );
+    assert!(
+        (n / 10 - 2..=n / 10).contains(&plain_missing),
+        "without RTX the gaps stay: {plain_missing} of {n}"
+    );
+    assert_eq!(plain_rtx, 0);
+}
+
+#[test]
+fn red_is_never_retransmitted_but_red_stripped_for_an_rtx_subscriber_is() {
+    let listen_only = Grants {
+        publish: false,
+        subscribe: true,
+        admin: false,
+    };
+    let red = Opts {
+        red: true,
+        ..Opts::default()
+    };
+    let mut results = Vec::new();
+    for sub_red in [true, false] {
+        let mut sim = Sim::new();
+        sim.join_opts(session(22), 1, ALL, true, 0, red);
+        let opts = Opts {
+            red: sub_red,
+            rtx: true,
+            ..Opts::default()
+        };
+        sim.join_opts(session(22), 2, listen_only, false, 1, opts);
+        assert!(
+            sim.peers[1].answer.contains(&format!("apt={OPUS_PT}")),
+            "{}",
+            sim.peers[1].answer
+        );
+        let window = lossy_window(&mut sim);
+        let n = (window.end - window.start) as usize;
+        results.push((n, missing(&sim, 1, 1, window), sim.peers[1].rtx_in));
+    }
+    let [
+        (n, red_missing, red_rtx),
+        (_, stripped_missing, stripped_rtx),
+    ] = results[..]
+    else {
+        unreachable!()
+    };
+    // RED carries its own redundancy: str0m does not keep RED packets for RTX (an RTX copy would
+    // name Opus and carry RED bytes).
+    assert_eq!(red_rtx, 0, "RED is not retransmitted");
+    assert!(
+        (n / 10 - 2..=n / 10).contains(&red_missing),
+        "lost RED primaries stay lost: {red_missing} of {n}"
+    );
+    // Stripped to plain Opus for a subscriber without RED, it is retransmitted.
+    assert!(stripped_rtx >= n / 10 - 2, "{stripped_rtx}");
+    assert_eq!(stripped_missing, 0);
 }
