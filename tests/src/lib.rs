@@ -1,8 +1,8 @@
 //! Support for the end-to-end tests: gating on external parts and audio analysis.
 //!
-//! Tests that need something outside the workspace (aiortc, PostgreSQL, Redis) find it through an
-//! environment variable. When it is absent they print one loud `SKIPPED` line and pass, unless
-//! `CONVOY_REQUIRE_EXTERNAL=1` (set by CI), which turns the skip into a failure.
+//! Tests that need something outside the workspace (aiortc, Chromium, PostgreSQL, Redis) find it
+//! through an environment variable. When it is absent they print one loud `SKIPPED` line and pass,
+//! unless `CONVOY_REQUIRE_EXTERNAL=1` (set by CI), which turns the skip into a failure.
 
 pub mod api;
 pub mod audio;
@@ -20,4 +20,23 @@ pub fn external(var: &str, what: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// A program found through `var`, else at `default` when that file exists; otherwise `None` after
+/// printing a SKIPPED line (panics instead under `CONVOY_REQUIRE_EXTERNAL=1`).
+pub fn external_program(var: &str, default: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::path::Path::new(default).is_file() => Some(default.to_string()),
+        _ => external(var, what),
+    }
+}
+
+/// Reports that `what` cannot run here because `why`: prints a SKIPPED line, or panics under
+/// `CONVOY_REQUIRE_EXTERNAL=1`.
+pub fn missing(what: &str, why: &str) {
+    if std::env::var("CONVOY_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+        panic!("{what} is required (CONVOY_REQUIRE_EXTERNAL=1) but {why}");
+    }
+    eprintln!("\n==== SKIPPED: {what} ({why}) ====\n");
 }
