@@ -1,13 +1,37 @@
 //! `/metrics` in the Prometheus text format, base units (`_total`, `_bytes`), one series per core.
 
 use crate::runtime::{CoreLoad, LATENCY_BUCKETS};
+use crate::shard::ShardStats;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A core's loss and feedback counters, copied from its shard's [`ShardStats`] after every input.
+#[derive(Debug, Default)]
+pub struct FeedbackCounters {
+    pub nacks_received: AtomicU64,
+    pub rtp_retransmitted: AtomicU64,
+    pub rtp_lost: AtomicU64,
+    pub keyframe_requests_received: AtomicU64,
+}
+
+impl FeedbackCounters {
+    /// Publishes the shard's counters.
+    pub(crate) fn store(&self, s: &ShardStats) {
+        let set = |a: &AtomicU64, v| a.store(v, Ordering::Relaxed);
+        set(&self.nacks_received, s.nacks_received);
+        set(&self.rtp_retransmitted, s.rtp_retransmitted);
+        set(&self.rtp_lost, s.rtp_lost);
+        set(
+            &self.keyframe_requests_received,
+            s.keyframe_requests_received,
+        );
+    }
+}
 
 /// Renders the node's metrics.
 pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
     type Read = fn(&CoreLoad) -> u64;
-    let series: [(&str, &str, &str, Read); 11] = [
+    let series: [(&str, &str, &str, Read); 15] = [
         ("convoy_media_rooms", "gauge", "Rooms hosted.", |c| {
             u64::from(c.rooms.load(Ordering::Relaxed))
         }),
@@ -71,6 +95,34 @@ pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
             "Datagrams that failed to parse or were refused.",
             |c| c.malformed.load(Ordering::Relaxed),
         ),
+        (
+            "convoy_media_nacks_received_total",
+            "counter",
+            "NACK feedback packets received from subscribers.",
+            |c| c.feedback.nacks_received.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_rtp_retransmitted_total",
+            "counter",
+            "RTP packets retransmitted to subscribers (RTX) in answer to NACKs.",
+            |c| c.feedback.rtp_retransmitted.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_rtp_lost_total",
+            "counter",
+            "RTP packets publishers sent that never reached the node.",
+            |c| c.feedback.rtp_lost.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_keyframe_requests_received_total",
+            "counter",
+            "Keyframe requests (PLI, FIR) received from subscribers.",
+            |c| {
+                c.feedback
+                    .keyframe_requests_received
+                    .load(Ordering::Relaxed)
+            },
+        ),
     ];
     let mut out = String::with_capacity(4096);
     for (name, kind, help, read) in series {
@@ -130,13 +182,37 @@ mod tests {
         let (a, b) = (CoreLoad::default(), CoreLoad::default());
         b.rooms.store(3, Ordering::Relaxed);
         b.bytes_out.store(1234, Ordering::Relaxed);
+        b.feedback.store(&ShardStats {
+            nacks_received: 7,
+            rtp_retransmitted: 6,
+            rtp_lost: 5,
+            keyframe_requests_received: 4,
+            ..ShardStats::default()
+        });
         let text = render(&[&a, &b], true);
         assert!(text.contains("convoy_media_rooms{core=\"1\"} 3\n"));
         assert!(text.contains("convoy_media_sent_bytes_total{core=\"1\"} 1234\n"));
         assert!(text.contains("convoy_media_draining 1\n"));
+        for (name, value) in [
+            ("nacks_received", 7),
+            ("rtp_retransmitted", 6),
+            ("rtp_lost", 5),
+            ("keyframe_requests_received", 4),
+        ] {
+            let name = format!("convoy_media_{name}_total");
+            assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");
+            assert!(
+                text.contains(&format!("{name}{{core=\"0\"}} 0\n")),
+                "{name}"
+            );
+            assert!(
+                text.contains(&format!("{name}{{core=\"1\"}} {value}\n")),
+                "{name}"
+            );
+        }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // 11 series and busy time per core, the histogram's buckets + sum + count per core, draining.
-        assert_eq!(samples, 12 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
+        // 15 series and busy time per core, the histogram's buckets + sum + count per core, draining.
+        assert_eq!(samples, 16 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(

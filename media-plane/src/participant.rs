@@ -2,6 +2,7 @@
 //! which it receives the other participants' audio.
 
 use crate::forwarder::DownSlot;
+use crate::shard::loss::{EgressCounts, LossCounter};
 use protocol::{ParticipantId, SessionId, UserId};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -57,6 +58,10 @@ pub(crate) struct Participant {
     /// This peer's payload type for RFC 2198 RED over Opus, if it negotiated RED.
     pub red_pt: Option<Pt>,
     pub slots: Vec<DownSlot>,
+    /// What str0m's stats of each slot's stream already added to the shard's counters, by slot.
+    pub egress: Vec<EgressCounts>,
+    /// Loss of each stream this peer sends us, by SSRC (one, unless it restarts its stream).
+    pub upstream: Vec<(u32, LossCounter)>,
     pub ufrag: Vec<u8>,
     pub addrs: Vec<SocketAddr>,
     pub joined_at: Instant,

@@ -59,6 +59,8 @@ pub struct CoreLoad {
     pub busy_nanos: AtomicU64,
     /// From a publisher's datagram read to its forwarded copies handed to the kernel.
     pub forward_latency: LatencyHistogram,
+    /// NACKs, retransmissions, loss, keyframe requests.
+    pub feedback: crate::metrics::FeedbackCounters,
 }
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
@@ -218,6 +220,7 @@ impl Local {
             self.load
                 .malformed
                 .store(stats.malformed, Ordering::Relaxed);
+            self.load.feedback.store(&stats);
         }
         let _ = self.rearm.try_send(());
         if self.sending.replace(true) {

@@ -13,6 +13,7 @@
 //! `poll_output` before the next one.
 
 mod control;
+pub(crate) mod loss;
 
 use crate::forwarder::{DownSlot, SourceKey};
 use crate::participant::{Grants, LeaveReason, MuteChange, Participant, ParticipantKey};
@@ -20,6 +21,7 @@ use crate::red;
 use crate::room::Room;
 use crate::speakers::{Speaker, SpeakerConfig};
 use crate::stun;
+use loss::{EgressCounts, LossCounter};
 use protocol::room::CONTROL_LABEL;
 use protocol::{ParticipantId, SessionId, UserId};
 use rand::rngs::StdRng;
@@ -43,8 +45,12 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_MEDIA_LINES: usize = 16;
 /// Source addresses remembered per participant (ICE may move between a few).
 pub const MAX_ADDRS_PER_PARTICIPANT: usize = 8;
+/// Incoming streams (SSRCs) whose loss is tracked per participant.
+pub const MAX_STREAMS_PER_PARTICIPANT: usize = 4;
 /// Period of the housekeeping pass (join timeouts).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How often str0m reports each connection's stream statistics (NACKs, retransmissions).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How a shard is set up.
 #[derive(Debug, Clone)]
@@ -170,6 +176,14 @@ pub struct ShardStats {
     pub malformed: u64,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
+    /// NACK feedback packets received from subscribers.
+    pub nacks_received: u64,
+    /// Packets retransmitted to subscribers (RTX), as of str0m's last stats report.
+    pub rtp_retransmitted: u64,
+    /// Packets publishers sent that never reached us (see `LossCounter`).
+    pub rtp_lost: u64,
+    /// Keyframe requests (PLI or FIR) received from subscribers.
+    pub keyframe_requests_received: u64,
 }
 
 /// The RTCP feedback for Opus we answer: what the offer asks for, as far as we can honour it.
@@ -313,6 +327,7 @@ impl Shard {
         let mut config = Rtc::builder()
             .set_rtp_mode(true)
             .set_ice_lite(true)
+            .set_stats_interval(Some(STATS_INTERVAL))
             .clear_codecs()
             .enable_opus(true, true)
             .set_local_ice_credentials(IceCreds {
@@ -404,7 +419,9 @@ impl Shard {
             grants: req.grants,
             opus_pt,
             red_pt,
+            egress: vec![EgressCounts::default(); slots.len()],
             slots,
+            upstream: Vec::new(),
             ufrag: ufrag.clone().into_bytes(),
             addrs: Vec::new(),
             joined_at: now,
@@ -685,8 +702,29 @@ impl Shard {
                         self.control_in.push_back((key, d.data));
                     }
                     Event::ChannelClose(id) if Some(id) == p.control => p.control = None,
+                    Event::MediaEgressStats(s) => {
+                        if let Some(i) = p.slots.iter().position(|slot| slot.mid == s.mid) {
+                            let (nacks, resent) = p.egress[i].report(s.nacks, s.packets);
+                            self.stats.nacks_received += nacks;
+                            self.stats.rtp_retransmitted += resent;
+                        }
+                    }
+                    Event::KeyframeRequest(_) => self.stats.keyframe_requests_received += 1,
                     Event::RtpPacket(pkt) => {
                         self.stats.rtp_in += 1;
+                        let ssrc = *pkt.header.ssrc;
+                        let i = match p.upstream.iter().position(|(s, _)| *s == ssrc) {
+                            Some(i) => i,
+                            None => {
+                                // A peer may switch SSRCs; keep the latest few.
+                                if p.upstream.len() >= MAX_STREAMS_PER_PARTICIPANT {
+                                    p.upstream.remove(0);
+                                }
+                                p.upstream.push((ssrc, LossCounter::default()));
+                                p.upstream.len() - 1
+                            }
+                        };
+                        self.stats.rtp_lost += p.upstream[i].1.observe(*pkt.seq_no);
                         if p.grants.publish {
                             self.forwards.push_back((key, pkt));
                         }
@@ -789,10 +827,10 @@ impl Shard {
                         })
                         .inspect(|&i| sub.slots[i].assign(source, in_seq, in_ts)),
                 };
-                let Some(slot) = slot else {
+                let Some(index) = slot else {
                     continue;
                 };
-                let slot = &mut sub.slots[slot];
+                let slot = &mut sub.slots[index];
                 let Some((seq, ts)) = slot.rewrite(source, in_seq, in_ts) else {
                     continue;
                 };
@@ -830,6 +868,7 @@ impl Shard {
                         .ext_vals(ext.clone()),
                 );
                 self.stats.rtp_forwarded += 1;
+                sub.egress[index].written += 1;
                 written.push(to);
             }
             for &to in &written {

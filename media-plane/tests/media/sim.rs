@@ -258,6 +258,9 @@ struct Sim {
     /// Drop every n-th SRTP datagram the shard sends to this peer (index, n).
     loss: Option<(usize, usize)>,
     lossy_count: usize,
+    /// Drop every n-th SRTP datagram this peer sends to the shard (index, n).
+    uplink_loss: Option<(usize, usize)>,
+    uplink_count: usize,
 }
 
 impl Sim {
@@ -272,6 +275,8 @@ impl Sim {
             events: Vec::new(),
             loss: None,
             lossy_count: 0,
+            uplink_loss: None,
+            uplink_count: 0,
         }
     }
 
@@ -340,6 +345,15 @@ impl Sim {
                 let out = std::mem::take(&mut self.peers[i].outbox);
                 for (dest, bytes) in out {
                     moved = true;
+                    if let Some((lossy, n)) = self.uplink_loss
+                        && lossy == i
+                        && is_srtp_media(&bytes)
+                    {
+                        self.uplink_count += 1;
+                        if self.uplink_count.is_multiple_of(n) {
+                            continue;
+                        }
+                    }
                     if dest == server {
                         let src = self.peers[i].addr;
                         self.shard.handle_datagram(self.now, src, &bytes);
@@ -348,10 +362,8 @@ impl Sim {
             }
             while let Some(d) = self.shard.poll_transmit() {
                 moved = true;
-                let srtp = d.contents.first().is_some_and(|b| (128..192).contains(b))
-                    && d.contents.len() > 60;
                 if let Some((i, n)) = self.loss
-                    && srtp
+                    && is_srtp_media(&d.contents)
                     && self.peers[i].addr == d.destination
                 {
                     self.lossy_count += 1;
@@ -407,6 +419,11 @@ impl Sim {
         }
         self.deliver();
     }
+}
+
+/// Whether a datagram looks like SRTP media rather than STUN, DTLS or a small RTCP report.
+fn is_srtp_media(d: &[u8]) -> bool {
+    d.first().is_some_and(|b| (128..192).contains(b)) && d.len() > 60
 }
 
 fn session(n: u128) -> SessionId {
@@ -1141,9 +1158,16 @@ fn nack_and_rtx_recover_what_the_network_lost_and_plain_opus_keeps_its_gaps() {
         sim.join_opts(session(21), 2, listen_only, false, 1, opts);
         let window = lossy_window(&mut sim);
         let n = (window.end - window.start) as usize;
-        results.push((n, missing(&sim, 1, 1, window), sim.peers[1].rtx_in));
+        // str0m reports each stream's NACKs and packets once a second.
+        sim.run(Duration::from_secs(1));
+        let stats = sim.shard.stats();
+        results.push((n, missing(&sim, 1, 1, window), sim.peers[1].rtx_in, stats));
     }
-    let [(n, rtx_missing, rtx_in), (m, plain_missing, plain_rtx)] = results[..] else {
+    let [
+        (n, rtx_missing, rtx_in, rtx_stats),
+        (m, plain_missing, plain_rtx, plain_stats),
+    ] = results[..]
+    else {
         unreachable!()
     };
     assert!(n >= 190 && m == n, "4 s of frames: {n} and {m}");
@@ -1159,6 +1183,58 @@ fn nack_and_rtx_recover_what_the_network_lost_and_plain_opus_keeps_its_gaps() {
         "without RTX the gaps stay: {plain_missing} of {n}"
     );
     assert_eq!(plain_rtx, 0);
+    // The node's counters: a NACK per loss at least (a lost retransmission is asked for again),
+    // and every retransmission it sent, the ones the network lost too.
+    assert!(
+        rtx_stats.nacks_received >= n as u64 / 10 - 2,
+        "{rtx_stats:?}"
+    );
+    assert!(
+        (rtx_in as u64..=rtx_in as u64 + 5).contains(&rtx_stats.rtp_retransmitted),
+        "{rtx_in} received: {rtx_stats:?}"
+    );
+    // A str0m client NACKs only a stream it knows an RTX SSRC for.
+    assert_eq!(plain_stats.nacks_received, 0, "{plain_stats:?}");
+    assert_eq!(plain_stats.rtp_retransmitted, 0, "{plain_stats:?}");
+    assert_eq!(
+        rtx_stats.rtp_lost + plain_stats.rtp_lost,
+        0,
+        "nothing lost upstream"
+    );
+}
+
+#[test]
+fn loss_from_a_publisher_is_counted_once_it_can_no_longer_arrive() {
+    // Only loss the node cannot repair: str0m NACKs a publisher only for a stream whose offer
+    // declares an RTX SSRC, and str0m as an offerer declares one only for video.
+    let mut sim = Sim::new();
+    sim.join(session(23), 1, ALL, true, 0);
+    sim.join(session(23), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(1));
+    let start = sim.peers[0].ticks;
+    sim.uplink_loss = Some((0, 10));
+    sim.run(Duration::from_secs(4));
+    let end = sim.peers[0].ticks;
+    sim.uplink_loss = None;
+    let n = u64::from(end - start);
+    let lost_while_lossy = sim.shard.stats().rtp_lost;
+    // The last gaps leave the loss window (64 packets).
+    sim.run(Duration::from_secs(2));
+    let stats = sim.shard.stats();
+    assert!(
+        (n / 10 - 2..=n / 10 + 1).contains(&stats.rtp_lost),
+        "every 10th of {n} packets: {stats:?}"
+    );
+    assert!(
+        stats.rtp_lost - lost_while_lossy >= 2,
+        "the gaps of the last 1.28 s count only once the stream is past them"
+    );
+    assert_eq!(
+        missing(&sim, 1, 1, start..end) as u64,
+        stats.rtp_lost,
+        "the subscriber misses what the node lost"
+    );
+    assert_eq!(stats.nacks_received, 0, "{stats:?}");
 }
 
 #[test]
