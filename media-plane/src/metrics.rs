@@ -12,6 +12,8 @@ pub struct FeedbackCounters {
     pub rtp_retransmitted: AtomicU64,
     pub rtp_lost: AtomicU64,
     pub keyframe_requests_received: AtomicU64,
+    pub keyframe_requests_forwarded: AtomicU64,
+    pub keyframe_requests_dropped: AtomicU64,
 }
 
 impl FeedbackCounters {
@@ -25,13 +27,18 @@ impl FeedbackCounters {
             &self.keyframe_requests_received,
             s.keyframe_requests_received,
         );
+        set(
+            &self.keyframe_requests_forwarded,
+            s.keyframe_requests_forwarded,
+        );
+        set(&self.keyframe_requests_dropped, s.keyframe_requests_dropped);
     }
 }
 
 /// Renders the node's metrics.
 pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
     type Read = fn(&CoreLoad) -> u64;
-    let series: [(&str, &str, &str, Read); 15] = [
+    let series: [(&str, &str, &str, Read); 17] = [
         ("convoy_media_rooms", "gauge", "Rooms hosted.", |c| {
             u64::from(c.rooms.load(Ordering::Relaxed))
         }),
@@ -123,6 +130,22 @@ pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
                     .load(Ordering::Relaxed)
             },
         ),
+        (
+            "convoy_media_keyframe_requests_forwarded_total",
+            "counter",
+            "Keyframe requests relayed to a publisher (at most one per publisher per interval).",
+            |c| {
+                c.feedback
+                    .keyframe_requests_forwarded
+                    .load(Ordering::Relaxed)
+            },
+        ),
+        (
+            "convoy_media_keyframe_requests_dropped_total",
+            "counter",
+            "Keyframe requests not relayed (throttled, no publisher, or not negotiated).",
+            |c| c.feedback.keyframe_requests_dropped.load(Ordering::Relaxed),
+        ),
     ];
     let mut out = String::with_capacity(4096);
     for (name, kind, help, read) in series {
@@ -187,6 +210,8 @@ mod tests {
             rtp_retransmitted: 6,
             rtp_lost: 5,
             keyframe_requests_received: 4,
+            keyframe_requests_forwarded: 3,
+            keyframe_requests_dropped: 2,
             ..ShardStats::default()
         });
         let text = render(&[&a, &b], true);
@@ -198,6 +223,8 @@ mod tests {
             ("rtp_retransmitted", 6),
             ("rtp_lost", 5),
             ("keyframe_requests_received", 4),
+            ("keyframe_requests_forwarded", 3),
+            ("keyframe_requests_dropped", 2),
         ] {
             let name = format!("convoy_media_{name}_total");
             assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");
@@ -211,8 +238,8 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // 15 series and busy time per core, the histogram's buckets + sum + count per core, draining.
-        assert_eq!(samples, 16 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
+        // 17 series and busy time per core, the histogram's buckets + sum + count per core, draining.
+        assert_eq!(samples, 18 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(

@@ -2,6 +2,7 @@
 //! which it receives the other participants' audio.
 
 use crate::forwarder::DownSlot;
+use crate::shard::keyframe::KeyframeThrottle;
 use crate::shard::loss::{EgressCounts, LossCounter};
 use protocol::{ParticipantId, SessionId, UserId};
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub(crate) struct Participant {
     pub egress: Vec<EgressCounts>,
     /// Loss of each stream this peer sends us, by SSRC (one, unless it restarts its stream).
     pub upstream: Vec<(u32, LossCounter)>,
+    /// Gate of the keyframe requests relayed to this peer as a publisher.
+    pub keyframes: KeyframeThrottle,
     pub ufrag: Vec<u8>,
     pub addrs: Vec<SocketAddr>,
     pub joined_at: Instant,

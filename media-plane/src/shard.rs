@@ -13,6 +13,7 @@
 //! `poll_output` before the next one.
 
 mod control;
+pub mod keyframe;
 pub(crate) mod loss;
 
 use crate::forwarder::{DownSlot, SourceKey};
@@ -21,6 +22,7 @@ use crate::red;
 use crate::room::Room;
 use crate::speakers::{Speaker, SpeakerConfig};
 use crate::stun;
+use keyframe::KeyframeThrottle;
 use loss::{EgressCounts, LossCounter};
 use protocol::room::CONTROL_LABEL;
 use protocol::{ParticipantId, SessionId, UserId};
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
-use str0m::media::{MediaKind, Mid};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
@@ -68,6 +70,9 @@ pub struct ShardConfig {
     pub top_n_above: usize,
     /// Speakers each listener receives in a large room.
     pub top_n: usize,
+    /// A publisher is sent at most one keyframe request (PLI, FIR) per interval, however many
+    /// subscribers ask.
+    pub keyframe_interval: Duration,
 }
 
 impl ShardConfig {
@@ -80,6 +85,7 @@ impl ShardConfig {
             speakers: SpeakerConfig::default(),
             top_n_above: 6,
             top_n: 3,
+            keyframe_interval: keyframe::KEYFRAME_INTERVAL,
         }
     }
 }
@@ -184,6 +190,11 @@ pub struct ShardStats {
     pub rtp_lost: u64,
     /// Keyframe requests (PLI or FIR) received from subscribers.
     pub keyframe_requests_received: u64,
+    /// Keyframe requests relayed to a publisher.
+    pub keyframe_requests_forwarded: u64,
+    /// Keyframe requests not relayed: within the publisher's interval, for a slot carrying no
+    /// one, or for a publisher that did not negotiate that kind of request.
+    pub keyframe_requests_dropped: u64,
 }
 
 /// The RTCP feedback for Opus we answer: what the offer asks for, as far as we can honour it.
@@ -191,6 +202,11 @@ pub struct ShardStats {
 struct OpusFeedback {
     /// Generic NACK (RFC 4585), answered by retransmission over RTX (RFC 4588).
     nack: bool,
+    /// Picture loss indication and full intra request: meaningless for Opus, but answered when
+    /// offered, so that a publisher that asks for them gets subscribers' requests relayed
+    /// (throttled) like any codec's; the path is ready for video.
+    pli: bool,
+    fir: bool,
 }
 
 impl OpusFeedback {
@@ -216,6 +232,8 @@ impl OpusFeedback {
         let all = |f: fn(&PayloadParams) -> bool| !opus.is_empty() && opus.iter().all(f);
         Self {
             nack: all(|p| p.fb_nack() && p.resend().is_some()),
+            pli: all(PayloadParams::fb_pli),
+            fir: all(PayloadParams::fb_fir),
         }
     }
 }
@@ -241,6 +259,9 @@ pub struct Shard {
     control_opened: VecDeque<ParticipantKey>,
     /// Control messages received, to handle after the current drain.
     control_in: VecDeque<(ParticipantKey, Vec<u8>)>,
+    /// Keyframe requests from subscribers: (publisher, its SSRC, kind), or `None` for a request
+    /// about a slot that carries no one.
+    keyframes_in: VecDeque<Option<(SourceKey, KeyframeRequestKind)>>,
     /// Participants marked as leaving, removed at the end of the current input.
     to_reap: Vec<ParticipantKey>,
     scratch: Vec<ParticipantKey>,
@@ -275,6 +296,7 @@ impl Shard {
             forwards: VecDeque::new(),
             control_opened: VecDeque::new(),
             control_in: VecDeque::new(),
+            keyframes_in: VecDeque::new(),
             to_reap: Vec::new(),
             scratch: Vec::new(),
             fanout: Vec::new(),
@@ -346,6 +368,8 @@ impl Shard {
             .map(|mut p| {
                 if p.spec().codec == Codec::Opus {
                     p.set_fb_nack(feedback.nack);
+                    p.set_fb_pli(feedback.pli);
+                    p.set_fb_fir(feedback.fir);
                 }
                 p
             })
@@ -422,6 +446,7 @@ impl Shard {
             egress: vec![EgressCounts::default(); slots.len()],
             slots,
             upstream: Vec::new(),
+            keyframes: KeyframeThrottle::default(),
             ufrag: ufrag.clone().into_bytes(),
             addrs: Vec::new(),
             joined_at: now,
@@ -572,6 +597,7 @@ impl Shard {
         }
         self.drain(key);
         self.forward(now);
+        self.relay_keyframe_requests(now);
         self.process_control(now);
         self.reap();
     }
@@ -628,8 +654,55 @@ impl Shard {
             }
         }
         self.forward(now);
+        self.relay_keyframe_requests(now);
         self.process_control(now);
         self.reap();
+    }
+
+    /// Relays subscribers' keyframe requests to their publishers, at most one per publisher per
+    /// `keyframe_interval`, and only the kinds the publisher negotiated (str0m would send any).
+    fn relay_keyframe_requests(&mut self, now: Instant) {
+        while let Some(req) = self.keyframes_in.pop_front() {
+            let interval = self.config.keyframe_interval;
+            let relayed = req.is_some_and(|(source, kind)| {
+                let Some(p) = self.participants.get_mut(&source.participant) else {
+                    return false;
+                };
+                let negotiated = p.rtc.codec_config().params().iter().any(|c| {
+                    c.pt() == p.opus_pt
+                        && match kind {
+                            KeyframeRequestKind::Pli => c.fb_pli(),
+                            KeyframeRequestKind::Fir => c.fb_fir(),
+                        }
+                });
+                if p.leaving.is_some() || !negotiated || !p.keyframes.allow(now, interval) {
+                    return false;
+                }
+                let mut api = p.rtc.direct_api();
+                let Some(rx) = api.stream_rx(&source.ssrc.into()) else {
+                    return false;
+                };
+                rx.request_keyframe(kind);
+                // The request goes out with the next timeout, which is now.
+                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    mark(
+                        &mut self.to_reap,
+                        source.participant,
+                        p,
+                        LeaveReason::Failed,
+                    );
+                }
+                true
+            });
+            if relayed {
+                self.stats.keyframe_requests_forwarded += 1;
+                if let Some((source, _)) = req {
+                    self.drain(source.participant);
+                }
+            } else {
+                self.stats.keyframe_requests_dropped += 1;
+            }
+        }
     }
 
     /// The next datagram to send.
@@ -709,7 +782,15 @@ impl Shard {
                             self.stats.rtp_retransmitted += resent;
                         }
                     }
-                    Event::KeyframeRequest(_) => self.stats.keyframe_requests_received += 1,
+                    Event::KeyframeRequest(req) => {
+                        self.stats.keyframe_requests_received += 1;
+                        let source = p
+                            .slots
+                            .iter()
+                            .find(|s| s.mid == req.mid)
+                            .and_then(|s| s.source());
+                        self.keyframes_in.push_back(source.map(|s| (s, req.kind)));
+                    }
                     Event::RtpPacket(pkt) => {
                         self.stats.rtp_in += 1;
                         let ssrc = *pkt.header.ssrc;

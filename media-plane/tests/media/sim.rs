@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RawPacket;
 use str0m::rtp::rtcp::Rtcp;
@@ -217,6 +217,16 @@ impl Peer {
                 Output::Event(_) => {}
             }
         }
+    }
+
+    /// Asks the node for a keyframe of what this client receives on its first receiving m-line.
+    fn request_keyframe(&mut self, now: Instant, kind: KeyframeRequestKind) {
+        let mid = self.received.first().expect("receiving").0;
+        let mut api = self.rtc.direct_api();
+        api.stream_rx_by_mid(mid, None)
+            .expect("a receive stream")
+            .request_keyframe(kind);
+        self.drain(now);
     }
 
     fn send_control(&mut self, now: Instant, raw: &[u8]) {
@@ -1284,4 +1294,61 @@ fn red_is_never_retransmitted_but_red_stripped_for_an_rtx_subscriber_is() {
     // Stripped to plain Opus for a subscriber without RED, it is retransmitted.
     assert!(stripped_rtx >= n / 10 - 2, "{stripped_rtx}");
     assert_eq!(stripped_missing, 0);
+}
+
+#[test]
+fn keyframe_requests_reach_a_publisher_at_most_once_per_interval() {
+    let listen_only = Grants {
+        publish: false,
+        subscribe: true,
+        admin: false,
+    };
+    let keyframes = Opts {
+        keyframes: true,
+        ..Opts::default()
+    };
+    // Publisher 1 negotiated PLI and FIR for Opus, publisher 3 did not; 2 and 4 listen to them.
+    let mut sim = Sim::new();
+    sim.join_opts(session(24), 1, ALL, true, 0, keyframes);
+    sim.join(session(24), 2, listen_only, false, 1);
+    sim.join(session(25), 3, ALL, true, 0);
+    sim.join(session(25), 4, listen_only, false, 1);
+    assert!(
+        sim.peers[0]
+            .answer
+            .contains(&format!("a=rtcp-fb:{OPUS_PT} nack pli"))
+    );
+    assert!(
+        sim.peers[0]
+            .answer
+            .contains(&format!("a=rtcp-fb:{OPUS_PT} ccm fir"))
+    );
+    assert!(!sim.peers[2].answer.contains("nack pli"));
+    sim.run(Duration::from_secs(1));
+    // A burst: a request every 20 ms for 400 ms, PLI and FIR alternating.
+    let burst = 20;
+    for i in 0..burst {
+        let kind = [KeyframeRequestKind::Pli, KeyframeRequestKind::Fir][i % 2];
+        let now = sim.now;
+        sim.peers[1].request_keyframe(now, kind);
+        sim.peers[3].request_keyframe(now, kind);
+        sim.run(FRAME);
+    }
+    let stats = sim.shard.stats();
+    assert_eq!(
+        stats.keyframe_requests_received,
+        2 * burst as u64,
+        "{stats:?}"
+    );
+    assert_eq!(sim.peers[0].keyframe_requests, 1, "one per 500 ms");
+    assert_eq!(sim.peers[2].keyframe_requests, 0, "not negotiated");
+    assert_eq!(stats.keyframe_requests_forwarded, 1, "{stats:?}");
+    assert_eq!(stats.keyframe_requests_dropped, 2 * burst as u64 - 1);
+    // Past the interval, the next request passes.
+    sim.run(Duration::from_millis(100));
+    let now = sim.now;
+    sim.peers[1].request_keyframe(now, KeyframeRequestKind::Pli);
+    sim.run(FRAME);
+    assert_eq!(sim.peers[0].keyframe_requests, 2);
+    assert_eq!(sim.shard.stats().keyframe_requests_forwarded, 2);
 }
