@@ -1,3 +1,7 @@
-//! Convoy's load generator (issue 3: `loadtest sfu`; issue 5: `loadtest location`).
-//!
-//! Nothing is built here yet; the crate exists so the workspace has its final shape.
+//! Convoy's load generator. `loadtest sfu` drives a running media node through the real join path
+//! (issue 3); `loadtest location` comes with the location engine (issue 5).
+
+pub mod measure;
+pub mod pin;
+pub mod report;
+pub mod sfu;

@@ -1,0 +1,32 @@
+//! `loadtest`: the command line of Convoy's load generator.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", about = "Convoy's load generator")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Rooms of speakers and listeners against a running media node (REST → WHIP → ICE/DTLS/SRTP).
+    Sfu(loadtest::sfu::SfuArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Sfu(args) => loadtest::sfu::run(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Process placement: pin the load generator to one CPU, and allow a socket per client.
+
+use anyhow::Context;
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::unistd::Pid;
+
+/// Pins the calling thread (and the threads it starts later) to `cpu`.
+pub fn to_cpu(cpu: usize) -> anyhow::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu).context("CPU number out of range")?;
+    sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")?;
+    Ok(())
+}
+
+/// Raises the open-file limit to at least `needed` (up to the hard limit).
+pub fn raise_fd_limit(needed: usize) -> anyhow::Result<()> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit")?;
+    let needed = needed as u64;
+    if soft >= needed {
+        return Ok(());
+    }
+    if hard < needed {
+        anyhow::bail!("this run needs {needed} open files; the hard limit is {hard}");
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, needed.max(soft), hard).context("setrlimit")?;
+    Ok(())
+}

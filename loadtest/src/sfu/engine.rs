@@ -1,0 +1,642 @@
+//! The packet side of `loadtest sfu`: every client's `Rtc` and socket, driven from one `mio` poll
+//! loop on one thread (the shape of a media node's core, as a client).
+
+use super::scrape::Scraper;
+use super::setup::Joined;
+use super::{Plan, Role, SfuArgs, ToEngine};
+use crate::measure::{self, Stamp, StreamStats};
+use anyhow::bail;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+use str0m::media::{Frequency, MediaData, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+
+/// One Opus frame.
+const PERIOD: Duration = Duration::from_millis(20);
+/// How long listeners keep counting after the speakers stop.
+const DRAIN: Duration = Duration::from_secs(1);
+/// The audio level speakers send (dBov, RFC 6464): clearly voice.
+const LEVEL: i8 = -20;
+/// Failure messages kept for the report.
+const MAX_FAILURES_KEPT: usize = 20;
+
+struct Client {
+    plan: Plan,
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    send_mid: Option<Mid>,
+    connected: bool,
+    failed: Option<String>,
+    deadline: Instant,
+    /// Next counter a speaker sends.
+    counter: u32,
+    /// What it heard, by publisher.
+    streams: Vec<(u32, StreamStats)>,
+}
+
+/// Measurement state shared by all clients.
+struct Ctx {
+    epoch: Instant,
+    /// When the datagram being handled was read, in ns since `epoch`.
+    read_ns: u64,
+    /// Per publisher: its first counter inside the measurement (`u32::MAX` before it starts).
+    first: Vec<u32>,
+    latency: Histogram<u64>,
+    jitter: Histogram<u64>,
+    send_lag: Histogram<u64>,
+    datagrams_in: u64,
+    datagrams_out: u64,
+    send_errors: u64,
+    foreign: u64,
+    own_echo: u64,
+    packets_in: u64,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Outcome {
+    pub planned: usize,
+    pub joined: usize,
+    pub connected: usize,
+    pub failed: usize,
+    pub failures: Vec<String>,
+    /// (listener, publisher) pairs between connected clients.
+    pub streams: u64,
+    /// Streams that delivered at least one measured packet.
+    pub streams_heard: u64,
+    pub packets_expected: u64,
+    pub packets_received: u64,
+    pub worst_stream_loss: f64,
+    pub reordered: u64,
+    /// Forward latency, send to read, µs.
+    pub latency: Histogram<u64>,
+    /// RFC 3550 jitter estimates after each packet, µs.
+    pub jitter: Histogram<u64>,
+    /// How late the load generator's own sends were, µs (its saturation shows here).
+    pub send_lag: Histogram<u64>,
+    pub measured: Duration,
+    /// Share of the measurement the load generator spent outside its poll wait.
+    pub generator_busy: f64,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub send_errors: u64,
+    pub foreign: u64,
+    pub own_echo: u64,
+    /// The node's `/metrics` at the start and the end of the measurement.
+    pub node_before: Option<String>,
+    pub node_after: Option<String>,
+}
+
+enum Phase {
+    Joining,
+    Connecting { until: Instant },
+    Warmup { until: Instant },
+    Measuring { from: Instant, until: Instant },
+    Draining { until: Instant, measured: Duration },
+}
+
+/// The engine: clients, their timers and the speakers' send schedule.
+pub struct Engine {
+    args: SfuArgs,
+    plans: Vec<Plan>,
+    poll: Poll,
+    clients: Vec<Client>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Speakers' next sends, in time order (every speaker has the same period).
+    sends: VecDeque<(Instant, usize)>,
+    ctx: Ctx,
+    failures: Vec<String>,
+    failed: usize,
+    metrics_url: Option<String>,
+    progress: ProgressBar,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(args: &SfuArgs, plans: Vec<Plan>) -> anyhow::Result<Self> {
+        let publishers = plans.iter().filter(|p| p.publisher.is_some()).count();
+        let progress = if args.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::with_draw_target(Some(plans.len() as u64), ProgressDrawTarget::stderr())
+        };
+        progress.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:>10} [{bar:30}] {pos}/{len} {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        progress.set_prefix("joining");
+        Ok(Self {
+            args: args.clone(),
+            plans,
+            poll: Poll::new()?,
+            clients: Vec::new(),
+            timers: BinaryHeap::new(),
+            sends: VecDeque::new(),
+            ctx: Ctx {
+                epoch: Instant::now(),
+                read_ns: 0,
+                first: vec![u32::MAX; publishers],
+                latency: measure::micros_histogram(),
+                jitter: measure::micros_histogram(),
+                send_lag: measure::micros_histogram(),
+                datagrams_in: 0,
+                datagrams_out: 0,
+                send_errors: 0,
+                foreign: 0,
+                own_echo: 0,
+                packets_in: 0,
+            },
+            failures: Vec::new(),
+            failed: 0,
+            metrics_url: None,
+            progress,
+        })
+    }
+
+    fn fail(&mut self, why: String) {
+        self.failed += 1;
+        if self.failures.len() < MAX_FAILURES_KEPT {
+            self.failures.push(why);
+        }
+    }
+
+    /// Runs every phase; returns what was measured.
+    pub fn run(mut self, rx: Receiver<ToEngine>, scraper: &Scraper) -> anyhow::Result<Outcome> {
+        let mut events = Events::with_capacity(1024);
+        let mut buf = vec![0u8; 2048];
+        let mut phase = Phase::Joining;
+        let mut setup_done = false;
+        let mut scrape_before = None;
+        let mut scrape_after = None;
+        let mut busy = Duration::ZERO;
+        let mut last_progress = Instant::now();
+        let mut last_packets = 0u64;
+
+        loop {
+            // Joined clients, from the setup thread.
+            if !setup_done {
+                loop {
+                    match rx.try_recv() {
+                        Ok(ToEngine::Joined(j, url)) => {
+                            self.metrics_url.get_or_insert(url);
+                            self.add(*j)?;
+                        }
+                        Ok(ToEngine::JoinFailed(why)) => self.fail(why),
+                        Ok(ToEngine::SetupFailed(why)) => bail!("setup failed: {why}"),
+                        Ok(ToEngine::SetupDone) | Err(TryRecvError::Disconnected) => {
+                            setup_done = true;
+                            break;
+                        }
+                        Err(TryRecvError::Empty) => break,
+                    }
+                }
+            }
+
+            let now = Instant::now();
+            // Phase changes.
+            match phase {
+                Phase::Joining if setup_done => {
+                    if self.clients.is_empty() {
+                        bail!("no client joined: {}", self.failures.join("; "));
+                    }
+                    phase = Phase::Connecting {
+                        until: now + Duration::from_secs_f64(self.args.connect_timeout),
+                    };
+                    self.progress.set_prefix("connecting");
+                    self.progress.set_length(self.clients.len() as u64);
+                }
+                Phase::Connecting { until } => {
+                    let pending = self
+                        .clients
+                        .iter()
+                        .filter(|c| !c.connected && c.failed.is_none())
+                        .count();
+                    if pending == 0 || now >= until {
+                        for i in 0..self.clients.len() {
+                            let c = &mut self.clients[i];
+                            if !c.connected && c.failed.is_none() {
+                                c.failed = Some("did not connect in time".into());
+                                let why = format!("client {}: did not connect", c.plan.index);
+                                self.fail(why);
+                            }
+                        }
+                        self.start_sending(now);
+                        phase = Phase::Warmup {
+                            until: now + Duration::from_secs_f64(self.args.warmup),
+                        };
+                        self.progress.set_prefix("warmup");
+                        self.progress.set_length(0);
+                    }
+                }
+                Phase::Warmup { until } if now >= until => {
+                    for c in &self.clients {
+                        if let Some(p) = c.plan.publisher {
+                            self.ctx.first[p as usize] = c.counter;
+                        }
+                    }
+                    scrape_before = self.metrics_url.as_deref().map(|u| scraper.fetch(u));
+                    let until = now + Duration::from_secs_f64(self.args.duration);
+                    phase = Phase::Measuring { from: now, until };
+                    busy = Duration::ZERO;
+                    self.progress.set_prefix("measuring");
+                    self.progress
+                        .set_length((self.args.duration * 1000.0).round() as u64);
+                }
+                Phase::Measuring { from, until } if now >= until => {
+                    self.sends.clear();
+                    scrape_after = self.metrics_url.as_deref().map(|u| scraper.fetch(u));
+                    phase = Phase::Draining {
+                        until: now + DRAIN,
+                        measured: now - from,
+                    };
+                    self.progress.set_prefix("draining");
+                }
+                Phase::Draining { until, measured } if now >= until => {
+                    self.progress.finish_and_clear();
+                    let wait = |r: Option<Receiver<Result<String, String>>>| {
+                        r.and_then(|r| r.recv_timeout(Duration::from_secs(5)).ok())
+                            .and_then(Result::ok)
+                    };
+                    let before = wait(scrape_before.take());
+                    let after = wait(scrape_after.take());
+                    let generator_busy = busy.as_secs_f64() / measured.as_secs_f64();
+                    return Ok(self.outcome(measured, generator_busy, before, after));
+                }
+                _ => {}
+            }
+
+            // Progress, a few times a second.
+            if now - last_progress >= Duration::from_millis(250) {
+                let rate = (self.ctx.packets_in - last_packets) as f64
+                    / (now - last_progress).as_secs_f64();
+                last_packets = self.ctx.packets_in;
+                last_progress = now;
+                match phase {
+                    Phase::Joining => self.progress.set_position(self.clients.len() as u64),
+                    Phase::Connecting { .. } => self
+                        .progress
+                        .set_position(self.clients.iter().filter(|c| c.connected).count() as u64),
+                    Phase::Measuring { from, .. } => {
+                        self.progress.set_position((now - from).as_millis() as u64)
+                    }
+                    _ => {}
+                }
+                self.progress.set_message(format!(
+                    "{:.0} packets/s received, {} failed",
+                    rate, self.failed
+                ));
+            }
+
+            // Wait for packets, the next timer or the next send.
+            let mut next = now + Duration::from_millis(if setup_done { 50 } else { 5 });
+            if let Some(Reverse((t, _))) = self.timers.peek() {
+                next = next.min(*t);
+            }
+            if let Some((t, _)) = self.sends.front() {
+                next = next.min(*t);
+            }
+            let wait = next.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(wait))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                return Err(e.into());
+            }
+            let woke = Instant::now();
+
+            for ev in &events {
+                let i = ev.token().0;
+                self.read_all(i, &mut buf);
+            }
+            self.fire_timers();
+            self.send_due();
+            if matches!(phase, Phase::Measuring { .. }) {
+                busy += woke.elapsed();
+            }
+        }
+    }
+
+    /// Takes over a joined client and starts its ICE.
+    fn add(&mut self, j: Joined) -> anyhow::Result<()> {
+        let i = self.clients.len();
+        let local = j.socket.local_addr()?;
+        let mut socket = UdpSocket::from_std(j.socket);
+        self.poll
+            .registry()
+            .register(&mut socket, Token(i), Interest::READABLE)?;
+        let now = Instant::now();
+        self.clients.push(Client {
+            plan: j.plan,
+            rtc: j.rtc,
+            socket,
+            local,
+            send_mid: j.send_mid,
+            connected: false,
+            failed: None,
+            deadline: now,
+            counter: 0,
+            streams: Vec::new(),
+        });
+        self.timers.push(Reverse((now, i)));
+        Ok(())
+    }
+
+    /// Reads client `i`'s socket until it would block.
+    fn read_all(&mut self, i: usize, buf: &mut [u8]) {
+        loop {
+            let c = &mut self.clients[i];
+            let (n, source) = match c.socket.recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // ICMP port unreachable and the like, from an earlier send.
+                Err(_) => continue,
+            };
+            self.ctx.datagrams_in += 1;
+            if c.failed.is_some() {
+                continue;
+            }
+            let now = Instant::now();
+            self.ctx.read_ns = (now - self.ctx.epoch).as_nanos() as u64;
+            let Ok(receive) = Receive::new(Protocol::Udp, source, c.local, &buf[..n]) else {
+                self.ctx.foreign += 1;
+                continue;
+            };
+            if let Err(e) = c.rtc.handle_input(Input::Receive(now, receive)) {
+                self.client_failed(i, format!("input: {e}"));
+                continue;
+            }
+            self.drain(i);
+        }
+    }
+
+    fn client_failed(&mut self, i: usize, why: String) {
+        let c = &mut self.clients[i];
+        if c.failed.is_none() {
+            let msg = format!("client {} (room {}): {why}", c.plan.index, c.plan.room);
+            c.failed = Some(why);
+            self.fail(msg);
+        }
+    }
+
+    /// Polls client `i`'s `Rtc` until it names its next timeout.
+    fn drain(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let before = c.deadline;
+        let mut failure = None;
+        loop {
+            match c.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    c.deadline = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => match c.socket.send_to(&t.contents, t.destination) {
+                    Ok(_) => self.ctx.datagrams_out += 1,
+                    Err(_) => self.ctx.send_errors += 1,
+                },
+                Ok(Output::Event(Event::Connected)) => c.connected = true,
+                Ok(Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Disconnected,
+                ))) => {
+                    failure = Some("ICE disconnected".to_string());
+                }
+                Ok(Output::Event(Event::MediaData(d))) => on_media(&mut self.ctx, c, &d),
+                Ok(Output::Event(_)) => {}
+                Err(e) => {
+                    failure = Some(format!("rtc: {e}"));
+                    break;
+                }
+            }
+        }
+        if c.deadline != before {
+            self.timers.push(Reverse((c.deadline, i)));
+        }
+        if let Some(why) = failure {
+            self.client_failed(i, why);
+        }
+    }
+
+    /// Hands due timeouts to their `Rtc`s.
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((t, i))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let c = &mut self.clients[i];
+            if c.deadline != t || c.failed.is_some() {
+                continue;
+            }
+            if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
+                self.client_failed(i, format!("timeout: {e}"));
+                continue;
+            }
+            self.drain(i);
+        }
+    }
+
+    /// Spreads the connected speakers' sends evenly over one period.
+    fn start_sending(&mut self, now: Instant) {
+        let speakers: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| {
+                let c = &self.clients[i];
+                c.plan.role == Role::Speaker && c.connected && c.failed.is_none()
+            })
+            .collect();
+        let n = speakers.len().max(1) as u32;
+        for (k, i) in speakers.into_iter().enumerate() {
+            self.sends.push_back((now + PERIOD * k as u32 / n, i));
+        }
+    }
+
+    /// Sends every speaker's due packet.
+    fn send_due(&mut self) {
+        let now = Instant::now();
+        while let Some(&(t, i)) = self.sends.front() {
+            if t > now {
+                break;
+            }
+            self.sends.pop_front();
+            measure::record(&mut self.ctx.send_lag, (now - t).as_micros() as u64);
+            self.send(i, now);
+            if self.clients[i].failed.is_none() {
+                self.sends.push_back((t + PERIOD, i));
+            }
+        }
+    }
+
+    fn send(&mut self, i: usize, now: Instant) {
+        let payload_len = self.args.payload;
+        let c = &mut self.clients[i];
+        let (Some(mid), Some(publisher)) = (c.send_mid, c.plan.publisher) else {
+            return;
+        };
+        let mut payload = vec![0u8; payload_len];
+        Stamp {
+            publisher,
+            counter: c.counter,
+            sent_ns: (now - self.ctx.epoch).as_nanos() as u64,
+        }
+        .write(&mut payload);
+        let rtp_time = MediaTime::new(u64::from(c.counter) * 960, Frequency::FORTY_EIGHT_KHZ);
+        c.counter += 1;
+        let Some(writer) = c.rtc.writer(mid) else {
+            self.client_failed(i, "no writer for its m-line".into());
+            return;
+        };
+        let Some(pt) = writer.payload_params().next().map(|p| p.pt()) else {
+            self.client_failed(i, "no payload type negotiated".into());
+            return;
+        };
+        if let Err(e) = writer
+            .audio_level(LEVEL, true)
+            .write(pt, now, rtp_time, payload)
+        {
+            self.client_failed(i, format!("write: {e}"));
+            return;
+        }
+        // Let the pacer release it now, as a client sending in real time would.
+        if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
+            self.client_failed(i, format!("timeout: {e}"));
+            return;
+        }
+        self.drain(i);
+    }
+
+    fn outcome(
+        self,
+        measured: Duration,
+        generator_busy: f64,
+        node_before: Option<String>,
+        node_after: Option<String>,
+    ) -> Outcome {
+        // Per publisher: how many it sent inside the measurement.
+        let mut sent = vec![0u64; self.ctx.first.len()];
+        let mut publisher_ok = vec![false; self.ctx.first.len()];
+        for c in &self.clients {
+            if let Some(p) = c.plan.publisher {
+                let first = self.ctx.first[p as usize];
+                if first != u32::MAX {
+                    sent[p as usize] = u64::from(c.counter.saturating_sub(first));
+                }
+                publisher_ok[p as usize] = c.failed.is_none();
+            }
+        }
+        let mut room_publishers: Vec<Vec<u32>> = Vec::new();
+        for p in &self.plans {
+            if let Some(publisher) = p.publisher {
+                let room = p.room as usize;
+                if room_publishers.len() <= room {
+                    room_publishers.resize(room + 1, Vec::new());
+                }
+                room_publishers[room].push(publisher);
+            }
+        }
+        let (mut streams, mut heard, mut expected, mut received, mut reordered) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut worst = 0.0f64;
+        for c in self.clients.iter().filter(|c| c.failed.is_none()) {
+            let Some(publishers) = room_publishers.get(c.plan.room as usize) else {
+                continue;
+            };
+            for &p in publishers {
+                if Some(p) == c.plan.publisher || !publisher_ok[p as usize] {
+                    continue;
+                }
+                streams += 1;
+                let want = sent[p as usize];
+                let got = c
+                    .streams
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .map(|(_, s)| s)
+                    .cloned()
+                    .unwrap_or_default();
+                if got.received > 0 {
+                    heard += 1;
+                }
+                expected += want;
+                received += got.received.min(want);
+                reordered += got.reordered;
+                worst = worst.max(measure::loss_ratio(want, got.received));
+            }
+        }
+        let connected = self.clients.iter().filter(|c| c.connected).count();
+        Outcome {
+            planned: self.plans.len(),
+            joined: self.clients.len(),
+            connected,
+            failed: self.failed,
+            failures: self.failures,
+            streams,
+            streams_heard: heard,
+            packets_expected: expected,
+            packets_received: received,
+            worst_stream_loss: worst,
+            reordered,
+            latency: self.ctx.latency,
+            jitter: self.ctx.jitter,
+            send_lag: self.ctx.send_lag,
+            measured,
+            generator_busy,
+            datagrams_in: self.ctx.datagrams_in,
+            datagrams_out: self.ctx.datagrams_out,
+            send_errors: self.ctx.send_errors,
+            foreign: self.ctx.foreign,
+            own_echo: self.ctx.own_echo,
+            node_before,
+            node_after,
+        }
+    }
+}
+
+/// A listener got a packet: account it to its publisher's stream if it is inside the measurement.
+fn on_media(ctx: &mut Ctx, c: &mut Client, d: &MediaData) {
+    ctx.packets_in += 1;
+    let Some(stamp) = Stamp::read(&d.data) else {
+        ctx.foreign += 1;
+        return;
+    };
+    if Some(stamp.publisher) == c.plan.publisher {
+        ctx.own_echo += 1;
+        return;
+    }
+    let first = ctx
+        .first
+        .get(stamp.publisher as usize)
+        .copied()
+        .unwrap_or(u32::MAX);
+    if first == u32::MAX || stamp.counter < first {
+        return;
+    }
+    let rtp_time = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer();
+    let stream = match c.streams.iter().position(|(p, _)| *p == stamp.publisher) {
+        Some(k) => &mut c.streams[k].1,
+        None => {
+            c.streams.push((stamp.publisher, StreamStats::default()));
+            &mut c.streams.last_mut().expect("just pushed").1
+        }
+    };
+    let jitter_us = stream.packet(stamp.counter, rtp_time, ctx.read_ns);
+    measure::record(&mut ctx.jitter, jitter_us.round() as u64);
+    let latency_ns = ctx.read_ns.saturating_sub(stamp.sent_ns);
+    measure::record(&mut ctx.latency, latency_ns / 1000);
+}
