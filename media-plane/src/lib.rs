@@ -19,6 +19,7 @@ pub mod shard;
 mod signaling;
 pub mod speakers;
 pub mod stun;
+pub mod udp;
 
 pub use node::{EventSink, Heartbeat, Hooks, MediaNode, NodeConfig};
 pub use participant::{Grants, LeaveReason, MuteChange, ParticipantKey};

@@ -7,13 +7,17 @@
 
 use crate::participant::ParticipantKey;
 use crate::shard::{Datagram, JoinError, JoinRequest, Joined, Shard, ShardConfig, ShardEvent};
+use crate::udp::{BATCH, RecvBatch, SendBatch};
 use futures_lite::future;
 use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
+use nix::sched::{CpuSet, sched_getaffinity};
+use nix::unistd::Pid;
 use protocol::api::Moderation;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -22,6 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Largest datagram we read.
 const MAX_DATAGRAM: usize = 2048;
+/// Socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`): a burst of
+/// publishers' packets waits here while the core fans out the ones before it.
+const SOCKET_BUFFER: usize = 8 << 20;
 
 /// What the HTTP side asks of a core.
 #[derive(Debug)]
@@ -92,6 +99,35 @@ impl LatencyHistogram {
     }
 }
 
+/// The CPUs this process may run on, in order: its affinity mask (`taskset -c 1 convoy …` puts
+/// core 0 on CPU 1), or every CPU when the mask cannot be read.
+pub fn allowed_cpus() -> Vec<usize> {
+    let allowed: Vec<usize> = sched_getaffinity(Pid::from_raw(0))
+        .map(|set| {
+            (0..CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .collect()
+        })
+        .unwrap_or_default();
+    if allowed.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (0..n).collect()
+    } else {
+        allowed
+    }
+}
+
+/// A core's UDP socket, with large buffers.
+fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer only means earlier drops under a burst.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(UdpSocket::from(socket))
+}
+
 /// The node's handle on one running core.
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -114,14 +150,15 @@ impl Core {
         let (tx, rx) = async_channel::bounded::<Command>(1024);
         let load = Arc::new(CoreLoad::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<u16, String>>(1);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = allowed_cpus();
+        let cpu = cpus[usize::from(index) % cpus.len()];
         let thread_load = load.clone();
-        let thread = LocalExecutorBuilder::new(Placement::Fixed(usize::from(index) % cpus))
+        let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("media-core-{index}"))
             .io_memory(512 << 10)
             .ring_depth(256)
             .spawn(move || async move {
-                let socket = match UdpSocket::bind(SocketAddr::new(bind_ip, port)) {
+                let socket = match bind(SocketAddr::new(bind_ip, port)) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));
@@ -182,6 +219,7 @@ struct Local {
     outbox: RefCell<VecDeque<Datagram>>,
     /// Whether a task is draining `outbox`: only one does, so datagrams leave in order.
     sending: Cell<bool>,
+    send_batch: RefCell<SendBatch>,
 }
 
 impl Local {
@@ -227,7 +265,36 @@ impl Local {
             // Another task is sending; it takes these too, after what it queued before.
             return;
         }
+        let fd = self.socket.as_raw_fd();
         loop {
+            // As many as the kernel takes in one `sendmmsg`, without awaiting.
+            let blocked = {
+                let mut outbox = self.outbox.borrow_mut();
+                if outbox.is_empty() {
+                    break;
+                }
+                let sent = self
+                    .send_batch
+                    .borrow_mut()
+                    .send(fd, outbox.make_contiguous());
+                outbox.drain(..sent.datagrams);
+                self.load
+                    .datagrams_out
+                    .fetch_add(sent.datagrams as u64, Ordering::Relaxed);
+                self.load
+                    .bytes_out
+                    .fetch_add(sent.bytes as u64, Ordering::Relaxed);
+                if sent.failed {
+                    // Unsendable (e.g. no route to that address): drop it, send the rest.
+                    outbox.pop_front();
+                    self.load.send_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                sent.would_block
+            };
+            if !blocked {
+                continue;
+            }
+            // The socket buffer is full: wait for room through glommio, one datagram.
             let Some(d) = self.outbox.borrow_mut().pop_front() else {
                 break;
             };
@@ -263,6 +330,7 @@ async fn run_core(
         rearm,
         outbox: RefCell::new(VecDeque::new()),
         sending: Cell::new(false),
+        send_batch: RefCell::new(SendBatch::default()),
     });
 
     let recv = glommio::spawn_local(receive_loop(local.clone())).detach();
@@ -301,27 +369,59 @@ async fn run_core(
 
 async fn receive_loop(local: Rc<Local>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut batch = RecvBatch::new(MAX_DATAGRAM);
+    let fd = local.socket.as_raw_fd();
     loop {
+        // Wait for a datagram through glommio...
         let (n, source) = match local.socket.recv_from(&mut buf).await {
             Ok(r) => r,
             // ICMP errors from earlier sends and the like: keep serving.
             Err(_) => continue,
         };
-        let read_at = Instant::now();
-        local.load.datagrams_in.fetch_add(1, Ordering::Relaxed);
-        local.load.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        let forwarded = {
-            let mut shard = local.shard.borrow_mut();
-            let before = shard.stats().rtp_forwarded;
-            shard.handle_datagram(read_at, source, &buf[..n]);
-            shard.stats().rtp_forwarded > before
-        };
-        local.flush().await;
-        if forwarded {
-            local.load.forward_latency.observe(read_at.elapsed());
+        handle(&local, Instant::now(), source, &buf[..n]).await;
+        // ...then take what else is queued, a batch per system call, without waiting.
+        loop {
+            let got = match batch.recv(fd) {
+                Ok(0) => break,
+                Ok(got) => got,
+                // As above: an error belongs to an earlier send; the next read goes on.
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            let read_at = Instant::now();
+            for (source, bytes) in batch.datagrams() {
+                handle(&local, read_at, source, bytes).await;
+            }
+            if got < BATCH {
+                break;
+            }
+            // A full batch means more is waiting; let the timer and command loops run first,
+            // or a saturated socket would starve them (no RTCP, no joins).
+            future::yield_now().await;
         }
-        local.busy_since(read_at);
     }
+}
+
+/// One datagram in: through the shard, its forwarded copies out (sent before the next is read,
+/// so a publisher's packet waits for no other publisher's fan-out).
+async fn handle(local: &Local, read_at: Instant, source: SocketAddr, bytes: &[u8]) {
+    let started = Instant::now();
+    local.load.datagrams_in.fetch_add(1, Ordering::Relaxed);
+    local
+        .load
+        .bytes_in
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let forwarded = {
+        let mut shard = local.shard.borrow_mut();
+        let before = shard.stats().rtp_forwarded;
+        shard.handle_datagram(started, source, bytes);
+        shard.stats().rtp_forwarded > before
+    };
+    local.flush().await;
+    if forwarded {
+        local.load.forward_latency.observe(read_at.elapsed());
+    }
+    local.busy_since(started);
 }
 
 async fn timer_loop(local: Rc<Local>, rearmed: async_channel::Receiver<()>) {

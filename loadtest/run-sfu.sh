@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One command for the README's SFU figures: builds release binaries, starts `convoy dev` with one
+# media core pinned to CPU 1, runs `loadtest sfu` pinned to CPU 0 with the arguments given here,
+# stops the node, and exits with the load test's status (0 pass, 1 a threshold failed, 2 error).
+#
+#   bash loadtest/run-sfu.sh --rooms 20 --speakers 3 --listeners 20 --duration 10
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NODE_CPU=${NODE_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+
+cargo build --release --quiet --bin convoy --bin loadtest
+data=$(mktemp -d)
+log="$data/node.log"
+taskset -c "$NODE_CPU" target/release/convoy dev --cores 1 --data-dir "$data/db" >"$log" 2>&1 &
+node=$!
+stop() {
+  kill -INT "$node" 2>/dev/null || true
+  # A second signal skips draining.
+  sleep 1
+  kill -INT "$node" 2>/dev/null || true
+  wait "$node" 2>/dev/null || true
+}
+trap stop EXIT
+ready=""
+for _ in $(seq 100); do
+  if curl -sf http://127.0.0.1:8090/readyz >/dev/null && curl -sf http://127.0.0.1:8080/readyz >/dev/null; then
+    ready=yes
+    break
+  fi
+  if ! kill -0 "$node" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+if [ -z "$ready" ]; then
+  echo "the node did not become ready; its log:" >&2
+  cat "$log" >&2
+  exit 2
+fi
+status=0
+target/release/loadtest sfu --cpu "$LOAD_CPU" "$@" || status=$?
+exit "$status"
