@@ -71,6 +71,7 @@ fn token(c: &mut Criterion) {
         sub_media: true,
         music_ctl: false,
         mix: false,
+        e2ee: false,
         admin: false,
     });
     assert!(

@@ -72,6 +72,7 @@ impl Client {
                         subscribe: true,
                         admin: false,
                     },
+                    e2ee: false,
                     offer: offer.to_sdp_string(),
                 },
             )

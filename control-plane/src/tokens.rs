@@ -54,6 +54,8 @@ pub(crate) struct JoinGrant {
     pub music_ctl: bool,
     /// A group admin: may moderate the room.
     pub admin: bool,
+    /// The session is end-to-end encrypted.
+    pub e2ee: bool,
 }
 
 /// The control plane's signing key, the matching public keys and its issuer name.
@@ -124,8 +126,10 @@ impl Tokens {
             publish: true,
             sub_media: true,
             music_ctl: grant.music_ctl,
+            // No session is mixed yet; an end-to-end encrypted one never may be.
             mix: false,
             admin: grant.admin,
+            e2ee: grant.e2ee,
         })
     }
 }
@@ -228,6 +232,7 @@ mod tests {
                 kind: SessionKind::Audio,
                 music_ctl: false,
                 admin: false,
+                e2ee: false,
             },
             1_000,
         );

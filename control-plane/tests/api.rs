@@ -331,6 +331,10 @@ async fn sessions_are_created_once_and_joined_on_the_same_node() {
         assert_eq!(claims.kind, protocol::api::SessionKind::Audio);
         assert!(claims.publish && claims.sub_media && claims.music_ctl && !claims.mix);
         assert!(claims.admin, "the group admin moderates the room");
+        assert!(
+            !claims.e2ee && !session.e2ee,
+            "not end-to-end encrypted unless asked"
+        );
         assert_eq!(claims.exp - claims.iat, 120);
         assert!(
             keys.verify::<JoinClaims>(&first.join_token, "eu-2", unix_now(), 0)
@@ -439,6 +443,105 @@ async fn a_session_whose_node_died_moves_to_a_live_node() {
                 assert_eq!((state.as_str(), ended_at), ("active", None));
             }
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_e2ee_session_says_so_its_tokens_never_grant_mix_and_it_is_never_joined_as_plain() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let gid = app.group(&ann).await;
+        app.join(&gid, &ann, &bob).await;
+        app.registry
+            .heartbeat(node("eu-1", "eu", 0.2, NodeState::Serving));
+        let uri = format!("/v1/groups/{gid}/sessions");
+        let e2ee = json!({"kind": "audio", "e2ee": true});
+
+        let reply = app.post(&uri, &ann.access_token, e2ee.clone()).await;
+        assert_eq!(reply.json["session"]["e2ee"], json!(true), "{reply:?}");
+        let first: SessionAllocation = reply.parse(StatusCode::CREATED);
+        assert!(first.session.e2ee);
+        let keys = verifying_keys(&app).await;
+        let claims: JoinClaims = keys
+            .verify(&first.join_token, "eu-1", unix_now(), 0)
+            .unwrap();
+        assert!(claims.e2ee, "the node learns it from the token");
+        assert!(!claims.mix && claims.consistent(), "never mixed");
+        assert!(claims.admin && claims.music_ctl);
+
+        let second: SessionAllocation = app
+            .post(&uri, &bob.access_token, e2ee.clone())
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(second.session, first.session);
+        let claims: JoinClaims = keys
+            .verify(&second.join_token, "eu-1", unix_now(), 0)
+            .unwrap();
+        assert!(claims.e2ee && !claims.mix);
+
+        // Asking for the plain session while the encrypted one is active is refused.
+        let problem = app.allocate(&gid, &bob).await.problem(StatusCode::CONFLICT);
+        assert!(
+            problem.detail.unwrap().contains("end-to-end encrypted"),
+            "a clear reason"
+        );
+        // Another kind is another session, plain unless asked.
+        let music: SessionAllocation = app
+            .post(&uri, &ann.access_token, json!({"kind": "music"}))
+            .await
+            .parse(StatusCode::CREATED);
+        assert!(!music.session.e2ee);
+        let claims: JoinClaims = keys
+            .verify(&music.join_token, "eu-1", unix_now(), 0)
+            .unwrap();
+        assert!(!claims.e2ee);
+
+        let db = app.db().await;
+        let rows = sqlx::query("SELECT id, e2ee FROM sessions WHERE group_id = $1")
+            .bind(gid.as_str())
+            .fetch_all(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        let mut stored: Vec<(String, i64)> =
+            rows.iter().map(|r| (r.get("id"), r.get("e2ee"))).collect();
+        stored.sort();
+        let mut expect = vec![
+            (first.session.id.to_string(), 1),
+            (music.session.id.to_string(), 0),
+        ];
+        expect.sort();
+        assert_eq!(stored, expect);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_plain_session_is_never_joined_as_e2ee() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let ann = app.register("ann").await;
+        let gid = app.group(&ann).await;
+        app.registry
+            .heartbeat(node("eu-1", "eu", 0.2, NodeState::Serving));
+        let plain: SessionAllocation = app.allocate(&gid, &ann).await.parse(StatusCode::CREATED);
+        assert!(!plain.session.e2ee);
+        let uri = format!("/v1/groups/{gid}/sessions");
+        app.post(
+            &uri,
+            &ann.access_token,
+            json!({"kind": "audio", "e2ee": true}),
+        )
+        .await
+        .problem(StatusCode::CONFLICT);
+        app.post(
+            &uri,
+            &ann.access_token,
+            json!({"kind": "audio", "e2ee": "yes"}),
+        )
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
     })
     .await;
 }

@@ -52,6 +52,7 @@ fn main() {
         sub_media: true,
         music_ctl: false,
         mix: false,
+        e2ee: false,
         admin: false,
     };
     let now = 1_500u64.to_le_bytes();

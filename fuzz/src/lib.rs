@@ -37,6 +37,7 @@ pub fn join_request(offer: String) -> JoinRequest {
             subscribe: true,
             admin: false,
         },
+        e2ee: false,
         offer,
     }
 }

@@ -9,13 +9,17 @@ pub(crate) struct Room {
     /// Participants in join order.
     pub members: Vec<ParticipantKey>,
     pub speakers: SpeakerDetector,
+    /// End-to-end encrypted: payloads are forwarded byte for byte or not at all (RED is neither
+    /// stripped nor renamed), and the room is never mixed.
+    pub e2ee: bool,
 }
 
 impl Room {
-    pub fn new(speakers: SpeakerConfig) -> Self {
+    pub fn new(speakers: SpeakerConfig, e2ee: bool) -> Self {
         Self {
             members: Vec::new(),
             speakers: SpeakerDetector::new(speakers),
+            e2ee,
         }
     }
 

@@ -98,6 +98,9 @@ pub struct JoinRequest {
     pub session: SessionId,
     pub user: UserId,
     pub grants: Grants,
+    /// The session is end-to-end encrypted (from the join token). The first joiner sets the
+    /// room's flag; a join that disagrees with it is refused.
+    pub e2ee: bool,
     /// The SDP offer of the WHIP POST.
     pub offer: String,
 }
@@ -121,8 +124,21 @@ pub enum JoinError {
     NoAudio,
     #[error("the SDP offer has more than {MAX_MEDIA_LINES} m-lines")]
     TooManyMediaLines,
+    #[error("{}", e2ee_mismatch(*room))]
+    E2eeMismatch {
+        /// The room's flag.
+        room: bool,
+    },
     #[error("the shard cannot create a connection: {0}")]
     Internal(String),
+}
+
+fn e2ee_mismatch(room: bool) -> &'static str {
+    if room {
+        "the room is end-to-end encrypted and the join token is not"
+    } else {
+        "the join token is end-to-end encrypted and the room is not"
+    }
 }
 
 /// Something that happened on the shard, for the node to report.
@@ -331,6 +347,11 @@ impl Shard {
 
     /// Adds a participant to the room of `req.session` (creating the room), answering its offer.
     pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<Joined, JoinError> {
+        if let Some(room) = self.rooms.get(&req.session)
+            && room.e2ee != req.e2ee
+        {
+            return Err(JoinError::E2eeMismatch { room: room.e2ee });
+        }
         let offer = SdpOffer::from_sdp_string(&req.offer).map_err(|_| JoinError::MalformedOffer)?;
         let m_lines = req.offer.lines().filter(|l| l.starts_with("m=")).count();
         if m_lines > MAX_MEDIA_LINES {
@@ -359,7 +380,10 @@ impl Shard {
             .set_dtls_cert(self.dtls_cert.clone());
         // Answer only the Opus feedback the offer asks for and we can honour (see
         // `OpusFeedback::of`): str0m writes our local flags into the answer as they are.
-        let feedback = OpusFeedback::of(&offer);
+        // Parsed with str0m's own code, which accept_offer runs anyway; guarded the same way.
+        let feedback =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| OpusFeedback::of(&offer)))
+                .map_err(|_| JoinError::RefusedOffer("the offer could not be negotiated".into()))?;
         let params = config
             .codec_config()
             .params()
@@ -467,7 +491,7 @@ impl Shard {
         let speakers = self.config.speakers;
         self.rooms
             .entry(req.session)
-            .or_insert_with(|| Room::new(speakers))
+            .or_insert_with(|| Room::new(speakers, req.e2ee))
             .members
             .push(key);
         self.events.push_back(ShardEvent::Joined {
@@ -610,18 +634,23 @@ impl Shard {
                 break;
             }
             self.timers.pop();
-            if self
-                .participants
-                .get(&key)
-                .is_some_and(|p| p.deadline == Some(t))
-            {
-                self.scratch.push(key);
+            let Some(p) = self.participants.get_mut(&key) else {
+                continue;
+            };
+            match p.deadline {
+                Some(d) if d <= now => {
+                    // Due; clearing it makes any other entry of this participant a no-op.
+                    p.deadline = None;
+                    self.scratch.push(key);
+                }
+                // Its deadline moved later without a new entry (see `drain`): queue that one.
+                Some(d) => self.timers.push(Reverse((d, key))),
+                None => {}
             }
         }
         let due = std::mem::take(&mut self.scratch);
         for &key in &due {
             if let Some(p) = self.participants.get_mut(&key) {
-                p.deadline = None;
                 if p.rtc.handle_input(Input::Timeout(now)).is_err() {
                     mark(&mut self.to_reap, key, p, LeaveReason::Failed);
                 }
@@ -718,14 +747,17 @@ impl Shard {
     /// When [`Shard::handle_timeout`] should be called next.
     pub fn poll_timeout(&mut self) -> Instant {
         while let Some(Reverse((t, key))) = self.timers.peek().copied() {
-            if self
-                .participants
-                .get(&key)
-                .is_some_and(|p| p.deadline == Some(t))
-            {
-                return t.min(self.housekeeping_at).min(self.speakers_at);
+            match self.participants.get(&key).and_then(|p| p.deadline) {
+                Some(d) if d <= t => return d.min(self.housekeeping_at).min(self.speakers_at),
+                Some(d) => {
+                    // Moved later: the entry stands for the later deadline now.
+                    self.timers.pop();
+                    self.timers.push(Reverse((d, key)));
+                }
+                None => {
+                    self.timers.pop();
+                }
             }
-            self.timers.pop();
         }
         self.housekeeping_at.min(self.speakers_at)
     }
@@ -738,8 +770,13 @@ impl Shard {
         loop {
             match p.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
-                    if p.deadline != Some(t) {
-                        p.deadline = Some(t);
+                    // A heap entry at or before the deadline always exists for a participant
+                    // that has one: push only when it moves earlier. A later move is found
+                    // when the earlier entry comes up (`handle_timeout`, `poll_timeout`), so
+                    // the heap holds about one entry per participant, not one per packet.
+                    let earlier = p.deadline.is_none_or(|d| t < d);
+                    p.deadline = Some(t);
+                    if earlier {
                         self.timers.push(Reverse((t, key)));
                     }
                     break;
@@ -861,6 +898,7 @@ impl Shard {
                 ..Default::default()
             };
             let large = room.members.len() > self.config.top_n_above;
+            let e2ee = room.e2ee;
             let top_n = self.config.top_n;
             let speakers = &room.speakers;
             // May `who` take a slot of `listener` now?
@@ -916,11 +954,14 @@ impl Shard {
                     continue;
                 };
                 let (mid, opus_pt) = (slot.mid, slot.pt);
+                // In an end-to-end encrypted room the payload is the clients' ciphertext (with
+                // insertable streams, RED headers included): it goes out as it came or not at all.
                 let (pt, payload) = match (is_red, sub.red_pt) {
                     (false, _) => (opus_pt, pkt.payload.clone()),
                     (true, Some(red_pt)) if sub.opus_pt == from_opus => {
                         (red_pt, pkt.payload.clone())
                     }
+                    (true, _) if e2ee => continue,
                     (true, Some(red_pt)) => {
                         // The blocks name the publisher's Opus type: rename it to the subscriber's.
                         match red::rename_pt(&pkt.payload, *from_opus, *sub.opus_pt) {
@@ -953,9 +994,10 @@ impl Shard {
                 written.push(to);
             }
             for &to in &written {
-                // Drain the write, then give str0m's pacer the timeout that releases the packet
-                // now rather than a timer tick later, and drain that too.
-                self.drain(to);
+                // Give str0m's pacer the timeout that snapshots its queue, so the packet leaves
+                // now rather than a timer tick later, then drain once (a drain between the write
+                // and the timeout only polls every subsystem for nothing: a third of the
+                // per-subscriber cost at a few hundred participants).
                 if let Some(sub) = self.participants.get_mut(&to) {
                     if sub.rtc.handle_input(Input::Timeout(now)).is_err() {
                         mark(&mut self.to_reap, to, sub, LeaveReason::Failed);

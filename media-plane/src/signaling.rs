@@ -172,6 +172,14 @@ async fn whip_post(
             None,
         );
     }
+    if !claims.consistent() {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "inconsistent-token",
+            "The join token grants mixing of an end-to-end encrypted session",
+            None,
+        );
+    }
     let body = match body {
         Ok(b) => b,
         Err(e) => {
@@ -201,7 +209,8 @@ async fn whip_post(
         subscribe: claims.sub_media,
         admin: claims.admin,
     };
-    match tokio::spawn(join(sig, session, user, grants, offer)).await {
+    let e2ee = claims.e2ee;
+    match tokio::spawn(join(sig, session, user, grants, e2ee, offer)).await {
         Ok(res) => res,
         Err(_) => problem(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -218,6 +227,7 @@ async fn join(
     session: SessionId,
     user: protocol::UserId,
     grants: Grants,
+    e2ee: bool,
     offer: String,
 ) -> Response {
     let id = ParticipantId::from_uuid(uuid::Uuid::new_v4());
@@ -240,6 +250,7 @@ async fn join(
         session,
         user,
         grants,
+        e2ee,
         offer,
     };
     let sent = sig.cores[usize::from(core)]
@@ -271,6 +282,14 @@ async fn join(
         }
         Some(Err(e)) => {
             sig.placement().unplace(session);
+            if let JoinError::E2eeMismatch { .. } = e {
+                return problem(
+                    StatusCode::CONFLICT,
+                    "e2ee-mismatch",
+                    "The room's end-to-end encryption and the join token's disagree",
+                    Some(e.to_string()),
+                );
+            }
             let status = match e {
                 JoinError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,

@@ -150,6 +150,11 @@ impl SessionKind {
 #[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
     pub kind: SessionKind,
+    /// End-to-end encrypted: the clients encrypt the payloads (SFrame, insertable streams) and
+    /// the media node forwards them untouched, never mixes them. A group's active session of a kind
+    /// is either encrypted or not; asking for the other is refused (409).
+    #[serde(default)]
+    pub e2ee: bool,
 }
 
 /// A media session.
@@ -159,6 +164,9 @@ pub struct SessionView {
     pub group_id: GroupId,
     pub kind: SessionKind,
     pub node_id: NodeId,
+    /// End-to-end encrypted (see [`CreateSessionRequest::e2ee`]).
+    #[serde(default)]
+    pub e2ee: bool,
 }
 
 /// A media node a client may join the session on, in the order to try them.
@@ -253,7 +261,17 @@ mod tests {
 
     #[test]
     fn requests_refuse_unknown_fields_and_kinds() {
-        assert!(serde_json::from_str::<CreateSessionRequest>(r#"{"kind":"audio"}"#).is_ok());
+        let plain = serde_json::from_str::<CreateSessionRequest>(r#"{"kind":"audio"}"#).unwrap();
+        assert!(!plain.e2ee, "not encrypted unless asked");
+        let e2ee = r#"{"kind":"audio","e2ee":true}"#;
+        assert!(
+            serde_json::from_str::<CreateSessionRequest>(e2ee)
+                .unwrap()
+                .e2ee
+        );
+        assert!(
+            serde_json::from_str::<CreateSessionRequest>(r#"{"kind":"audio","e2ee":1}"#).is_err()
+        );
         assert!(serde_json::from_str::<CreateSessionRequest>(r#"{"kind":"video"}"#).is_err());
         assert!(serde_json::from_str::<CreateGroupRequest>(r#"{"name":"a","x":1}"#).is_err());
     }

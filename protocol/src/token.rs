@@ -77,15 +77,26 @@ pub struct JoinClaims {
     pub sub_media: bool,
     /// May control the room's music.
     pub music_ctl: bool,
-    /// The room mixes instead of forwarding.
+    /// The room mixes instead of forwarding. Never with `e2ee`: the server cannot mix what it
+    /// cannot decrypt (see [`JoinClaims::consistent`]).
     pub mix: bool,
     /// A group admin: may mute, allow to speak and remove others in the room.
     #[serde(rename = "adm", default)]
     pub admin: bool,
+    /// The session is end-to-end encrypted: the media node forwards payloads untouched.
+    #[serde(default)]
+    pub e2ee: bool,
 }
 
 impl Claims for JoinClaims {
     const KIND: TokenKind = TokenKind::Join;
+}
+
+impl JoinClaims {
+    /// Whether the grants agree with each other: an end-to-end encrypted session is never mixed.
+    pub fn consistent(&self) -> bool {
+        !(self.e2ee && self.mix)
+    }
 }
 
 /// Moderation token (aud = the media node id, ≤ 1 min): the control plane asks a node to act on
@@ -340,6 +351,7 @@ mod tests {
             music_ctl: false,
             mix: false,
             admin: false,
+            e2ee: false,
         }
     }
 
@@ -371,6 +383,32 @@ mod tests {
         assert_eq!(
             k.verify::<JoinClaims>(&t, "node-a", 900 - 61, 60),
             Err(TokenError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn the_e2ee_claim_defaults_to_off_and_never_goes_with_mix() {
+        let s = Signer::from_seed(&[7; 32]);
+        let k = keys(&s);
+        let e2ee = JoinClaims {
+            e2ee: true,
+            ..join("node-a", 2_000)
+        };
+        let c: JoinClaims = k.verify(&s.sign(&e2ee), "node-a", 1_500, 0).unwrap();
+        assert!(c.e2ee && c.consistent());
+        // A token minted before the claim existed.
+        let mut old = serde_json::to_value(join("node-a", 2_000)).unwrap();
+        old.as_object_mut().unwrap().remove("e2ee");
+        let old: JoinClaims = serde_json::from_value(old).unwrap();
+        assert!(!old.e2ee);
+        let mixed = JoinClaims { mix: true, ..e2ee };
+        assert!(!mixed.consistent());
+        assert!(
+            JoinClaims {
+                e2ee: false,
+                ..mixed
+            }
+            .consistent()
         );
     }
 

@@ -84,6 +84,7 @@ impl User {
     pub async fn allocate(&self, group: &GroupView) -> anyhow::Result<(u16, SessionAllocation)> {
         let body = serde_json::to_value(CreateSessionRequest {
             kind: SessionKind::Audio,
+            e2ee: false,
         })?;
         self.post(&format!("/v1/groups/{}/sessions", group.id), Some(body))
             .await

@@ -58,6 +58,7 @@ fn join_token(stack: &DevStack, session: SessionId, aud: &str, exp: u64) -> Stri
         sub_media: true,
         music_ctl: false,
         mix: false,
+        e2ee: false,
         admin: false,
     })
 }

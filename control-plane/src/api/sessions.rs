@@ -4,7 +4,8 @@
 //! (and not shutting down), the caller joins it there (200). Otherwise the stale session is
 //! ended and a new one is placed by the [`allocator`](crate::allocator) on a SERVING node (201).
 //! Two members asking at once end in one session: the insert is guarded by the store's partial
-//! unique index, and the loser of the race fetches the winner's session.
+//! unique index, and the loser of the race fetches the winner's session. A session is end-to-end
+//! encrypted or not for its whole life; asking for the other kind while it is active is a 409.
 
 use super::AppState;
 use super::error::AppError;
@@ -41,6 +42,14 @@ pub(super) async fn allocate(
         if let Some(active) = state.store.active_session(group, kind).await? {
             match state.registry.get(&active.node) {
                 Some(node) if allocator::keeps_sessions(&node) => {
+                    if active.e2ee != req.e2ee {
+                        // Joining the other kind would silently drop (or break) the encryption.
+                        return Err(AppError::Conflict(if active.e2ee {
+                            "the group's active session is end-to-end encrypted: ask with e2ee"
+                        } else {
+                            "the group's active session is not end-to-end encrypted: ask without e2ee"
+                        }));
+                    }
                     let answer = answer(&state, caller, admin, &active, vec![node], now);
                     return Ok((StatusCode::OK, Json(answer)));
                 }
@@ -69,6 +78,7 @@ pub(super) async fn allocate(
             kind,
             node: chosen.id.clone(),
             created_at_ms: now.ms,
+            e2ee: req.e2ee,
         };
         if state.store.insert_active_session(&session).await? {
             tracing::info!(session = %session.id, node = %session.node, "session created");
@@ -98,6 +108,7 @@ fn answer(
             kind: session.kind,
             music_ctl: admin,
             admin,
+            e2ee: session.e2ee,
         },
         now.secs(),
     );
@@ -107,6 +118,7 @@ fn answer(
             group_id: session.group,
             kind: session.kind,
             node_id: session.node.clone(),
+            e2ee: session.e2ee,
         },
         candidates: candidates
             .into_iter()

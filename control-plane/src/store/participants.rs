@@ -140,12 +140,15 @@ impl Store {
 
     /// A session by id.
     pub(crate) async fn session(&self, id: SessionId) -> Result<Option<SessionRow>, sqlx::Error> {
-        sqlx::query("SELECT id, group_id, kind, node_id, created_at FROM sessions WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(SessionRow::from_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {} FROM sessions WHERE id = $1",
+            super::sessions::COLUMNS
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(SessionRow::from_row)
+        .transpose()
     }
 }

@@ -15,7 +15,12 @@ pub(crate) struct SessionRow {
     pub kind: SessionKind,
     pub node: NodeId,
     pub created_at_ms: i64,
+    /// End-to-end encrypted: payloads are forwarded untouched, never mixed.
+    pub e2ee: bool,
 }
+
+/// The columns [`SessionRow::from_row`] reads.
+pub(super) const COLUMNS: &str = "id, group_id, kind, node_id, created_at, e2ee";
 
 impl SessionRow {
     pub(super) fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -25,6 +30,7 @@ impl SessionRow {
             kind: parsed_column(row, "kind", SessionKind::parse)?,
             node: parsed_column(row, "node_id", |s| NodeId::new(s).ok())?,
             created_at_ms: row.try_get("created_at")?,
+            e2ee: row.try_get::<i64, _>("e2ee")? != 0,
         })
     }
 }
@@ -36,10 +42,10 @@ impl Store {
         group: GroupId,
         kind: SessionKind,
     ) -> Result<Option<SessionRow>, sqlx::Error> {
-        sqlx::query(
-            "SELECT id, group_id, kind, node_id, created_at FROM sessions \
-             WHERE group_id = $1 AND kind = $2 AND state = 'active'",
-        )
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM sessions \
+             WHERE group_id = $1 AND kind = $2 AND state = 'active'"
+        ))
         .bind(group.to_string())
         .bind(kind.as_str())
         .fetch_optional(&self.pool)
@@ -56,14 +62,15 @@ impl Store {
         session: &SessionRow,
     ) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
-            "INSERT INTO sessions (id, group_id, kind, node_id, state, created_at) \
-             VALUES ($1, $2, $3, $4, 'active', $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO sessions (id, group_id, kind, node_id, state, created_at, e2ee) \
+             VALUES ($1, $2, $3, $4, 'active', $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(session.id.to_string())
         .bind(session.group.to_string())
         .bind(session.kind.as_str())
         .bind(session.node.as_str())
         .bind(session.created_at_ms)
+        .bind(i64::from(session.e2ee))
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)

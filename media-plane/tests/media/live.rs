@@ -60,27 +60,7 @@ impl Live {
     }
 
     fn token(&self, session: SessionId, aud: &str, exp_in: i64) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        self.signer.sign(&JoinClaims {
-            iss: "convoy".into(),
-            sub: UserId::from_uuid(Uuid::now_v7()),
-            aud: NodeId::new(aud).unwrap(),
-            typ: TokenKind::Join,
-            iat: now,
-            exp: now.saturating_add_signed(exp_in),
-            jti: Uuid::new_v4().to_string(),
-            sid: session,
-            grp: GroupId::from_uuid(Uuid::now_v7()),
-            kind: SessionKind::Audio,
-            publish: true,
-            sub_media: true,
-            music_ctl: false,
-            mix: false,
-            admin: false,
-        })
+        self.signer.sign(&claims(session, aud, exp_in))
     }
 
     /// A WHIP join of `session` with a fresh token.
@@ -107,6 +87,32 @@ impl Live {
             req = req.bearer_auth(t);
         }
         req.send().await.unwrap()
+    }
+}
+
+/// Join claims for `session` on node `aud`, expiring `exp_in` seconds from now.
+fn claims(session: SessionId, aud: &str, exp_in: i64) -> JoinClaims {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    JoinClaims {
+        iss: "convoy".into(),
+        sub: UserId::from_uuid(Uuid::now_v7()),
+        aud: NodeId::new(aud).unwrap(),
+        typ: TokenKind::Join,
+        iat: now,
+        exp: now.saturating_add_signed(exp_in),
+        jti: Uuid::new_v4().to_string(),
+        sid: session,
+        grp: GroupId::from_uuid(Uuid::now_v7()),
+        kind: SessionKind::Audio,
+        publish: true,
+        sub_media: true,
+        music_ctl: false,
+        mix: false,
+        e2ee: false,
+        admin: false,
     }
 }
 
@@ -318,4 +324,45 @@ async fn a_draining_node_keeps_its_calls_refuses_new_rooms_and_reports_when_empt
         .await
         .expect("the node reports empty once its last participant left");
     assert_eq!(live.node.participant_count(), 0);
+}
+
+#[tokio::test]
+async fn whip_refuses_a_join_that_disagrees_with_the_rooms_e2ee_with_a_409() {
+    let live = Live::start().await;
+    let session = SessionId::from_uuid(Uuid::now_v7());
+    let url = live.whip_url(session);
+    let sdp = "application/sdp";
+    let e2ee = || {
+        live.signer.sign(&JoinClaims {
+            e2ee: true,
+            ..claims(session, NODE, 60)
+        })
+    };
+    let res = live.post(&url, Some(&e2ee()), sdp, offer()).await;
+    assert_eq!(res.status().as_u16(), 201, "the first joiner sets the flag");
+
+    let res = live.join(session).await;
+    assert_eq!(res.status().as_u16(), 409);
+    assert_eq!(res.headers()["content-type"], PROBLEM_JSON);
+    let p: protocol::api::Problem = res.json().await.unwrap();
+    assert_eq!(
+        p.type_,
+        format!("{}e2ee-mismatch", protocol::api::PROBLEM_TYPE_PREFIX)
+    );
+    assert!(
+        p.detail.unwrap().contains("end-to-end encrypted"),
+        "a clear reason"
+    );
+
+    let mixed = live.signer.sign(&JoinClaims {
+        e2ee: true,
+        mix: true,
+        ..claims(session, NODE, 60)
+    });
+    let res = live.post(&url, Some(&mixed), sdp, offer()).await;
+    assert_problem(res, 403, "an encrypted session is never mixed").await;
+
+    let res = live.post(&url, Some(&e2ee()), sdp, offer()).await;
+    assert_eq!(res.status().as_u16(), 201, "agreeing joins still pass");
+    live.node.shutdown().await;
 }

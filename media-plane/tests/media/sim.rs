@@ -36,6 +36,8 @@ struct Opts {
     rtx: bool,
     /// PLI and FIR feedback for Opus.
     keyframes: bool,
+    /// The join token says the session is end-to-end encrypted.
+    e2ee: bool,
 }
 
 /// `p` with an RTX payload type paired with it, keeping everything else (RED included).
@@ -336,6 +338,7 @@ impl Sim {
                     session,
                     user: UserId::from_uuid(Uuid::from_u128(u128::from(tag))),
                     grants,
+                    e2ee: opts.e2ee,
                     offer,
                 },
             )
@@ -572,6 +575,7 @@ fn a_peer_that_never_connects_is_removed_after_the_join_timeout() {
                 session: session(3),
                 user: UserId::from_uuid(Uuid::from_u128(5)),
                 grants: ALL,
+                e2ee: false,
                 offer,
             },
         )
@@ -593,6 +597,7 @@ fn bad_offers_are_refused_with_a_reason_and_leave_the_call_running() {
         session: session(1),
         user: UserId::from_uuid(Uuid::from_u128(99)),
         grants: ALL,
+        e2ee: false,
         offer: offer.to_string(),
     };
     assert_eq!(
@@ -1351,4 +1356,92 @@ fn keyframe_requests_reach_a_publisher_at_most_once_per_interval() {
     sim.run(FRAME);
     assert_eq!(sim.peers[0].keyframe_requests, 2);
     assert_eq!(sim.shard.stats().keyframe_requests_forwarded, 2);
+}
+
+#[test]
+fn a_join_that_disagrees_with_the_rooms_end_to_end_encryption_is_refused() {
+    let e2ee = Opts {
+        e2ee: true,
+        ..Opts::default()
+    };
+    let mut sim = Sim::new();
+    sim.join_opts(session(30), 1, ALL, true, 0, e2ee);
+    sim.join_opts(session(30), 2, ALL, true, 0, e2ee);
+    sim.join(session(31), 3, ALL, true, 0);
+    sim.run(Duration::from_secs(1));
+    let now = sim.now;
+    let req = |session, e2ee| {
+        let (_, offer, _) = Peer::offer(9, now, true, 0);
+        JoinRequest {
+            id: protocol::ParticipantId::from_uuid(Uuid::new_v4()),
+            session,
+            user: UserId::from_uuid(Uuid::from_u128(9)),
+            grants: ALL,
+            e2ee,
+            offer,
+        }
+    };
+    let (plain_into_e2ee, e2ee_into_plain) = (req(session(30), false), req(session(31), true));
+    let err = sim.shard.join(sim.now, plain_into_e2ee).unwrap_err();
+    assert_eq!(err, JoinError::E2eeMismatch { room: true });
+    assert!(err.to_string().contains("end-to-end encrypted"), "{err}");
+    assert_eq!(
+        sim.shard.join(sim.now, e2ee_into_plain).unwrap_err(),
+        JoinError::E2eeMismatch { room: false }
+    );
+    assert_eq!(sim.shard.participant_count(), 3, "nobody was added");
+    let before = sim.peers[1].received.len();
+    sim.run(Duration::from_secs(1));
+    assert!(
+        sim.peers[1].received.len() >= before + 45,
+        "the encrypted call goes on"
+    );
+    // Once the room has closed, its next first joiner sets the flag anew.
+    for key in [1, 2] {
+        assert!(sim.shard.leave(key));
+    }
+    sim.deliver();
+    assert!(!sim.shard.has_room(session(30)));
+    assert!(sim.shard.join(sim.now, req(session(30), false)).is_ok());
+}
+
+#[test]
+fn an_e2ee_room_forwards_payloads_as_they_came_and_red_only_to_red_subscribers() {
+    let listen_only = Grants {
+        publish: false,
+        subscribe: true,
+        admin: false,
+    };
+    let e2ee = Opts {
+        e2ee: true,
+        ..Opts::default()
+    };
+    let e2ee_red = Opts { red: true, ..e2ee };
+    // 1 sends RED, 2 plain Opus; 3 understands RED, 4 does not.
+    let mut sim = Sim::new();
+    sim.join_opts(session(32), 1, ALL, true, 0, e2ee_red);
+    sim.join_opts(session(32), 2, ALL, true, 0, e2ee);
+    sim.join_opts(session(32), 3, listen_only, false, 2, e2ee_red);
+    sim.join_opts(session(32), 4, listen_only, false, 2, e2ee);
+    sim.run(Duration::from_secs(2));
+    let mark: Vec<usize> = sim.peers.iter().map(|p| p.received.len()).collect();
+    sim.run(Duration::from_secs(1));
+    let heard = |i: usize, from: u8| {
+        sim.peers[i].received[mark[i]..]
+            .iter()
+            .filter(|r| r.1 == from)
+            .count()
+    };
+    assert!(heard(2, 1) >= 45 && heard(2, 2) >= 45, "RED and plain");
+    assert!(heard(3, 2) >= 45, "plain Opus reaches everyone");
+    assert_eq!(
+        heard(3, 1),
+        0,
+        "RED is not stripped for a subscriber without it"
+    );
+    assert_eq!(heard(1, 1), 0, "nor for a publisher without it");
+    assert!(heard(0, 2) >= 45);
+    for p in &sim.peers {
+        assert!(p.received.iter().all(|r| r.2 == 100), "payloads as sent");
+    }
 }
