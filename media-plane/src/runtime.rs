@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Largest datagram we read.
 const MAX_DATAGRAM: usize = 2048;
+/// How often the receive loop runs due timers while datagrams keep it busy.
+const TIMER_GRAIN: std::time::Duration = std::time::Duration::from_millis(1);
 /// Socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`): a burst of
 /// publishers' packets waits here while the core fans out the ones before it.
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -220,6 +222,8 @@ struct Local {
     /// Whether a task is draining `outbox`: only one does, so datagrams leave in order.
     sending: Cell<bool>,
     send_batch: RefCell<SendBatch>,
+    /// When the receive loop last looked for due timers.
+    timers_checked: Cell<Instant>,
 }
 
 impl Local {
@@ -331,6 +335,7 @@ async fn run_core(
         outbox: RefCell::new(VecDeque::new()),
         sending: Cell::new(false),
         send_batch: RefCell::new(SendBatch::default()),
+        timers_checked: Cell::new(Instant::now()),
     });
 
     let recv = glommio::spawn_local(receive_loop(local.clone())).detach();
@@ -379,6 +384,7 @@ async fn receive_loop(local: Rc<Local>) {
             Err(_) => continue,
         };
         handle(&local, Instant::now(), source, &buf[..n]).await;
+        fire_due_timers(&local).await;
         // ...then take what else is queued, a batch per system call, without waiting.
         loop {
             let got = match batch.recv(fd) {
@@ -392,6 +398,7 @@ async fn receive_loop(local: Rc<Local>) {
             for (source, bytes) in batch.datagrams() {
                 handle(&local, read_at, source, bytes).await;
             }
+            fire_due_timers(&local).await;
             if got < BATCH {
                 break;
             }
@@ -399,6 +406,33 @@ async fn receive_loop(local: Rc<Local>) {
             // or a saturated socket would starve them (no RTCP, no joins).
             future::yield_now().await;
         }
+    }
+}
+
+/// Runs the shard's timeouts that are due. The receive loop calls it between batches: under a
+/// steady stream of datagrams the timer loop may not be scheduled for a long while, and RTCP,
+/// ICE consent and speaker ranking must not wait for a quiet moment.
+///
+/// At most once per [`TIMER_GRAIN`]: str0m deadlines that fall due one after another are
+/// handled together, which costs far less than one pass per datagram and delays none by more
+/// than the grain.
+async fn fire_due_timers(local: &Local) {
+    let started = Instant::now();
+    if started.saturating_duration_since(local.timers_checked.get()) < TIMER_GRAIN {
+        return;
+    }
+    local.timers_checked.set(started);
+    let fired = {
+        let mut shard = local.shard.borrow_mut();
+        let due = shard.poll_timeout() <= started;
+        if due {
+            shard.handle_timeout(started);
+        }
+        due
+    };
+    if fired {
+        local.flush().await;
+        local.busy_since(started);
     }
 }
 

@@ -13,7 +13,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use protocol::api::Moderation;
@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
+use tower_http::cors::{Any, CorsLayer};
 
 /// Largest SDP offer accepted.
 pub const MAX_OFFER_BYTES: usize = 64 * 1024;
@@ -106,9 +107,21 @@ impl Signaling {
 
 /// The node's HTTP routes.
 pub(crate) fn router(state: Arc<Signaling>) -> Router {
-    Router::new()
+    // A browser page on any origin may join: WHIP authenticates with a bearer token, never a
+    // cookie, so no origin gains anything the token does not already grant. The answer's
+    // `Location` (the resource to DELETE when leaving) must be readable by the page.
+    let whip_cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::LOCATION])
+        .max_age(std::time::Duration::from_secs(600));
+    let whip = Router::new()
         .route("/v1/whip/{session}", post(whip_post))
         .route("/v1/whip/{session}/{resource}", delete(whip_delete))
+        .layer(whip_cors);
+    Router::new()
+        .merge(whip)
         .route(
             "/v1/admin/sessions/{session}/participants/{participant}",
             post(moderate),

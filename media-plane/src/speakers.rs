@@ -46,10 +46,12 @@ struct Bin {
     amplitude: f32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Source {
     current: Bin,
     past: VecDeque<Bin>,
+    /// When its last packet was counted.
+    last_seen: Instant,
 }
 
 /// One speaker of a ranking.
@@ -92,7 +94,13 @@ impl SpeakerDetector {
             return;
         };
         self.next_tick.get_or_insert(now + self.config.interval);
-        let bin = &mut self.sources.entry(who).or_default().current;
+        let source = self.sources.entry(who).or_insert_with(|| Source {
+            current: Bin::default(),
+            past: VecDeque::new(),
+            last_seen: now,
+        });
+        source.last_seen = now;
+        let bin = &mut source.current;
         bin.packets += 1;
         let vetoed = self.config.trust_vad && vad == Some(false);
         if level <= self.config.voice_level && !vetoed {
@@ -128,8 +136,19 @@ impl SpeakerDetector {
         let window = self.config.window.max(1);
         let mut speakers = Vec::new();
         self.sources.retain(|&who, src| {
-            for _ in 0..=missed.min(window as u32) {
-                src.past.push_back(std::mem::take(&mut src.current));
+            // What was counted since the last tick goes where its newest packet was: the
+            // intervals missed before it and after it are empty. A tick that comes late under
+            // load thus keeps a publisher that sent all along, and a long silence still empties
+            // the window.
+            let age = now.saturating_duration_since(src.last_seen);
+            let after =
+                ((age.as_nanos() / self.config.interval.as_nanos().max(1)) as u32).min(missed);
+            let bins = (0..(missed - after).min(window as u32))
+                .map(|_| Bin::default())
+                .chain(std::iter::once(std::mem::take(&mut src.current)))
+                .chain((0..after.min(window as u32)).map(|_| Bin::default()));
+            for bin in bins {
+                src.past.push_back(bin);
                 if src.past.len() > window {
                     src.past.pop_front();
                 }
@@ -184,6 +203,31 @@ impl SpeakerDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_tick_keeps_the_publishers_it_counted() {
+        let mut d = SpeakerDetector::new(SpeakerConfig::default());
+        let start = Instant::now();
+        let mut now = start;
+        // 200 ms of voice, ticking on time: a speaker.
+        for i in 0..10 {
+            now = start + FRAME * i;
+            d.observe(now, 1, Some(20), None);
+            d.tick(now);
+        }
+        assert_eq!(d.ranking().len(), 1);
+        // The core is busy for half a second: packets keep coming, the tick does not.
+        for i in 10..35 {
+            now = start + FRAME * i;
+            d.observe(now, 1, Some(20), None);
+        }
+        d.tick(now);
+        assert_eq!(
+            d.ranking().first().map(|s| s.participant),
+            Some(1),
+            "a late tick must not drop a publisher that sent all along"
+        );
+    }
 
     const FRAME: Duration = Duration::from_millis(20);
 

@@ -415,9 +415,6 @@ async fn call(python: &str, chromium: &str) {
             "--disable-features=WebRtcHideLocalIpsWithMdns",
             // Play the remote audio (and so decode it) without a user gesture.
             "--autoplay-policy=no-user-gesture-required",
-            // The node's WHIP routes send no CORS headers, so a page on another origin could not
-            // read the answer; the test page is on its own origin.
-            "--disable-web-security",
             "--enable-logging=stderr",
             "--v=0",
         ])

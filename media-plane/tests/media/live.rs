@@ -366,3 +366,74 @@ async fn whip_refuses_a_join_that_disagrees_with_the_rooms_e2ee_with_a_409() {
     assert_eq!(res.status().as_u16(), 201, "agreeing joins still pass");
     live.node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_browser_page_on_another_origin_may_join_and_read_the_resource_url() {
+    let live = Live::start().await;
+    let session = SessionId::from_uuid(Uuid::now_v7());
+    let url = live.whip_url(session);
+    let origin = "http://app.example";
+    // The preflight a browser sends before a cross-origin POST with a bearer token.
+    let pre = live
+        .http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.status().is_success(), "{}", pre.status());
+    let h = pre.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    let methods = h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        methods.contains("post") && methods.contains("delete"),
+        "{methods}"
+    );
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+
+    // The join itself exposes Location to the page.
+    let token = live.token(session, NODE, 60);
+    let res = live
+        .http
+        .post(&url)
+        .header("origin", origin)
+        .header("content-type", "application/sdp")
+        .bearer_auth(token)
+        .body(offer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let exposed = res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(exposed.contains("location"), "{exposed}");
+    // Only the WHIP routes are opened to other origins.
+    let metrics = live
+        .http
+        .get(format!("http://{}/metrics", live.node.http_addr()))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !metrics
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    live.node.shutdown().await;
+}
