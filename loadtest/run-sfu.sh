@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 NODE_CPU=${NODE_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 
-cargo build --release --quiet --bin convoy --bin loadtest
+cargo build --release --quiet --bin convoy
+cargo build --release --quiet -p loadtest --bin loadtest
 data=$(mktemp -d)
 log="$data/node.log"
 taskset -c "$NODE_CPU" target/release/convoy dev --cores 1 --data-dir "$data/db" >"$log" 2>&1 &
