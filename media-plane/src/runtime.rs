@@ -217,6 +217,10 @@ struct Local {
     load: Arc<CoreLoad>,
     /// Wakes the timer loop when an input may have moved the shard's deadline earlier.
     rearm: async_channel::Sender<()>,
+    /// The deadline the timer loop sleeps until, if it sleeps: a flush wakes it only when the
+    /// shard's next deadline comes earlier (waking it per datagram cost a task switch and a new
+    /// timer each time).
+    armed_for: Cell<Option<Instant>>,
     /// Datagrams waiting for the socket, in the order the shard produced them.
     outbox: RefCell<VecDeque<Datagram>>,
     /// Whether a task is draining `outbox`: only one does, so datagrams leave in order.
@@ -264,7 +268,11 @@ impl Local {
                 .store(stats.malformed, Ordering::Relaxed);
             self.load.feedback.store(&stats);
         }
-        let _ = self.rearm.try_send(());
+        let next = self.shard.borrow_mut().poll_timeout();
+        if self.armed_for.get().is_some_and(|armed| next < armed) {
+            self.armed_for.set(None);
+            let _ = self.rearm.try_send(());
+        }
         if self.sending.replace(true) {
             // Another task is sending; it takes these too, after what it queued before.
             return;
@@ -332,6 +340,7 @@ async fn run_core(
         events,
         load,
         rearm,
+        armed_for: Cell::new(None),
         outbox: RefCell::new(VecDeque::new()),
         sending: Cell::new(false),
         send_batch: RefCell::new(SendBatch::default()),
@@ -469,7 +478,9 @@ async fn timer_loop(local: Rc<Local>, rearmed: async_channel::Receiver<()>) {
             let woken = async {
                 let _ = rearmed.recv().await;
             };
+            local.armed_for.set(Some(deadline));
             future::or(sleep, woken).await;
+            local.armed_for.set(None);
             continue;
         }
         let started = Instant::now();
