@@ -137,11 +137,25 @@ impl ControlPlane {
     }
 
     /// Starts consuming the session events media nodes append to Redis (keys under `prefix`).
+    /// Entries another control plane read and never acknowledged are taken over after
+    /// [`session_events::RECLAIM_IDLE`].
     pub async fn consume_redis_events(&self, url: &str, prefix: &str) -> anyhow::Result<()> {
+        self.consume_redis_events_reclaiming(url, prefix, session_events::RECLAIM_IDLE)
+            .await
+    }
+
+    /// As [`Self::consume_redis_events`], taking over entries left pending for `reclaim_idle`.
+    pub async fn consume_redis_events_reclaiming(
+        &self,
+        url: &str,
+        prefix: &str,
+        reclaim_idle: std::time::Duration,
+    ) -> anyhow::Result<()> {
         session_events::consume_redis(
             self.state.store.clone(),
             url.to_string(),
             prefix.to_string(),
+            reclaim_idle,
         )
         .await
     }

@@ -5,11 +5,14 @@
 //! so each event is applied once however many control planes run — but not necessarily in order
 //! across them, which is why `left` and `muted` are upserts that hold whatever arrives first.
 //! Applying is idempotent, so a redelivered event changes nothing. An event that cannot be applied
-//! is logged and acknowledged: one bad entry never blocks the stream.
+//! is logged and acknowledged: one bad entry never blocks the stream. Entries a consumer read and
+//! never acknowledged (it died) are taken over by another after [`RECLAIM_IDLE`] (`XAUTOCLAIM`).
 
 use crate::store::Store;
 use protocol::events::{REDIS_EVENT_FIELD, SessionEvent, redis_stream_key};
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -48,8 +51,21 @@ async fn apply(store: &Store, event: &SessionEvent) {
     }
 }
 
+/// How long an entry may sit delivered but unacknowledged before another consumer takes it over:
+/// a control plane that read it and died (or restarted under a new consumer name) would
+/// otherwise leave it pending forever. A live consumer acknowledges within milliseconds, and
+/// applying twice changes nothing.
+pub const RECLAIM_IDLE: Duration = Duration::from_secs(30);
+
 /// Consumes the Redis stream of session events until the connection cannot be made at all.
-pub(crate) async fn consume_redis(store: Store, url: String, prefix: String) -> anyhow::Result<()> {
+/// Entries left pending for `reclaim_idle` by a consumer that went away are taken over at start
+/// and then every `reclaim_idle`.
+pub(crate) async fn consume_redis(
+    store: Store,
+    url: String,
+    prefix: String,
+    reclaim_idle: Duration,
+) -> anyhow::Result<()> {
     let client = redis::Client::open(url.as_str())?;
     let mut conn = redis::aio::ConnectionManager::new(client).await?;
     let key = redis_stream_key(&prefix);
@@ -59,8 +75,13 @@ pub(crate) async fn consume_redis(store: Store, url: String, prefix: String) -> 
         let opts = StreamReadOptions::default()
             .group(CONSUMER_GROUP, &consumer)
             .count(100)
-            .block(2000);
+            .block(reclaim_idle.as_millis().clamp(1, 2000) as usize);
+        let mut reclaim_at = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= reclaim_at {
+                reclaim(&store, &mut conn, &key, &consumer, reclaim_idle).await;
+                reclaim_at = tokio::time::Instant::now() + reclaim_idle;
+            }
             let reply: Result<StreamReadReply, _> =
                 redis::AsyncCommands::xread_options(&mut conn, &[&key], &[">"], &opts).await;
             let reply = match reply {
@@ -78,25 +99,79 @@ pub(crate) async fn consume_redis(store: Store, url: String, prefix: String) -> 
                 }
             };
             for stream in reply.keys {
-                for entry in stream.ids {
-                    let event = entry
-                        .get::<String>(REDIS_EVENT_FIELD)
-                        .and_then(|json| serde_json::from_str::<SessionEvent>(&json).ok());
-                    match event {
-                        Some(event) => apply(&store, &event).await,
-                        None => tracing::warn!(id = %entry.id, "unreadable session event"),
-                    }
-                    let acked: Result<i64, _> =
-                        redis::AsyncCommands::xack(&mut conn, &key, CONSUMER_GROUP, &[&entry.id])
-                            .await;
-                    if let Err(e) = acked {
-                        tracing::warn!(error = %e, "acknowledging a session event");
-                    }
-                }
+                apply_and_ack(&store, &mut conn, &key, stream.ids).await;
             }
         }
     });
     Ok(())
+}
+
+/// Takes over the entries other consumers left pending for at least `idle`, applies and
+/// acknowledges them (`XAUTOCLAIM`, walking the whole pending list a page at a time).
+async fn reclaim(
+    store: &Store,
+    conn: &mut redis::aio::ConnectionManager,
+    key: &str,
+    consumer: &str,
+    idle: Duration,
+) {
+    let mut start = "0-0".to_string();
+    // A bound on pages, so a pathological pending list cannot hold the reader here.
+    for _ in 0..100 {
+        let reply: Result<StreamAutoClaimReply, _> = redis::AsyncCommands::xautoclaim_options(
+            conn,
+            key,
+            CONSUMER_GROUP,
+            consumer,
+            idle.as_millis() as u64,
+            &start,
+            StreamAutoClaimOptions::default().count(100),
+        )
+        .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                if e.code() != Some("NOGROUP") {
+                    tracing::warn!(error = %e, "reclaiming pending session events");
+                }
+                return;
+            }
+        };
+        if !reply.claimed.is_empty() {
+            tracing::info!(
+                count = reply.claimed.len(),
+                "took over session events another consumer left pending"
+            );
+        }
+        apply_and_ack(store, conn, key, reply.claimed).await;
+        if reply.next_stream_id == "0-0" {
+            return;
+        }
+        start = reply.next_stream_id;
+    }
+}
+
+/// Applies entries in order and acknowledges each, readable or not.
+async fn apply_and_ack(
+    store: &Store,
+    conn: &mut redis::aio::ConnectionManager,
+    key: &str,
+    entries: Vec<StreamId>,
+) {
+    for entry in entries {
+        let event = entry
+            .get::<String>(REDIS_EVENT_FIELD)
+            .and_then(|json| serde_json::from_str::<SessionEvent>(&json).ok());
+        match event {
+            Some(event) => apply(store, &event).await,
+            None => tracing::warn!(id = %entry.id, "unreadable session event"),
+        }
+        let acked: Result<i64, _> =
+            redis::AsyncCommands::xack(conn, key, CONSUMER_GROUP, &[&entry.id]).await;
+        if let Err(e) = acked {
+            tracing::warn!(error = %e, "acknowledging a session event");
+        }
+    }
 }
 
 /// Creates the consumer group (and the stream) unless it exists.

@@ -795,6 +795,20 @@ async fn session_events_keep_the_participants_current_and_only_from_the_hosting_
                 speaker: false,
             },
         ));
+        // An older change applied after a newer one (two control planes of one consumer group)
+        // does not undo it.
+        app.events.submit(SessionEvent {
+            at_ms: 1_699_999_999_999,
+            ..event(
+                "eu-1",
+                p2,
+                bob.user.id,
+                ParticipantChange::Muted {
+                    microphone: false,
+                    speaker: true,
+                },
+            )
+        });
         let left = ParticipantChange::Left {
             reason: "requested".into(),
         };

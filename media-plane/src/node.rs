@@ -295,15 +295,19 @@ async fn track_events(
     node: NodeId,
     sink: Option<EventSink>,
 ) {
+    // Event times are strictly increasing: the control plane orders a participant's mute
+    // changes by them, and two in one millisecond must not tie.
+    let mut last_ms = 0u64;
     while let Some((core, e)) = events.recv().await {
-        let report = |session, participant, user, change| {
+        let mut report = |session, participant, user, change| {
             if let Some(sink) = &sink {
+                last_ms = unix_ms().max(last_ms + 1);
                 sink(SessionEvent {
                     node: node.clone(),
                     session,
                     participant,
                     user,
-                    at_ms: unix_ms(),
+                    at_ms: last_ms,
                     change,
                 });
             }

@@ -10,6 +10,7 @@ use protocol::api::{
 pub struct User {
     pub base: String,
     pub token: String,
+    pub id: protocol::UserId,
     http: reqwest::Client,
 }
 
@@ -33,6 +34,7 @@ impl User {
         Ok(Self {
             base: base.to_string(),
             token: auth.access_token,
+            id: auth.user.id,
             http,
         })
     }

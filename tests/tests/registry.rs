@@ -261,3 +261,148 @@ async fn redis_registry_two_nodes_one_drained() {
         .await
         .unwrap();
 }
+
+/// A control plane that read a session event and died before acknowledging it (here a consumer
+/// that reads and walks away) does not lose it: another takes it over once it has sat idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_event_left_pending_by_a_dead_consumer_is_taken_over() {
+    use protocol::events::{ParticipantChange, REDIS_EVENT_FIELD, SessionEvent, redis_stream_key};
+    let Some(url) = tests::external("CONVOY_TEST_REDIS_URL", "Redis session events") else {
+        return;
+    };
+    let prefix = format!("convoy-test-{}:", uuid::Uuid::new_v4().simple());
+    let key = redis_stream_key(&prefix);
+    let registry = Arc::new(InProcessRegistry::new());
+    let dir = std::env::temp_dir().join(format!("convoy-reclaim-{}", uuid::Uuid::now_v7()));
+    let config = control_plane::Config {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        database_url: format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
+        signing_key_file: None,
+        issuer: "convoy".into(),
+        region_hint: None,
+    };
+    let cp = ControlPlane::new(&config, registry.clone()).await.unwrap();
+    // The control plane that takes over: a second one on the same database, consuming only.
+    let taker = ControlPlane::new(&config, registry.clone()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let node_id = NodeId::new(format!("n-{}", &prefix[12..20])).unwrap();
+    registry.heartbeat(protocol::node::NodeRecord {
+        id: node_id.clone(),
+        region: "eu".into(),
+        http_url: "http://127.0.0.1:9".into(),
+        udp_ports: vec![9],
+        version: "test".into(),
+        cores: 1,
+        stress: 0.1,
+        state: NodeState::Serving,
+    });
+
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // The dead control plane's consumer reads the entry and never acknowledges it.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg(control_plane::session_events::CONSUMER_GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::spawn(control_plane::serve(listener, cp, std::future::pending()));
+    let alice = User::register(&base, "alice").await.unwrap();
+    let group = alice.create_group("Reclaim").await.unwrap();
+    let (status, alloc) = alice.allocate(&group).await.unwrap();
+    assert_eq!(status, 201);
+    let participant = protocol::ParticipantId::from_uuid(uuid::Uuid::now_v7());
+    let event = SessionEvent {
+        node: node_id,
+        session: alloc.session.id,
+        participant,
+        user: alice.id,
+        at_ms: 1_700_000_000_000,
+        change: ParticipantChange::Joined,
+    };
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg(REDIS_EVENT_FIELD)
+        .arg(serde_json::to_string(&event).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(control_plane::session_events::CONSUMER_GROUP)
+        .arg("dead")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&key)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        read.keys[0].ids.len(),
+        1,
+        "the dead consumer holds the entry"
+    );
+
+    // A live control plane starts consuming: nothing new arrives, the pending entry is taken
+    // over once idle for the reclaim time, applied and acknowledged.
+    taker
+        .consume_redis_events_reclaiming(&url, &prefix, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let uri = format!("{base}/v1/sessions/{}/participants", alloc.session.id);
+    let listed = async {
+        loop {
+            let list: Vec<protocol::api::ParticipantView> = reqwest::Client::new()
+                .get(&uri)
+                .bearer_auth(&alice.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(p) = list.first() {
+                return p.id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let id = tokio::time::timeout(Duration::from_secs(10), listed)
+        .await
+        .expect("the pending event is taken over and applied");
+    assert_eq!(id, participant);
+    let pending = async {
+        loop {
+            let summary: redis::Value = redis::cmd("XPENDING")
+                .arg(&key)
+                .arg(control_plane::session_events::CONSUMER_GROUP)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if let redis::Value::Array(v) = &summary
+                && v.first() == Some(&redis::Value::Int(0))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("and acknowledged");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

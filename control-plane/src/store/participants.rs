@@ -80,14 +80,18 @@ impl Store {
                 microphone,
                 speaker,
             } => {
-                // Upsert for the same reason as `left`.
+                // Upsert for the same reason as `left`; the latest change wins whatever the
+                // order it arrives in (the node's times are strictly increasing).
                 sqlx::query(
                     "INSERT INTO participants \
-                     (id, session_id, user_id, joined_at, mute_microphone, mute_speaker) \
-                     SELECT $1, $2, $3, $4, $6, $7 WHERE EXISTS \
+                     (id, session_id, user_id, joined_at, mute_microphone, mute_speaker, \
+                     mute_changed_at) \
+                     SELECT $1, $2, $3, $4, $6, $7, $4 WHERE EXISTS \
                      (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
                      ON CONFLICT (id) DO UPDATE SET mute_microphone = excluded.mute_microphone, \
-                     mute_speaker = excluded.mute_speaker",
+                     mute_speaker = excluded.mute_speaker, \
+                     mute_changed_at = excluded.mute_changed_at \
+                     WHERE participants.mute_changed_at < excluded.mute_changed_at",
                 )
                 .bind(e.participant.to_string())
                 .bind(e.session.to_string())
