@@ -14,6 +14,7 @@ pub struct FeedbackCounters {
     pub keyframe_requests_received: AtomicU64,
     pub keyframe_requests_forwarded: AtomicU64,
     pub keyframe_requests_dropped: AtomicU64,
+    pub control_rate_limited: AtomicU64,
 }
 
 impl FeedbackCounters {
@@ -32,13 +33,14 @@ impl FeedbackCounters {
             s.keyframe_requests_forwarded,
         );
         set(&self.keyframe_requests_dropped, s.keyframe_requests_dropped);
+        set(&self.control_rate_limited, s.control_rate_limited);
     }
 }
 
 /// Renders the node's metrics.
 pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
     type Read = fn(&CoreLoad) -> u64;
-    let series: [(&str, &str, &str, Read); 17] = [
+    let series: [(&str, &str, &str, Read); 18] = [
         ("convoy_media_rooms", "gauge", "Rooms hosted.", |c| {
             u64::from(c.rooms.load(Ordering::Relaxed))
         }),
@@ -146,6 +148,12 @@ pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
             "Keyframe requests not relayed (throttled, no publisher, or not negotiated).",
             |c| c.feedback.keyframe_requests_dropped.load(Ordering::Relaxed),
         ),
+        (
+            "convoy_media_control_rate_limited_total",
+            "counter",
+            "Room-control messages dropped because their sender was over its budget.",
+            |c| c.feedback.control_rate_limited.load(Ordering::Relaxed),
+        ),
     ];
     let mut out = String::with_capacity(4096);
     for (name, kind, help, read) in series {
@@ -212,6 +220,7 @@ mod tests {
             keyframe_requests_received: 4,
             keyframe_requests_forwarded: 3,
             keyframe_requests_dropped: 2,
+            control_rate_limited: 9,
             ..ShardStats::default()
         });
         let text = render(&[&a, &b], true);
@@ -225,6 +234,7 @@ mod tests {
             ("keyframe_requests_received", 4),
             ("keyframe_requests_forwarded", 3),
             ("keyframe_requests_dropped", 2),
+            ("control_rate_limited", 9),
         ] {
             let name = format!("convoy_media_{name}_total");
             assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");
@@ -238,8 +248,8 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // 17 series and busy time per core, the histogram's buckets + sum + count per core, draining.
-        assert_eq!(samples, 18 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
+        // 18 series and busy time per core, the histogram's buckets + sum + count per core, draining.
+        assert_eq!(samples, 19 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(

@@ -4,6 +4,7 @@
 use crate::forwarder::DownSlot;
 use crate::shard::keyframe::KeyframeThrottle;
 use crate::shard::loss::{EgressCounts, LossCounter};
+use crate::shard::ratelimit::ControlBudget;
 use protocol::{ParticipantId, SessionId, UserId};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -65,6 +66,8 @@ pub(crate) struct Participant {
     pub upstream: Vec<(u32, LossCounter)>,
     /// Gate of the keyframe requests relayed to this peer as a publisher.
     pub keyframes: KeyframeThrottle,
+    /// Budget of its room-control messages.
+    pub control_budget: ControlBudget,
     pub ufrag: Vec<u8>,
     pub addrs: Vec<SocketAddr>,
     pub joined_at: Instant,

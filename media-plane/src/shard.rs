@@ -15,6 +15,7 @@
 mod control;
 pub mod keyframe;
 pub(crate) mod loss;
+pub mod ratelimit;
 
 use crate::forwarder::{DownSlot, SourceKey};
 use crate::participant::{Grants, LeaveReason, MuteChange, Participant, ParticipantKey};
@@ -28,6 +29,7 @@ use protocol::room::CONTROL_LABEL;
 use protocol::{ParticipantId, SessionId, UserId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use ratelimit::ControlBudget;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -211,6 +213,8 @@ pub struct ShardStats {
     /// Keyframe requests not relayed: within the publisher's interval, for a slot carrying no
     /// one, or for a publisher that did not negotiate that kind of request.
     pub keyframe_requests_dropped: u64,
+    /// Room-control messages dropped because their sender was over its budget.
+    pub control_rate_limited: u64,
 }
 
 /// The RTCP feedback for Opus we answer: what the offer asks for, as far as we can honour it.
@@ -471,6 +475,7 @@ impl Shard {
             slots,
             upstream: Vec::new(),
             keyframes: KeyframeThrottle::default(),
+            control_budget: ControlBudget::default(),
             ufrag: ufrag.clone().into_bytes(),
             addrs: Vec::new(),
             joined_at: now,

@@ -102,6 +102,9 @@ pub enum ErrorCode {
     Malformed,
     Forbidden,
     UnknownParticipant,
+    /// Too many control messages: this one and the next ones are dropped until the budget
+    /// refills (20 at once, then 10 a second).
+    RateLimited,
 }
 
 /// What the node tells a client.

@@ -5,6 +5,7 @@
 //! A malformed or forbidden request gets an `error` message on the same channel and changes
 //! nothing; it never affects the call.
 
+use super::ratelimit::{CONTROL_BURST, Verdict};
 use super::{Shard, ShardEvent};
 use crate::participant::{LeaveReason, MuteChange, Participant, ParticipantKey};
 use protocol::SessionId;
@@ -42,6 +43,28 @@ impl Shard {
             );
         }
         while let Some((from, bytes)) = self.control_in.pop_front() {
+            let Some(p) = self.participants.get_mut(&from) else {
+                continue;
+            };
+            match p.control_budget.take(now) {
+                Verdict::Allow => {}
+                Verdict::Refuse => {
+                    self.stats.control_rate_limited += 1;
+                    self.refuse(
+                        from,
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {CONTROL_BURST} control messages at once: dropped until \
+                             the budget refills"
+                        ),
+                    );
+                    continue;
+                }
+                Verdict::Drop => {
+                    self.stats.control_rate_limited += 1;
+                    continue;
+                }
+            }
             match ClientMessage::decode(&bytes) {
                 Ok(msg) => self.handle_request(now, from, msg),
                 Err(e) => self.refuse(from, ErrorCode::Malformed, e.to_string()),

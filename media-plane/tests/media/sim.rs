@@ -845,6 +845,68 @@ fn last_update_of(sim: &Sim, i: usize, who: u64) -> Option<protocol::room::Parti
 }
 
 #[test]
+fn a_participant_flooding_the_control_channel_is_refused_once_and_the_room_goes_on() {
+    use media_plane::shard::ratelimit::CONTROL_BURST;
+    let mut sim = Sim::new();
+    let admin = sim.join(session(7), 1, ADMIN, true, 0);
+    let _flooder = sim.join(session(7), 2, ALL, true, 0);
+    sim.run(Duration::from_secs(2));
+    assert!(sim.peers.iter().all(|p| p.control.is_some()));
+    let lists = |sim: &Sim, i: usize| {
+        sim.peers[i]
+            .inbox
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Participants { .. }))
+            .count()
+    };
+    let errors = |sim: &Sim, i: usize| -> Vec<ErrorCode> {
+        sim.peers[i]
+            .inbox
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::Error { code, .. } => Some(*code),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = lists(&sim, 1);
+    // 200 requests for the whole list at once: each would cost the node a list to send back.
+    let now = sim.now;
+    let request = ClientMessage::ListParticipants.encode();
+    for _ in 0..200 {
+        sim.peers[1].send_control(now, request.as_bytes());
+    }
+    sim.run(Duration::from_millis(50));
+    let answered = lists(&sim, 1) - before;
+    assert_eq!(
+        answered, CONTROL_BURST as usize,
+        "the burst is answered, the rest dropped"
+    );
+    assert_eq!(errors(&sim, 1), vec![ErrorCode::RateLimited], "told once");
+    assert_eq!(
+        sim.shard.stats().control_rate_limited,
+        200 - u64::from(CONTROL_BURST)
+    );
+
+    // The rest of the room is not held up: the admin's control works at once.
+    control(
+        &mut sim,
+        0,
+        &ClientMessage::Mute {
+            microphone: Some(true),
+            speaker: None,
+        },
+    );
+    assert!(last_update_of(&sim, 1, admin).unwrap().microphone_muted);
+    assert!(errors(&sim, 0).is_empty());
+    // Once the budget refills the flooder is served again.
+    sim.run(Duration::from_secs(1));
+    control(&mut sim, 1, &ClientMessage::ListParticipants);
+    assert_eq!(lists(&sim, 1) - before, CONTROL_BURST as usize + 1);
+    assert_eq!(sim.shard.participant_count(), 2);
+}
+
+#[test]
 fn room_control_on_the_data_channel_mutes_moderates_and_refuses_what_it_must() {
     let mut sim = Sim::new();
     let admin = sim.join(session(7), 1, ADMIN, true, 0);
