@@ -22,8 +22,11 @@ use std::fmt;
 pub(crate) const ACCESS_TTL_SECS: u64 = 600;
 /// Lifetime of a join token.
 pub(crate) const JOIN_TTL_SECS: u64 = 120;
-/// Lifetime of a refresh token.
+/// Lifetime of a refresh token (each refresh issues one with a new lifetime).
 pub(crate) const REFRESH_TTL_SECS: u64 = 30 * 24 * 3600;
+/// How long after a refresh token is spent presenting it again counts as a retry (the answer was
+/// lost) rather than theft.
+pub(crate) const REFRESH_REUSE_GRACE_SECS: u64 = 10;
 /// Clock skew tolerated when verifying.
 pub(crate) const LEEWAY_SECS: u64 = 30;
 
@@ -88,8 +91,8 @@ impl Tokens {
         &self.jwks
     }
 
-    /// A fresh access token for `user`.
-    pub(crate) fn access(&self, user: UserId, now: u64) -> String {
+    /// A fresh access token for `user`, in sign-in session `session`.
+    pub(crate) fn access(&self, user: UserId, session: Option<uuid::Uuid>, now: u64) -> String {
         self.signer.sign(&AccessClaims {
             iss: self.issuer.clone(),
             sub: user,
@@ -98,6 +101,7 @@ impl Tokens {
             iat: now,
             exp: now + ACCESS_TTL_SECS,
             jti: random_b64(16),
+            sid: session,
         })
     }
 
@@ -202,7 +206,7 @@ mod tests {
     fn access_tokens_verify_until_they_expire_with_leeway() {
         let t = tokens();
         let user = UserId::from_uuid(Uuid::now_v7());
-        let token = t.access(user, 1_000);
+        let token = t.access(user, None, 1_000);
         assert_eq!(t.verify_access(&token, 1_000).unwrap().sub, user);
         assert!(
             t.verify_access(&token, 1_000 + ACCESS_TTL_SECS + LEEWAY_SECS - 1)
@@ -220,7 +224,7 @@ mod tests {
         let user = UserId::from_uuid(Uuid::now_v7());
         let foreign = Tokens::new(Signer::from_seed(&[9; 32]), "elsewhere".into());
         assert_eq!(
-            t.verify_access(&foreign.access(user, 1_000), 1_000),
+            t.verify_access(&foreign.access(user, None, 1_000), 1_000),
             Err(Refused::Issuer)
         );
         let join = t.join(

@@ -699,6 +699,7 @@ async fn only_valid_access_tokens_authenticate() {
             iat: now - 2_000,
             exp: now - 1_000,
             jti: "old".into(),
+            sid: None,
         });
         let foreign = protocol::token::Signer::from_seed(&[3; 32]).sign(&AccessClaims {
             iss: support::ISSUER.into(),
@@ -708,6 +709,7 @@ async fn only_valid_access_tokens_authenticate() {
             iat: now,
             exp: now + 600,
             jti: "forged".into(),
+            sid: None,
         });
         let body = Some(json!({"name": "x"}));
         let missing = app
@@ -871,6 +873,200 @@ async fn session_events_keep_the_participants_current_and_only_from_the_hosting_
         )
         .await
         .problem(StatusCode::NOT_FOUND);
+    })
+    .await;
+}
+
+async fn refresh<R: NodeRegistry>(app: &App<R>, token: &str) -> support::Reply {
+    app.call(
+        Method::POST,
+        "/v1/auth/refresh",
+        None,
+        Some(json!({ "refresh_token": token })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_spent_one_coming_back_signs_its_session_out() {
+    use protocol::api::{AuthResponse, AuthSessionView};
+    with_each_backend(SimulatedRegistry::default, |app| async move {
+        let ann = app.register("ann").await;
+        let r1: AuthResponse = refresh(&app, &ann.refresh_token)
+            .await
+            .parse(StatusCode::OK);
+        assert_ne!(r1.refresh_token, ann.refresh_token);
+        assert_eq!(r1.user, ann.user);
+        let list: Vec<AuthSessionView> = app
+            .call(
+                Method::GET,
+                "/v1/auth/sessions",
+                Some(&r1.access_token),
+                None,
+            )
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(list.len(), 1, "a refresh keeps the session: {list:?}");
+        assert!(list[0].current);
+
+        // The spent token again at once: a retry whose answer was lost. It gets a new child and
+        // the child it got before stops working; the session lives on.
+        let r2: AuthResponse = refresh(&app, &ann.refresh_token)
+            .await
+            .parse(StatusCode::OK);
+        refresh(&app, &r1.refresh_token)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        let r3: AuthResponse = refresh(&app, &r2.refresh_token).await.parse(StatusCode::OK);
+
+        // The first token once more, now that its child was used: stolen. The whole session is
+        // signed out, the newest token included.
+        let reused = refresh(&app, &ann.refresh_token)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        assert!(
+            reused
+                .detail
+                .as_deref()
+                .unwrap_or("")
+                .contains("already used"),
+            "{reused:?}"
+        );
+        refresh(&app, &r3.refresh_token)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        let list: Vec<AuthSessionView> = app
+            .call(
+                Method::GET,
+                "/v1/auth/sessions",
+                Some(&r3.access_token),
+                None,
+            )
+            .await
+            .parse(StatusCode::OK);
+        assert!(list.is_empty(), "{list:?}");
+
+        // Garbage and empty tokens are a 401, a missing field a 4xx problem.
+        refresh(&app, "not-a-token")
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        refresh(&app, "").await.problem(StatusCode::UNAUTHORIZED);
+        let missing = app
+            .call(Method::POST, "/v1/auth/refresh", None, Some(json!({})))
+            .await;
+        assert!(missing.status.is_client_error(), "{missing:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn devices_are_listed_and_signed_out_one_by_one_all_others_or_by_logout() {
+    use protocol::api::{AuthResponse, AuthSessionView, RevokedSessions};
+    with_each_backend(SimulatedRegistry::default, |app| async move {
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let login = |ua: &'static str| {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/auth/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::USER_AGENT, ua)
+                .body(Body::from(
+                    json!({"email": "ann@example.org", "password": PASSWORD}).to_string(),
+                ))
+                .unwrap();
+            let app = &app;
+            async move { app.send(req).await.parse::<AuthResponse>(StatusCode::OK) }
+        };
+        let phone = login("Convoy/1.0 (Android 15)").await;
+        let laptop = login("Mozilla/5.0 (X11; Linux x86_64)").await;
+        let list = |token: String| {
+            let app = &app;
+            async move {
+                app.call(Method::GET, "/v1/auth/sessions", Some(&token), None)
+                    .await
+                    .parse::<Vec<AuthSessionView>>(StatusCode::OK)
+            }
+        };
+        let seen = list(ann.access_token.clone()).await;
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen.iter().filter(|s| s.current).count(), 1);
+        let mut agents: Vec<_> = seen.iter().filter_map(|s| s.user_agent.clone()).collect();
+        agents.sort();
+        assert_eq!(
+            agents,
+            ["Convoy/1.0 (Android 15)", "Mozilla/5.0 (X11; Linux x86_64)"]
+        );
+        let phone_id = list(phone.access_token.clone())
+            .await
+            .into_iter()
+            .find(|s| s.current)
+            .unwrap()
+            .id;
+
+        // Bob cannot see or sign out Ann's devices.
+        assert!(list(bob.access_token.clone()).await.len() == 1);
+        app.call(
+            Method::DELETE,
+            &format!("/v1/auth/sessions/{phone_id}"),
+            Some(&bob.access_token),
+            None,
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
+
+        // Ann signs the phone out: its refresh token stops working, the others go on.
+        let uri = format!("/v1/auth/sessions/{phone_id}");
+        let gone = app
+            .call(Method::DELETE, &uri, Some(&ann.access_token), None)
+            .await;
+        assert_eq!(gone.status, StatusCode::NO_CONTENT, "{gone:?}");
+        app.call(Method::DELETE, &uri, Some(&ann.access_token), None)
+            .await
+            .problem(StatusCode::NOT_FOUND);
+        refresh(&app, &phone.refresh_token)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        assert_eq!(list(ann.access_token.clone()).await.len(), 2);
+
+        // "Sign out everywhere else": the laptop goes, this device stays.
+        let out: RevokedSessions = app
+            .call(
+                Method::DELETE,
+                "/v1/auth/sessions",
+                Some(&ann.access_token),
+                None,
+            )
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(out.revoked, 1);
+        refresh(&app, &laptop.refresh_token)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        let mine: AuthResponse = refresh(&app, &ann.refresh_token)
+            .await
+            .parse(StatusCode::OK);
+
+        // Logout ends this one too; Bob's session is untouched.
+        let bye = app
+            .call(
+                Method::POST,
+                "/v1/auth/logout",
+                Some(&mine.access_token),
+                None,
+            )
+            .await;
+        assert_eq!(bye.status, StatusCode::NO_CONTENT, "{bye:?}");
+        refresh(&app, &mine.refresh_token)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        assert!(list(mine.access_token.clone()).await.is_empty());
+        let _: AuthResponse = refresh(&app, &bob.refresh_token)
+            .await
+            .parse(StatusCode::OK);
+        app.call(Method::POST, "/v1/auth/logout", None, None)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
     })
     .await;
 }

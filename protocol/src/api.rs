@@ -22,6 +22,33 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+/// `POST /v1/auth/refresh`: trade a refresh token for a new pair. The old one is spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// A sign-in session (a device) in `GET /v1/auth/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthSessionView {
+    pub id: uuid::Uuid,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339: the sign-in or the last refresh.
+    pub last_used_at: String,
+    /// The `User-Agent` of the sign-in, if it sent one.
+    pub user_agent: Option<String>,
+    /// The session of the access token that asked.
+    pub current: bool,
+}
+
+/// `DELETE /v1/auth/sessions`: how many other sessions were signed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedSessions {
+    pub revoked: u64,
+}
+
 /// A user as others may see them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserView {

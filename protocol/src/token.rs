@@ -49,6 +49,10 @@ pub struct AccessClaims {
     pub iat: u64,
     pub exp: u64,
     pub jti: String,
+    /// The sign-in session (refresh-token family) it was issued for: what logout and the device
+    /// list act on. Absent on tokens minted outside a sign-in (tests, tools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<uuid::Uuid>,
 }
 
 impl Claims for AccessClaims {

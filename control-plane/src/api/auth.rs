@@ -1,25 +1,37 @@
-//! Accounts and sign-in: `POST /v1/auth/register`, `POST /v1/auth/login`, and the public keys
-//! at `GET /.well-known/jwks.json`.
+//! Accounts and sign-in: `POST /v1/auth/register`, `POST /v1/auth/login`, the public keys at
+//! `GET /.well-known/jwks.json`, and the sign-in sessions: `POST /v1/auth/refresh` (rotation),
+//! `POST /v1/auth/logout`, `GET /v1/auth/sessions` (devices), `DELETE /v1/auth/sessions/{id}` and
+//! `DELETE /v1/auth/sessions` (every other device).
 //!
 //! Login answers the same 401 after the same argon2 work whether the email is unknown or the
-//! password wrong (no enumeration by message, status or timing).
+//! password wrong (no enumeration by message, status or timing). A refresh token is spent by its
+//! use; presenting it again after [`REFRESH_REUSE_GRACE_SECS`] signs its session out (see
+//! `store::auth_sessions`). Access tokens are not revocable: they outlive a sign-out by at most
+//! their [`ACCESS_TTL_SECS`].
 
 use super::AppState;
 use super::error::AppError;
-use super::extract::Json;
-use crate::clock::Now;
+use super::extract::{Caller, Json, Path};
+use crate::clock::{Now, rfc3339};
 use crate::domain::{Email, Password, Username};
-use crate::store::{Inserted, NewRefreshToken, NewUser};
-use crate::tokens::{ACCESS_TTL_SECS, REFRESH_TTL_SECS, RefreshToken};
+use crate::store::{Inserted, NewAuthSession, NewUser, Refreshed};
+use crate::tokens::{ACCESS_TTL_SECS, REFRESH_REUSE_GRACE_SECS, REFRESH_TTL_SECS, RefreshToken};
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use protocol::api::{AuthResponse, LoginRequest, RegisterRequest, UserView};
+use protocol::api::{
+    AuthResponse, AuthSessionView, LoginRequest, RefreshRequest, RegisterRequest, RevokedSessions,
+    UserView,
+};
 use protocol::ids::UserId;
 use uuid::Uuid;
 
+/// Longest `User-Agent` kept for the device list.
+const MAX_USER_AGENT: usize = 256;
+
 pub(super) async fn register(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(req): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<AuthResponse>), AppError> {
     let username = Username::parse(&req.username)?;
@@ -48,12 +60,13 @@ pub(super) async fn register(
             "an account with this username or email already exists",
         ));
     }
-    let answer = sign_in(&state, user, now).await?;
+    let answer = sign_in(&state, user, user_agent(&headers), now).await?;
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
 pub(super) async fn login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<AuthResponse>, AppError> {
     let account = state
@@ -73,7 +86,9 @@ pub(super) async fn login(
         username: account.username,
         email: account.email,
     };
-    Ok(Json(sign_in(&state, user, now).await?))
+    Ok(Json(
+        sign_in(&state, user, user_agent(&headers), now).await?,
+    ))
 }
 
 pub(super) async fn jwks(State(state): State<AppState>) -> Response {
@@ -85,23 +100,163 @@ pub(super) async fn jwks(State(state): State<AppState>) -> Response {
     response
 }
 
-/// A new access token and a new refresh token (a new family) for `user`.
-async fn sign_in(state: &AppState, user: UserView, now: Now) -> Result<AuthResponse, AppError> {
+/// A new sign-in session for `user`: an access token and the session's first refresh token.
+async fn sign_in(
+    state: &AppState,
+    user: UserView,
+    user_agent: Option<&str>,
+    now: Now,
+) -> Result<AuthResponse, AppError> {
     let refresh = RefreshToken::generate();
+    let session = Uuid::now_v7();
     state
         .store
-        .insert_refresh_token(&NewRefreshToken {
+        .create_auth_session(&NewAuthSession {
+            id: session,
             user: user.id,
-            family: Uuid::now_v7(),
             token_hash: &refresh.hash,
+            user_agent,
             now_ms: now.ms,
             expires_at_ms: now.plus_secs_ms(REFRESH_TTL_SECS),
         })
         .await?;
     Ok(AuthResponse {
-        access_token: state.tokens.access(user.id, now.secs()),
+        access_token: state.tokens.access(user.id, Some(session), now.secs()),
         refresh_token: refresh.secret,
         expires_in: ACCESS_TTL_SECS,
         user,
     })
+}
+
+/// The request's `User-Agent`, if it is printable and not absurdly long (cut at a char boundary).
+fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    let ua = headers.get(header::USER_AGENT)?.to_str().ok()?.trim();
+    if ua.is_empty() {
+        return None;
+    }
+    let mut end = ua.len().min(MAX_USER_AGENT);
+    while !ua.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(&ua[..end])
+}
+
+/// `POST /v1/auth/refresh`: spends the refresh token and answers a new pair for its session.
+pub(super) async fn refresh(
+    State(state): State<AppState>,
+    Json(req): Json<RefreshRequest>,
+) -> Result<Json<AuthResponse>, AppError> {
+    let now = Now::read();
+    let next = RefreshToken::generate();
+    let outcome = state
+        .store
+        .refresh(
+            &RefreshToken::hash_of(&req.refresh_token),
+            &next.hash,
+            now.ms,
+            now.plus_secs_ms(REFRESH_TTL_SECS),
+            now.plus_secs_ms(REFRESH_REUSE_GRACE_SECS) - now.ms,
+        )
+        .await?;
+    let (user, session) = match outcome {
+        Refreshed::Rotated { user, session } => (user, session),
+        Refreshed::Invalid => {
+            return Err(AppError::InvalidToken(
+                "the refresh token is unknown, expired, already replaced or signed out".into(),
+            ));
+        }
+        Refreshed::Reused { session } => {
+            tracing::warn!(%session, "a spent refresh token came back: session signed out");
+            return Err(AppError::InvalidToken(
+                "the refresh token was already used: its session is signed out; sign in again"
+                    .into(),
+            ));
+        }
+    };
+    let account = state
+        .store
+        .user_by_id(user)
+        .await?
+        .ok_or(AppError::InvalidToken(
+            "the account no longer exists".into(),
+        ))?;
+    Ok(Json(AuthResponse {
+        access_token: state.tokens.access(user, Some(session), now.secs()),
+        refresh_token: next.secret,
+        expires_in: ACCESS_TTL_SECS,
+        user: UserView {
+            id: account.id,
+            username: account.username,
+            email: account.email,
+        },
+    }))
+}
+
+/// `POST /v1/auth/logout`: signs out the session of the access token (its refresh token stops
+/// working at once; the access token itself expires on its own).
+pub(super) async fn logout(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<StatusCode, AppError> {
+    let Some(session) = caller.session else {
+        return Err(AppError::InvalidInput(
+            "this access token belongs to no sign-in session".into(),
+        ));
+    };
+    state
+        .store
+        .revoke_auth_session(caller.user, session, Now::read().ms, "logout")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/auth/sessions`: the caller's signed-in devices.
+pub(super) async fn sessions(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<AuthSessionView>>, AppError> {
+    let rows = state
+        .store
+        .auth_sessions(caller.user, Now::read().ms)
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| AuthSessionView {
+                current: caller.session == Some(r.id),
+                id: r.id,
+                created_at: rfc3339(r.created_at_ms),
+                last_used_at: rfc3339(r.last_used_at_ms),
+                user_agent: r.user_agent,
+            })
+            .collect(),
+    ))
+}
+
+/// `DELETE /v1/auth/sessions/{id}`: signs one of the caller's devices out.
+pub(super) async fn revoke_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, AppError> {
+    let revoked = state
+        .store
+        .revoke_auth_session(caller.user, id, Now::read().ms, "revoked")
+        .await?;
+    if revoked {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AppError::NotFound("no such signed-in session"))
+    }
+}
+
+/// `DELETE /v1/auth/sessions`: signs out every device but the caller's.
+pub(super) async fn revoke_other_sessions(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<RevokedSessions>, AppError> {
+    let revoked = state
+        .store
+        .revoke_other_auth_sessions(caller.user, caller.session, Now::read().ms, "revoked")
+        .await?;
+    Ok(Json(RevokedSessions { revoked }))
 }

@@ -72,6 +72,8 @@ impl From<PathRejection> for AppError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Caller {
     pub user: UserId,
+    /// The sign-in session the access token was issued for.
+    pub session: Option<uuid::Uuid>,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -83,7 +85,10 @@ impl FromRequestParts<AppState> for Caller {
             .tokens
             .verify_access(token, Now::read().secs())
             .map_err(|e| AppError::InvalidToken(e.to_string()))?;
-        Ok(Caller { user: claims.sub })
+        Ok(Caller {
+            user: claims.sub,
+            session: claims.sid,
+        })
     }
 }
 

@@ -71,6 +71,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(auth::jwks))
         .route("/v1/auth/register", post(auth::register))
         .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/refresh", post(auth::refresh))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route(
+            "/v1/auth/sessions",
+            get(auth::sessions).delete(auth::revoke_other_sessions),
+        )
+        .route("/v1/auth/sessions/{id}", delete(auth::revoke_session))
         .route("/v1/groups", post(groups::create))
         .route("/v1/groups/{id}/invites", post(groups::invite))
         .route("/v1/groups/{id}/sessions", post(sessions::allocate))

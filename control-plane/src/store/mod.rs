@@ -7,15 +7,17 @@
 //! or fail fast on SQLite). The schema lives in `migrations/{sqlite,postgres}`, embedded at build
 //! time and applied on connect. This module knows nothing about HTTP.
 
+mod auth_sessions;
 mod groups;
 mod participants;
 mod sessions;
 mod users;
 
+pub(crate) use auth_sessions::{NewAuthSession, Refreshed};
 pub(crate) use groups::{GroupRow, MemberGroup};
 pub(crate) use participants::ParticipantRow;
 pub(crate) use sessions::SessionRow;
-pub(crate) use users::{NewRefreshToken, NewUser};
+pub(crate) use users::NewUser;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row as _};

@@ -1,10 +1,9 @@
-//! Accounts and refresh tokens.
+//! Accounts.
 
 use super::{Inserted, Store, is_unique_violation, uuid_column};
 use protocol::ids::UserId;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
-use uuid::Uuid;
 
 /// An account to create; the password is already hashed.
 #[derive(Debug, Clone)]
@@ -32,16 +31,6 @@ impl std::fmt::Debug for UserRow {
             .field("username", &self.username)
             .finish_non_exhaustive()
     }
-}
-
-/// A refresh token to store (its hash only).
-#[derive(Debug, Clone)]
-pub(crate) struct NewRefreshToken<'a> {
-    pub user: UserId,
-    pub family: Uuid,
-    pub token_hash: &'a str,
-    pub now_ms: i64,
-    pub expires_at_ms: i64,
 }
 
 impl UserRow {
@@ -88,6 +77,17 @@ impl Store {
             .transpose()
     }
 
+    /// The account with this id.
+    pub(crate) async fn user_by_id(&self, id: UserId) -> Result<Option<UserRow>, sqlx::Error> {
+        sqlx::query("SELECT id, username, email, password_hash FROM users WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(UserRow::from_row)
+            .transpose()
+    }
+
     /// Records a successful sign-in.
     pub(crate) async fn touch_login(&self, user: UserId, now_ms: i64) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2")
@@ -96,25 +96,5 @@ impl Store {
             .execute(&self.pool)
             .await
             .map(drop)
-    }
-
-    /// Stores a new refresh token.
-    pub(crate) async fn insert_refresh_token(
-        &self,
-        token: &NewRefreshToken<'_>,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(Uuid::now_v7().to_string())
-        .bind(token.user.to_string())
-        .bind(token.family.to_string())
-        .bind(token.token_hash)
-        .bind(token.now_ms)
-        .bind(token.expires_at_ms)
-        .execute(&self.pool)
-        .await
-        .map(drop)
     }
 }
