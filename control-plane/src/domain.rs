@@ -73,18 +73,61 @@ impl Email {
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Password(String);
 
+/// The common-password list, `#` lines and blanks aside (see the file's header).
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
 impl Password {
+    /// 8 to 128 characters (not bytes; nothing is truncated), not a common password, not one
+    /// character repeated and not a run of consecutive characters. No composition rules (NIST SP
+    /// 800-63B §3.1.1.2).
     pub(crate) fn parse(s: &str) -> Result<Self, Invalid> {
-        if (8..=128).contains(&s.chars().count()) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(Invalid("password must be 8 to 128 characters"))
+        if !(8..=128).contains(&s.chars().count()) {
+            return Err(Invalid("password must be 8 to 128 characters"));
         }
+        if is_common(s) {
+            return Err(Invalid(
+                "this password is among the most common ones; choose another (a few unrelated \
+                 words make a good one)",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The password may not be the account's own name or email (or the email's local part).
+    pub(crate) fn check_context(&self, username: &str, email: &str) -> Result<(), Invalid> {
+        let p = self.0.to_lowercase();
+        let local = email.split('@').next().unwrap_or("");
+        if [username, email, local]
+            .iter()
+            .any(|w| !w.is_empty() && p == w.to_lowercase())
+        {
+            return Err(Invalid("the password may not be the username or the email"));
+        }
+        Ok(())
     }
 
     pub(crate) fn into_inner(self) -> String {
         self.0
     }
+}
+
+/// A listed password, one character repeated, or a run like `12345678`, `abcdefgh`, `87654321`.
+fn is_common(s: &str) -> bool {
+    let lower = s.to_lowercase();
+    if COMMON_PASSWORDS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .any(|l| l == lower)
+    {
+        return true;
+    }
+    let chars: Vec<u32> = lower.chars().map(u32::from).collect();
+    let steps: Vec<i64> = chars
+        .windows(2)
+        .map(|w| i64::from(w[1]) - i64::from(w[0]))
+        .collect();
+    steps.iter().all(|&d| d == 0) || steps.iter().all(|&d| d == 1) || steps.iter().all(|&d| d == -1)
 }
 
 impl fmt::Debug for Password {
@@ -158,6 +201,45 @@ mod tests {
     }
 
     #[test]
+    fn common_repeated_and_sequential_passwords_and_the_accounts_own_names_are_refused() {
+        for p in [
+            "password",
+            "Password1",
+            "QWERTYUIOP",
+            "iloveyou",
+            "12345678",
+            "87654321",
+            "abcdefghij",
+            "aaaaaaaaaaaa",
+            "éééééééé",
+        ] {
+            assert!(Password::parse(p).is_err(), "{p}");
+        }
+        for p in [
+            "correct horse battery",
+            "12345679",
+            "password-rally-2031",
+            "aaaaaaab",
+        ] {
+            assert!(Password::parse(p).is_ok(), "{p}");
+        }
+        let p = Password::parse("AnnRides2031").unwrap();
+        assert!(p.check_context("annrides2031", "x@example.org").is_err());
+        assert!(p.check_context("ann", "AnnRides2031@example.org").is_err());
+        assert!(p.check_context("ann", "ann@example.org").is_ok());
+        // The list file parses: comments aside, every entry is lowercase and 8+ characters.
+        let entries: Vec<&str> = COMMON_PASSWORDS
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(entries.len() > 200, "{}", entries.len());
+        for e in entries {
+            assert_eq!(e, e.to_lowercase());
+            assert!(e.chars().count() >= 8, "{e}");
+        }
+    }
+
+    #[test]
     fn passwords_count_characters_and_keep_them_as_typed() {
         assert!(Password::parse("1234567").is_err());
         assert_eq!(
@@ -165,7 +247,7 @@ mod tests {
             " 1234567"
         );
         assert!(
-            Password::parse(&"é".repeat(128)).is_ok(),
+            Password::parse(&"éü".repeat(64)).is_ok(),
             "128 chars of 2 bytes"
         );
         assert!(Password::parse(&"x".repeat(129)).is_err());

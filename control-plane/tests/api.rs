@@ -126,7 +126,20 @@ async fn duplicate_accounts_conflict_and_bad_fields_are_refused() {
             assert!(problem.detail.is_some());
         }
         // Limits are in characters: 128 two-byte characters are a valid password.
-        register("bob", "bob@example.org", "é".repeat(128))
+        // Common passwords and the account's own name are refused.
+        for password in [
+            "Password123",
+            "qwertyuiop",
+            "11111111",
+            "bob_rides",
+            "bob.r@example.org",
+        ] {
+            let problem = register("bob_rides", "bob.r@example.org", password.to_owned())
+                .await
+                .problem(StatusCode::BAD_REQUEST);
+            assert!(problem.detail.is_some(), "{password}");
+        }
+        register("bob", "bob@example.org", "éü".repeat(64))
             .await
             .parse::<serde_json::Value>(StatusCode::CREATED);
     })

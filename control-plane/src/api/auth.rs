@@ -37,6 +37,7 @@ pub(super) async fn register(
     let username = Username::parse(&req.username)?;
     let email = Email::parse(&req.email)?;
     let password = Password::parse(&req.password)?;
+    password.check_context(username.as_str(), email.as_str())?;
     let password_hash = state.passwords.hash(password).await?;
 
     let now = Now::read();
