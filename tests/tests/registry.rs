@@ -23,6 +23,18 @@ struct Cluster {
     nodes: Vec<MediaNode>,
 }
 
+/// A control plane's config on a fresh SQLite file under the temp folder.
+fn sqlite_config(tag: &str) -> control_plane::Config {
+    let dir = std::env::temp_dir().join(format!("convoy-{tag}-{}", uuid::Uuid::now_v7()));
+    control_plane::Config {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        database_url: format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
+        signing_key_file: None,
+        issuer: "convoy".into(),
+        region_hint: None,
+    }
+}
+
 impl Cluster {
     /// A control plane on SQLite and two one-core media nodes `a` and `b`.
     /// With `redis` (url, prefix), session events travel on the Redis stream; else in process.
@@ -32,14 +44,7 @@ impl Cluster {
         beat: impl Fn() -> Pin<Box<dyn Future<Output = Heartbeat> + Send>>,
         redis: Option<(String, String)>,
     ) -> Self {
-        let dir = std::env::temp_dir().join(format!("convoy-reg-{}", uuid::Uuid::now_v7()));
-        let config = control_plane::Config {
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            database_url: format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
-            signing_key_file: None,
-            issuer: "convoy".into(),
-            region_hint: None,
-        };
+        let config = sqlite_config("reg");
         let cp = ControlPlane::new(&config, registry.clone()).await.unwrap();
         let events: media_plane::EventSink = match &redis {
             Some((url, prefix)) => {
@@ -273,14 +278,7 @@ async fn a_session_event_left_pending_by_a_dead_consumer_is_taken_over() {
     let prefix = format!("convoy-test-{}:", uuid::Uuid::new_v4().simple());
     let key = redis_stream_key(&prefix);
     let registry = Arc::new(InProcessRegistry::new());
-    let dir = std::env::temp_dir().join(format!("convoy-reclaim-{}", uuid::Uuid::now_v7()));
-    let config = control_plane::Config {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        database_url: format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
-        signing_key_file: None,
-        issuer: "convoy".into(),
-        region_hint: None,
-    };
+    let config = sqlite_config("reclaim");
     let cp = ControlPlane::new(&config, registry.clone()).await.unwrap();
     // The control plane that takes over: a second one on the same database, consuming only.
     let taker = ControlPlane::new(&config, registry.clone()).await.unwrap();
