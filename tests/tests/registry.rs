@@ -23,6 +23,31 @@ struct Cluster {
     nodes: Vec<MediaNode>,
 }
 
+/// `GET /v1/sessions/{session}/participants` as `token`.
+async fn participants(
+    base: &str,
+    session: protocol::SessionId,
+    token: &str,
+) -> Vec<protocol::api::ParticipantView> {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/sessions/{session}/participants"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// A control plane's config on a fresh SQLite file under the temp folder.
 fn sqlite_config(tag: &str) -> control_plane::Config {
     let dir = std::env::temp_dir().join(format!("convoy-{tag}-{}", uuid::Uuid::now_v7()));
@@ -158,18 +183,7 @@ async fn a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster: Cluster
     assert_eq!(res.status(), 201);
     let listed = async {
         loop {
-            let list: Vec<protocol::api::ParticipantView> = reqwest::Client::new()
-                .get(format!(
-                    "{}/v1/sessions/{}/participants",
-                    cluster.base, first.session.id
-                ))
-                .bearer_auth(&bob.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let list = participants(&cluster.base, first.session.id, &bob.token).await;
             if list.len() == 1 {
                 return;
             }
@@ -254,11 +268,7 @@ async fn redis_registry_two_nodes_one_drained() {
     .await;
     a_drained_node_keeps_its_sessions_and_gets_no_new_ones(cluster).await;
     // Node records expire on their own; the stream and the index do not.
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_connection(&url).await;
     let _: () = redis::cmd("DEL")
         .arg(protocol::events::redis_stream_key(&prefix))
         .arg(protocol::node::redis_index_key(&prefix))
@@ -296,11 +306,7 @@ async fn a_session_event_left_pending_by_a_dead_consumer_is_taken_over() {
         state: NodeState::Serving,
     });
 
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_connection(&url).await;
     // The dead control plane's consumer reads the entry and never acknowledges it.
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -357,18 +363,9 @@ async fn a_session_event_left_pending_by_a_dead_consumer_is_taken_over() {
         .consume_redis_events_reclaiming(&url, &prefix, Duration::from_millis(300))
         .await
         .unwrap();
-    let uri = format!("{base}/v1/sessions/{}/participants", alloc.session.id);
     let listed = async {
         loop {
-            let list: Vec<protocol::api::ParticipantView> = reqwest::Client::new()
-                .get(&uri)
-                .bearer_auth(&alice.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let list = participants(&base, alloc.session.id, &alice.token).await;
             if let Some(p) = list.first() {
                 return p.id;
             }

@@ -156,7 +156,7 @@ pub(super) async fn refresh(
             &next.hash,
             now.ms,
             now.plus_secs_ms(REFRESH_TTL_SECS),
-            now.plus_secs_ms(REFRESH_REUSE_GRACE_SECS) - now.ms,
+            REFRESH_REUSE_GRACE_SECS as i64 * 1000,
         )
         .await?;
     let (user, session) = match outcome {
