@@ -89,11 +89,9 @@ impl DevStack {
         });
         let registry = Arc::new(InProcessRegistry::new());
         let cp_config = control_plane::Config {
-            listen: config.control_plane_listen,
-            database_url,
             signing_key_file: Some(config.data_dir.join("signing.key")),
-            issuer: "convoy".into(),
-            region_hint: None,
+            data_key: control_plane::DataKeySource::File(config.data_dir.join("data.key")),
+            ..control_plane::Config::new(config.control_plane_listen, database_url)
         };
         let cp = ControlPlane::new(&cp_config, registry.clone()).await?;
         let signer = cp.signer().clone();

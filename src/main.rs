@@ -55,12 +55,28 @@ enum Command {
             default_value = ".convoy/signing.key"
         )]
         signing_key_file: PathBuf,
-        /// Redis for the node registry (media nodes in other processes); in-process without it.
+        /// The AES-256-GCM key sealing sensitive columns (TOTP secrets): a 32-byte file,
+        /// created when missing.
+        #[arg(
+            long,
+            env = "CONVOY_DATA_KEY_FILE",
+            default_value = ".convoy/data.key",
+            conflicts_with = "data_key"
+        )]
+        data_key_file: PathBuf,
+        /// The data key itself, 32 bytes in base64 (instead of the file).
+        #[arg(long, env = "CONVOY_DATA_KEY", hide_env_values = true)]
+        data_key: Option<String>,
+        /// Redis for the node registry (media nodes in other processes) and the shared attempt
+        /// budgets; in-process without it.
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
         /// Region whose media nodes new sessions prefer.
         #[arg(long, env = "CONVOY_REGION")]
         region: Option<String>,
+        /// Reverse proxies whose X-Forwarded-For names the client (comma-separated addresses).
+        #[arg(long, env = "CONVOY_TRUSTED_PROXIES", value_delimiter = ',')]
+        trusted_proxies: Vec<std::net::IpAddr>,
     },
     /// A media node alone.
     MediaPlane {
@@ -144,8 +160,11 @@ async fn main() -> anyhow::Result<()> {
             listen,
             database_url,
             signing_key_file,
+            data_key_file,
+            data_key,
             redis_url,
             region,
+            trusted_proxies,
         } => {
             let registry: std::sync::Arc<dyn control_plane::NodeRegistry> = match &redis_url {
                 Some(url) => {
@@ -156,11 +175,15 @@ async fn main() -> anyhow::Result<()> {
                 None => std::sync::Arc::new(control_plane::InProcessRegistry::new()),
             };
             let config = control_plane::Config {
-                listen,
-                database_url,
                 signing_key_file: Some(signing_key_file),
-                issuer: "convoy".into(),
                 region_hint: region,
+                redis_url: redis_url.clone(),
+                data_key: match data_key {
+                    Some(key) => control_plane::DataKeySource::Base64(key),
+                    None => control_plane::DataKeySource::File(data_key_file),
+                },
+                trusted_proxies,
+                ..control_plane::Config::new(listen, database_url)
             };
             let cp = control_plane::ControlPlane::new(&config, registry).await?;
             if let Some(url) = &redis_url {

@@ -1,5 +1,6 @@
-//! The control plane's Ed25519 signing seed: loaded from a file (created with random bytes and
-//! mode 0600 when missing) or generated for this process only. The seed never reaches a log.
+//! The control plane's 32-byte secrets (the Ed25519 signing seed, the data key): loaded from a
+//! file (created with random bytes and mode 0600 when missing) or generated for this process
+//! only. A secret never reaches a log.
 
 use rand::RngCore as _;
 use std::io::{self, Read as _, Write as _};
@@ -8,13 +9,13 @@ use std::path::{Path, PathBuf};
 /// Why the seed file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum KeyFileError {
-    #[error("signing key file {path}: {source}")]
+    #[error("key file {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("signing key file {path} must hold exactly 32 bytes, it holds {len}")]
+    #[error("key file {path} must hold exactly 32 bytes, it holds {len}")]
     Length { path: PathBuf, len: usize },
 }
 
@@ -44,7 +45,7 @@ pub(crate) fn load_or_create_seed(path: &Path) -> Result<[u8; 32], KeyFileError>
         Ok(mut file) => {
             file.write_all(&seed).map_err(io_err)?;
             file.sync_all().map_err(io_err)?;
-            tracing::info!(path = %path.display(), "created a new signing key");
+            tracing::info!(path = %path.display(), "created a new key file");
             Ok(seed)
         }
         // Another process created it first: use theirs.
@@ -92,7 +93,7 @@ fn warn_if_readable_by_others(path: &Path, file: &std::fs::File) {
     if let Ok(meta) = file.metadata()
         && meta.permissions().mode() & 0o077 != 0
     {
-        tracing::warn!(path = %path.display(), "signing key file is accessible to group or others");
+        tracing::warn!(path = %path.display(), "key file is accessible to group or others");
     }
 }
 

@@ -26,9 +26,12 @@ mod keys;
 mod passwords;
 pub mod registry;
 pub mod registry_redis;
+mod sealed;
 pub mod session_events;
 mod store;
+mod throttle;
 mod tokens;
+mod totp;
 
 pub use api::error::PROBLEM_TYPE_PREFIX;
 pub use registry::{InProcessRegistry, NodeRegistry};
@@ -54,6 +57,78 @@ pub struct Config {
     pub issuer: String,
     /// The region whose media nodes new sessions prefer.
     pub region_hint: Option<String>,
+    /// Redis for ephemeral shared state (attempt budgets); `None` keeps it in this process.
+    pub redis_url: Option<String>,
+    /// The AES-256-GCM key that seals sensitive columns (TOTP secrets).
+    pub data_key: DataKeySource,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Config {
+    /// The embedded defaults: a key that lives as long as the process, no Redis, no proxies.
+    pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
+        Self {
+            listen,
+            database_url: database_url.into(),
+            signing_key_file: None,
+            issuer: "convoy".into(),
+            region_hint: None,
+            redis_url: None,
+            data_key: DataKeySource::Ephemeral,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Where the data key comes from. `Debug` never shows a key.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DataKeySource {
+    /// Random for this process: sealed values do not survive a restart (tests, throwaway runs).
+    Ephemeral,
+    /// A file of 32 bytes, created (mode 0600) with a random key when missing.
+    File(PathBuf),
+    /// 32 bytes in standard or URL-safe base64, e.g. from the environment.
+    Base64(String),
+}
+
+impl std::fmt::Debug for DataKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataKeySource::Ephemeral => f.write_str("Ephemeral"),
+            DataKeySource::File(path) => f.debug_tuple("File").field(path).finish(),
+            DataKeySource::Base64(_) => f.write_str("Base64(***)"),
+        }
+    }
+}
+
+impl DataKeySource {
+    async fn load(&self) -> anyhow::Result<sealed::DataKey> {
+        let key = match self {
+            DataKeySource::Ephemeral => keys::ephemeral_seed(),
+            DataKeySource::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || keys::load_or_create_seed(&path))
+                    .await
+                    .context("loading the data key")??
+            }
+            DataKeySource::Base64(text) => decode_key(text)?,
+        };
+        Ok(sealed::DataKey::from_bytes(&key))
+    }
+}
+
+/// A 32-byte key in standard or URL-safe base64, padded or not.
+fn decode_key(text: &str) -> anyhow::Result<[u8; 32]> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let text = text.trim().trim_end_matches('=');
+    let bytes = STANDARD_NO_PAD
+        .decode(text)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(text))
+        .map_err(|_| anyhow::anyhow!("the data key is not base64"))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| anyhow::anyhow!("the data key must be 32 bytes, it is {}", bytes.len()))
 }
 
 impl std::fmt::Debug for Config {
@@ -64,6 +139,9 @@ impl std::fmt::Debug for Config {
             .field("signing_key_file", &self.signing_key_file)
             .field("issuer", &self.issuer)
             .field("region_hint", &self.region_hint)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_password))
+            .field("data_key", &self.data_key)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -116,11 +194,27 @@ impl ControlPlane {
         let passwords = passwords::Passwords::new()
             .await
             .context("preparing the password hasher")?;
+        let data_key = config.data_key.load().await?;
+        tracing::info!(kid = data_key.kid(), "data key ready");
+        let throttle = match &config.redis_url {
+            Some(url) => {
+                let client = redis::Client::open(url.as_str()).context("the Redis URL")?;
+                let conn = redis::aio::ConnectionManager::new(client)
+                    .await
+                    .context("connecting to Redis")?;
+                throttle::Throttle::redis(conn, protocol::node::REDIS_PREFIX)
+            }
+            None => throttle::Throttle::in_process(),
+        };
         let shared = api::Shared {
             store,
             registry,
             tokens: tokens::Tokens::new(signer, config.issuer.clone()),
             passwords,
+            throttle,
+            data_key,
+            trusted_proxies: config.trusted_proxies.clone(),
+            totp_issuer: config.issuer.clone(),
             region_hint: config.region_hint.clone(),
             http: reqwest::Client::new(),
         };
@@ -181,7 +275,10 @@ pub async fn serve(
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, "control plane listening");
-    axum::serve(listener, cp.router())
+    let app = cp
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")
@@ -197,11 +294,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("convoy-serve-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: format!("sqlite://{}?mode=rwc", dir.join("db").display()),
             signing_key_file: Some(dir.join("keys/signing.key")),
             issuer: "convoy-test".into(),
-            region_hint: None,
+            ..Config::new(
+                "127.0.0.1:0".parse().unwrap(),
+                format!("sqlite://{}?mode=rwc", dir.join("db").display()),
+            )
         };
         let cp = ControlPlane::new(&config, Arc::new(InProcessRegistry::new()))
             .await
@@ -235,16 +333,32 @@ mod tests {
     }
 
     #[test]
+    fn data_keys_are_32_bytes_of_either_base64() {
+        let key = [0xfbu8; 32];
+        use base64::Engine as _;
+        let std = base64::engine::general_purpose::STANDARD.encode(key);
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+        assert!(std.contains('+') || std.contains('/'));
+        assert_eq!(decode_key(&std).unwrap(), key);
+        assert_eq!(decode_key(&format!(" {url}\n")).unwrap(), key);
+        assert!(decode_key("c2hvcnQ").is_err());
+        assert!(decode_key("not base64 at all!").is_err());
+    }
+
+    #[test]
     fn config_debug_hides_the_database_password() {
         let config = Config {
-            listen: "127.0.0.1:8080".parse().unwrap(),
-            database_url: "postgres://convoy:s3cret@db:5432/convoy?sslmode=require".into(),
-            signing_key_file: None,
-            issuer: "convoy".into(),
-            region_hint: None,
+            redis_url: Some("redis://:r3dis@cache:6379".into()),
+            data_key: DataKeySource::Base64("c2VjcmV0LWtleS1ieXRlcw".into()),
+            ..Config::new(
+                "127.0.0.1:8080".parse().unwrap(),
+                "postgres://convoy:s3cret@db:5432/convoy?sslmode=require",
+            )
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("r3dis"), "{shown}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
         assert!(shown.contains("postgres://convoy:***@db:5432/convoy?sslmode=require"));
         assert_eq!(
             redact_password("sqlite://a/b.db?mode=rwc"),

@@ -2,7 +2,9 @@
 //!
 //! - access tokens: EdDSA JWTs, aud `api`, [`ACCESS_TTL_SECS`];
 //! - join tokens: EdDSA JWTs for one media node (aud = node id), [`JOIN_TTL_SECS`];
-//! - refresh tokens: 32 random bytes, handed out once, stored only as their SHA-256.
+//! - refresh tokens: 32 random bytes, handed out once, stored only as their SHA-256;
+//! - MFA challenge tokens (aud `login`, 5 min): the password was right, the second factor is due;
+//! - trusted-device tokens (aud `login`, 180 days): a device that signed in before.
 //!
 //! Time is an argument (Unix seconds); this module reads no clock.
 
@@ -11,10 +13,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use protocol::api::{Jwks, SessionKind};
 use protocol::ids::{GroupId, NodeId, SessionId, UserId};
 use protocol::token::{
-    AUD_API, AccessClaims, JoinClaims, ModerationClaims, Signer, TokenError, TokenKind,
+    AUD_API, AccessClaims, Claims, JoinClaims, ModerationClaims, Signer, TokenError, TokenKind,
     VerifyingKeys,
 };
 use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 
@@ -160,6 +163,88 @@ impl Tokens {
     }
 }
 
+/// Audience of the tokens only the control plane's login reads.
+const AUD_LOGIN: &str = "login";
+/// Lifetime of the token between a correct password and the second factor.
+pub(crate) const MFA_CHALLENGE_TTL_SECS: u64 = 300;
+/// Lifetime of a trusted-device token (renewed at every sign-in on the device).
+pub(crate) const TRUSTED_DEVICE_TTL_SECS: u64 = 180 * 24 * 3600;
+
+/// The token between a correct password and the second factor: who passed the first step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MfaChallengeClaims {
+    pub iss: String,
+    pub sub: UserId,
+    pub aud: String,
+    pub typ: TokenKind,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+}
+
+impl Claims for MfaChallengeClaims {
+    const KIND: TokenKind = TokenKind::MfaChallenge;
+}
+
+/// A device that signed in to `sub` before: its attempts get their own budget (`jti`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TrustedDeviceClaims {
+    pub iss: String,
+    pub sub: UserId,
+    pub aud: String,
+    pub typ: TokenKind,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+}
+
+impl Claims for TrustedDeviceClaims {
+    const KIND: TokenKind = TokenKind::TrustedDevice;
+}
+
+impl Tokens {
+    /// The token for the second sign-in step of `user`.
+    pub(crate) fn mfa_challenge(&self, user: UserId, now: u64) -> String {
+        self.signer.sign(&MfaChallengeClaims {
+            iss: self.issuer.clone(),
+            sub: user,
+            aud: AUD_LOGIN.into(),
+            typ: TokenKind::MfaChallenge,
+            iat: now,
+            exp: now + MFA_CHALLENGE_TTL_SECS,
+            jti: random_b64(16),
+        })
+    }
+
+    /// The user a second-step token was issued to.
+    pub(crate) fn verify_mfa_challenge(&self, token: &str, now: u64) -> Result<UserId, Refused> {
+        let claims: MfaChallengeClaims = self.keys.verify(token, AUD_LOGIN, now, LEEWAY_SECS)?;
+        if claims.iss != self.issuer {
+            return Err(Refused::Issuer);
+        }
+        Ok(claims.sub)
+    }
+
+    /// A trusted-device token for `user`.
+    pub(crate) fn trusted_device(&self, user: UserId, now: u64) -> String {
+        self.signer.sign(&TrustedDeviceClaims {
+            iss: self.issuer.clone(),
+            sub: user,
+            aud: AUD_LOGIN.into(),
+            typ: TokenKind::TrustedDevice,
+            iat: now,
+            exp: now + TRUSTED_DEVICE_TTL_SECS,
+            jti: random_b64(16),
+        })
+    }
+
+    /// The device id (`jti`) of a trusted-device token, if it is valid and for `user`.
+    pub(crate) fn trusted_device_of(&self, token: &str, user: UserId, now: u64) -> Option<String> {
+        let claims: TrustedDeviceClaims = self.keys.verify(token, AUD_LOGIN, now, 0).ok()?;
+        (claims.iss == self.issuer && claims.sub == user).then_some(claims.jti)
+    }
+}
+
 /// Lifetime of a moderation token: it is used at once.
 const MODERATION_TTL_SECS: u64 = 60;
 
@@ -241,6 +326,29 @@ mod tests {
             1_000,
         );
         assert!(t.verify_access(&join, 1_000).is_err());
+    }
+
+    #[test]
+    fn login_tokens_are_not_access_tokens_and_are_bound_to_their_user() {
+        let t = tokens();
+        let ann = UserId::from_uuid(Uuid::now_v7());
+        let bob = UserId::from_uuid(Uuid::now_v7());
+        let challenge = t.mfa_challenge(ann, 1_000);
+        assert_eq!(t.verify_mfa_challenge(&challenge, 1_000), Ok(ann));
+        assert!(t.verify_access(&challenge, 1_000).is_err());
+        assert!(
+            t.verify_mfa_challenge(&challenge, 1_000 + MFA_CHALLENGE_TTL_SECS + LEEWAY_SECS)
+                .is_err()
+        );
+        let device = t.trusted_device(ann, 1_000);
+        assert!(t.trusted_device_of(&device, ann, 1_000).is_some());
+        assert_eq!(t.trusted_device_of(&device, bob, 1_000), None);
+        assert_eq!(t.trusted_device_of(&challenge, ann, 1_000), None);
+        assert!(t.verify_mfa_challenge(&device, 1_000).is_err());
+        assert!(t.verify_access(&device, 1_000).is_err());
+        let access = t.access(ann, None, 1_000);
+        assert!(t.verify_mfa_challenge(&access, 1_000).is_err());
+        assert_eq!(t.trusted_device_of(&access, ann, 1_000), None);
     }
 
     #[test]

@@ -494,6 +494,7 @@ pub(crate) fn problem(
         title: title.to_string(),
         status: status.as_u16(),
         detail,
+        mfa_token: None,
     };
     let mut res = (status, serde_json::to_string(&body).unwrap_or_default()).into_response();
     res.headers_mut()

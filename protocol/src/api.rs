@@ -20,6 +20,81 @@ pub struct RegisterRequest {
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
+    /// The `trusted_device` token an earlier sign-in on this device returned. It proves nothing
+    /// about the password; it only keeps this device out of the account's shared attempt
+    /// budget, so someone guessing the password elsewhere cannot slow this device down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_device: Option<String>,
+}
+
+/// `POST /v1/auth/login/mfa`: the second step of a sign-in when the account has TOTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MfaLoginRequest {
+    /// The `mfa_token` of the login's `mfa-required` problem (valid 5 minutes).
+    pub mfa_token: String,
+    /// A 6-digit code from the authenticator app, or one of the recovery codes.
+    pub code: String,
+}
+
+/// `POST /v1/auth/password`: change the password. Every other sign-in session is signed out
+/// unless `sign_out_other_sessions` is `false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+    #[serde(default = "yes")]
+    pub sign_out_other_sessions: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Answer to `POST /v1/auth/password`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChanged {
+    /// How many other sign-in sessions were signed out.
+    pub revoked_sessions: u64,
+}
+
+/// `POST /v1/auth/totp`: a new, not yet active TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotpEnrollment {
+    /// The secret in base32 (RFC 4648, no padding), for typing into an app.
+    pub secret: String,
+    /// `otpauth://totp/...`, for a QR code.
+    pub otpauth_uri: String,
+}
+
+/// The account's password, asked again before a sensitive change (`POST /v1/auth/totp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordConfirmation {
+    pub password: String,
+}
+
+/// `GET /v1/auth/totp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotpStatus {
+    /// Sign-in asks for a code.
+    pub enabled: bool,
+    /// Recovery codes not used yet.
+    pub recovery_codes_left: u64,
+}
+
+/// A TOTP or recovery code: confirms an enrolment, disables TOTP, or renews recovery codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpCode {
+    pub code: String,
+}
+
+/// Recovery codes, shown once: each signs in once in place of a TOTP code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryCodes {
+    pub recovery_codes: Vec<String>,
 }
 
 /// `POST /v1/auth/refresh`: trade a refresh token for a new pair. The old one is spent.
@@ -65,6 +140,10 @@ pub struct AuthResponse {
     pub refresh_token: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
+    /// After a password sign-in: a token for this device to send with its next logins
+    /// ([`LoginRequest::trusted_device`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_device: Option<String>,
 }
 
 /// `GET /.well-known/jwks.json`.
@@ -274,6 +353,9 @@ pub struct Problem {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Extension member of the `mfa-required` problem: the token for `POST /v1/auth/login/mfa`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa_token: Option<String>,
 }
 
 /// The media type of [`Problem`] bodies.

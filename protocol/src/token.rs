@@ -31,6 +31,10 @@ pub enum TokenKind {
     Join,
     Location,
     Moderation,
+    /// Between a correct password and the second factor (control plane only).
+    MfaChallenge,
+    /// Marks a device that signed in before (control plane only).
+    TrustedDevice,
 }
 
 /// Claims every token kind has.

@@ -51,13 +51,10 @@ async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
 /// A control plane's config on a fresh SQLite file under the temp folder.
 fn sqlite_config(tag: &str) -> control_plane::Config {
     let dir = std::env::temp_dir().join(format!("convoy-{tag}-{}", uuid::Uuid::now_v7()));
-    control_plane::Config {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        database_url: format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
-        signing_key_file: None,
-        issuer: "convoy".into(),
-        region_hint: None,
-    }
+    control_plane::Config::new(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
+    )
 }
 
 impl Cluster {

@@ -3,27 +3,34 @@
 //! `POST /v1/auth/logout`, `GET /v1/auth/sessions` (devices), `DELETE /v1/auth/sessions/{id}` and
 //! `DELETE /v1/auth/sessions` (every other device).
 //!
+//! Also `POST /v1/auth/login/mfa` (the second factor) and `POST /v1/auth/password`.
+//!
 //! Login answers the same 401 after the same argon2 work whether the email is unknown or the
-//! password wrong (no enumeration by message, status or timing). A refresh token is spent by its
+//! password wrong (no enumeration by message, status or timing), and budgets attempts (see
+//! `throttle`): per client address, and per account unless the device proves with its
+//! trusted-device token that it signed in to the account before, so someone guessing from
+//! elsewhere never slows a known device down and nobody is ever locked out. A refresh token is spent by its
 //! use; presenting it again after [`REFRESH_REUSE_GRACE_SECS`] signs its session out (see
 //! `store::auth_sessions`). Access tokens are not revocable: they outlive a sign-out by at most
 //! their [`ACCESS_TTL_SECS`].
 
 use super::AppState;
 use super::error::AppError;
-use super::extract::{Caller, Json, Path};
+use super::extract::{Caller, ClientAddr, Json, Path};
 use crate::clock::{Now, rfc3339};
 use crate::domain::{Email, Password, Username};
-use crate::store::{Inserted, NewAuthSession, NewUser, Refreshed};
+use crate::store::{Inserted, NewAuthSession, NewUser, Refreshed, UserRow};
+use crate::throttle;
 use crate::tokens::{ACCESS_TTL_SECS, REFRESH_REUSE_GRACE_SECS, REFRESH_TTL_SECS, RefreshToken};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::api::{
-    AuthResponse, AuthSessionView, LoginRequest, RefreshRequest, RegisterRequest, RevokedSessions,
-    UserView,
+    AuthResponse, AuthSessionView, ChangePasswordRequest, LoginRequest, MfaLoginRequest,
+    PasswordChanged, RefreshRequest, RegisterRequest, RevokedSessions, UserView,
 };
 use protocol::ids::UserId;
+use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 /// Longest `User-Agent` kept for the device list.
@@ -61,35 +68,183 @@ pub(super) async fn register(
             "an account with this username or email already exists",
         ));
     }
-    let answer = sign_in(&state, user, user_agent(&headers), now).await?;
+    let mut answer = sign_in(&state, user, user_agent(&headers), now).await?;
+    answer.trusted_device = Some(state.tokens.trusted_device(answer.user.id, now.secs()));
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
+/// `POST /v1/auth/login`. Budgets: the client address, then the account (or, for a device
+/// that signed in to it before, that device). A refusal (429) comes before any password work,
+/// and an unknown email is budgeted exactly like a known one.
 pub(super) async fn login(
     State(state): State<AppState>,
+    client: ClientAddr,
     headers: HeaderMap,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<AuthResponse>, AppError> {
-    let account = state
-        .store
-        .user_by_email(&Email::normalize(&req.email))
-        .await?;
+    let now = Now::read();
+    let address = format!("address:{}", client.0);
+    admit(&state, &address, throttle::ADDRESS, now).await?;
+    let email = Email::normalize(&req.email);
+    let account = state.store.user_by_email(&email).await?;
+    let device = match (&req.trusted_device, &account) {
+        (Some(token), Some(account)) => {
+            state
+                .tokens
+                .trusted_device_of(token, account.id, now.secs())
+        }
+        _ => None,
+    };
+    let (budget, policy) = match device {
+        Some(device) => (format!("device:{device}"), throttle::TRUSTED_DEVICE),
+        None => (
+            format!("account:{}", short_digest(&email)),
+            throttle::ACCOUNT,
+        ),
+    };
+    admit(&state, &budget, policy, now).await?;
+
     let stored = account.as_ref().map(|a| a.password_hash.clone());
     let matches = state.passwords.verify(req.password, stored).await?;
     let Some(account) = account.filter(|_| matches) else {
         return Err(AppError::BadCredentials);
     };
+    state.throttle.forget(&budget, now.ms).await;
+    state.throttle.refund(&address, now.ms).await;
 
-    let now = Now::read();
+    if state
+        .store
+        .totp_factor(account.id)
+        .await?
+        .is_some_and(|f| f.enabled)
+    {
+        return Err(AppError::MfaRequired(
+            state.tokens.mfa_challenge(account.id, now.secs()),
+        ));
+    }
     state.store.touch_login(account.id, now.ms).await?;
     let user = UserView {
         id: account.id,
         username: account.username,
         email: account.email,
     };
-    Ok(Json(
-        sign_in(&state, user, user_agent(&headers), now).await?,
-    ))
+    let mut answer = sign_in(&state, user, user_agent(&headers), now).await?;
+    answer.trusted_device = Some(state.tokens.trusted_device(answer.user.id, now.secs()));
+    Ok(Json(answer))
+}
+
+/// `POST /v1/auth/login/mfa`: the second step, with the login's `mfa_token` and a TOTP or
+/// recovery code (budgeted per account, see [`super::totp::spend_code`]).
+pub(super) async fn login_mfa(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<MfaLoginRequest>,
+) -> Result<Json<AuthResponse>, AppError> {
+    let now = Now::read();
+    let user = state
+        .tokens
+        .verify_mfa_challenge(&req.mfa_token, now.secs())
+        .map_err(|e| AppError::InvalidToken(format!("mfa_token: {e}")))?;
+    super::totp::spend_code(&state, user, &req.code, true, now).await?;
+    let account = state
+        .store
+        .user_by_id(user)
+        .await?
+        .ok_or(AppError::InvalidToken(
+            "the account no longer exists".into(),
+        ))?;
+    state.store.touch_login(account.id, now.ms).await?;
+    let user = UserView {
+        id: account.id,
+        username: account.username,
+        email: account.email,
+    };
+    let mut answer = sign_in(&state, user, user_agent(&headers), now).await?;
+    answer.trusted_device = Some(state.tokens.trusted_device(answer.user.id, now.secs()));
+    Ok(Json(answer))
+}
+
+/// `POST /v1/auth/password`: a new password over the current one; every other sign-in
+/// session is signed out unless the caller asks otherwise. Budgeted like codes, per account.
+pub(super) async fn change_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(req): Json<ChangePasswordRequest>,
+) -> Result<Json<PasswordChanged>, AppError> {
+    let now = Now::read();
+    let account = confirm_password(&state, caller.user, req.current_password, now).await?;
+    let new = Password::parse(&req.new_password)?;
+    new.check_context(&account.username, &account.email)?;
+    let hash = state.passwords.hash(new).await?;
+    let changed = state
+        .store
+        .change_password(account.id, &account.password_hash, &hash, now.ms)
+        .await?;
+    if !changed {
+        return Err(AppError::Conflict(
+            "the password was changed by another request meanwhile; try again",
+        ));
+    }
+    let revoked_sessions = if req.sign_out_other_sessions {
+        state
+            .store
+            .revoke_other_auth_sessions(caller.user, caller.session, now.ms, "password-changed")
+            .await?
+    } else {
+        0
+    };
+    tracing::info!(user = %account.id, revoked_sessions, "password changed");
+    Ok(Json(PasswordChanged { revoked_sessions }))
+}
+
+/// The caller's account, after checking its password again (a sensitive change). A wrong
+/// password is 403: the caller's token is fine, the confirmation is not.
+pub(super) async fn confirm_password(
+    state: &AppState,
+    user: UserId,
+    password: String,
+    now: Now,
+) -> Result<UserRow, AppError> {
+    let budget = format!("password:{user}");
+    admit(state, &budget, throttle::CODES, now).await?;
+    let account = state
+        .store
+        .user_by_id(user)
+        .await?
+        .ok_or(AppError::InvalidToken(
+            "the account no longer exists".into(),
+        ))?;
+    let matches = state
+        .passwords
+        .verify(password, Some(account.password_hash.clone()))
+        .await?;
+    if !matches {
+        return Err(AppError::Forbidden("the current password is wrong"));
+    }
+    state.throttle.forget(&budget, now.ms).await;
+    Ok(account)
+}
+
+/// Admits an attempt on `budget` or answers 429 with the wait.
+pub(super) async fn admit(
+    state: &AppState,
+    budget: &str,
+    policy: throttle::Policy,
+    now: Now,
+) -> Result<(), AppError> {
+    state
+        .throttle
+        .admit(budget, policy, now.ms)
+        .await
+        .map_err(AppError::TooManyAttempts)
+}
+
+/// A budget key for an email that keeps the address itself out of Redis.
+fn short_digest(text: &str) -> String {
+    Sha256::digest(text.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub(super) async fn jwks(State(state): State<AppState>) -> Response {
@@ -126,6 +281,7 @@ async fn sign_in(
         refresh_token: refresh.secret,
         expires_in: ACCESS_TTL_SECS,
         user,
+        trusted_device: None,
     })
 }
 
@@ -185,6 +341,7 @@ pub(super) async fn refresh(
         access_token: state.tokens.access(user, Some(session), now.secs()),
         refresh_token: next.secret,
         expires_in: ACCESS_TTL_SECS,
+        trusted_device: None,
         user: UserView {
             id: account.id,
             username: account.username,

@@ -32,6 +32,17 @@ pub(crate) enum AppError {
     /// Login failed; the same answer whether or not the account exists (401).
     #[error("the email or the password is wrong")]
     BadCredentials,
+    /// The password was right; the account's second factor is due (401 with `mfa_token`).
+    #[error(
+        "this account has a second factor: send a code with the mfa_token to /v1/auth/login/mfa"
+    )]
+    MfaRequired(String),
+    /// A TOTP or recovery code that is wrong, outside its time step or already used (401).
+    #[error("the code is wrong, expired or already used")]
+    BadCode,
+    /// Too many attempts on one budget (429 with `Retry-After`).
+    #[error("too many attempts; try again in {} s", retry_after_secs(*.0))]
+    TooManyAttempts(std::time::Duration),
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("{0}")]
@@ -65,9 +76,12 @@ impl AppError {
         match self {
             AppError::InvalidInput(_) => StatusCode::BAD_REQUEST,
             AppError::BadRequest { status, .. } => *status,
-            AppError::MissingToken | AppError::InvalidToken(_) | AppError::BadCredentials => {
-                StatusCode::UNAUTHORIZED
-            }
+            AppError::MissingToken
+            | AppError::InvalidToken(_)
+            | AppError::BadCredentials
+            | AppError::MfaRequired(_)
+            | AppError::BadCode => StatusCode::UNAUTHORIZED,
+            AppError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Gone(_) => StatusCode::GONE,
@@ -96,6 +110,9 @@ impl AppError {
             AppError::MissingToken => ("unauthenticated", "Authentication required"),
             AppError::InvalidToken(_) => ("invalid-token", "The access token is not valid"),
             AppError::BadCredentials => ("invalid-credentials", "Invalid credentials"),
+            AppError::MfaRequired(_) => ("mfa-required", "A second factor is required"),
+            AppError::BadCode => ("invalid-code", "Invalid code"),
+            AppError::TooManyAttempts(_) => ("too-many-attempts", "Too many attempts"),
             AppError::Forbidden(_) => ("forbidden", "Not allowed"),
             AppError::NotFound(_) => ("not-found", "Not found"),
             AppError::Gone(_) => ("gone", "No longer available"),
@@ -120,6 +137,10 @@ impl AppError {
             title: title.to_owned(),
             status: self.status().as_u16(),
             detail,
+            mfa_token: match self {
+                AppError::MfaRequired(token) => Some(token.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -136,9 +157,18 @@ impl IntoResponse for AppError {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let AppError::TooManyAttempts(wait) = self {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(wait)),
+            );
+        }
         let challenge = match self {
             AppError::InvalidToken(_) => Some(BEARER_INVALID),
-            AppError::MissingToken | AppError::BadCredentials => Some(BEARER_CHALLENGE),
+            AppError::MissingToken
+            | AppError::BadCredentials
+            | AppError::MfaRequired(_)
+            | AppError::BadCode => Some(BEARER_CHALLENGE),
             _ => None,
         };
         if let Some(challenge) = challenge {
@@ -149,6 +179,11 @@ impl IntoResponse for AppError {
         }
         response
     }
+}
+
+/// Whole seconds to wait, rounded up, at least 1 (`Retry-After` has no fractions).
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
 /// Longest detail echoed about a caller's input (a serde message can quote a huge field name).
@@ -213,6 +248,11 @@ mod tests {
         assert_eq!(p.status, 410);
         assert_eq!(p.type_, "tag:convoy,2025:problem/gone");
         assert_eq!(p.detail.as_deref(), Some("the invite has expired"));
+
+        let response =
+            AppError::TooManyAttempts(std::time::Duration::from_millis(1_001)).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
 
         let response = AppError::MissingToken.into_response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);

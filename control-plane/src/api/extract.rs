@@ -6,12 +6,15 @@ use super::AppState;
 use super::error::{AppError, clipped};
 use crate::clock::Now;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use protocol::ids::UserId;
+use std::net::{IpAddr, SocketAddr};
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// A JSON body (64 KiB at most, see [`super::BODY_LIMIT`]) or a problem+json 400/413/415/422.
 #[derive(Debug, Clone, Copy, Default, FromRequest)]
@@ -92,6 +95,70 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The client an attempt budget is kept for: the connection's peer address or, when the peer
+/// is a configured trusted proxy, the nearest address in `X-Forwarded-For` that is not one.
+/// IPv6 addresses count by their /64 (one subscriber usually holds a whole /64). Without a
+/// known peer (requests that did not come through a socket), all share one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientAddr(pub String);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let ip = client_ip(peer, &parts.headers, &state.trusted_proxies);
+        Ok(ClientAddr(budget_key(ip)))
+    }
+}
+
+/// The client's address: the peer, or walking `X-Forwarded-For` from the right past trusted
+/// proxies. An entry that does not parse stops the walk at the last trusted hop.
+fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let mut ip = canonical(peer?);
+    if !trusted.contains(&ip) {
+        return Some(ip);
+    }
+    let hops = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.rsplit(','));
+    for hop in hops {
+        let Ok(addr) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        ip = canonical(addr);
+        if !trusted.contains(&ip) {
+            break;
+        }
+    }
+    Some(ip)
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn budget_key(ip: Option<IpAddr>) -> String {
+    match ip {
+        None => "unknown".to_owned(),
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 /// The token of an `Authorization: Bearer` header (the scheme is case-insensitive).
 fn bearer(headers: &HeaderMap) -> Result<&str, AppError> {
     let value = headers.get(AUTHORIZATION).ok_or(AppError::MissingToken)?;
@@ -118,6 +185,50 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, HeaderValue::from_static(value));
         h
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_forwarded_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxy = ip("10.0.0.1");
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+        );
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(Some(ip("9.9.9.9")), &h, &[proxy]),
+            Some(ip("9.9.9.9"))
+        );
+        // Behind one trusted proxy: the rightmost entry.
+        assert_eq!(client_ip(Some(proxy), &h, &[proxy]), Some(ip("10.0.0.2")));
+        // Behind two: past both, never the client-supplied leftmost entry.
+        let both = [proxy, ip("10.0.0.2")];
+        assert_eq!(client_ip(Some(proxy), &h, &both), Some(ip("1.2.3.4")));
+        // Garbage stops the walk at the last trusted hop.
+        let mut junk = HeaderMap::new();
+        junk.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("1.2.3.4, nonsense"),
+        );
+        assert_eq!(client_ip(Some(proxy), &junk, &[proxy]), Some(proxy));
+        assert_eq!(client_ip(None, &h, &[proxy]), None);
+        // Mapped IPv4 is IPv4; IPv6 counts by /64.
+        assert_eq!(
+            client_ip(Some(ip("::ffff:1.2.3.4")), &h, &[]),
+            Some(ip("1.2.3.4"))
+        );
+        assert_eq!(
+            budget_key(Some(ip("2001:db8:1:2:3:4:5:6"))),
+            budget_key(Some(ip("2001:db8:1:2:ffff::1")))
+        );
+        assert_ne!(
+            budget_key(Some(ip("2001:db8:1:2::1"))),
+            budget_key(Some(ip("2001:db8:1:3::1")))
+        );
+        assert_eq!(budget_key(None), "unknown");
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! `/livez` (the process answers) and `/readyz` (the database answers too).
+//! `/livez` (the process answers) and `/readyz` (the database answers too). `/readyz` says in
+//! its body whether the shared ephemeral state is degraded: Redis configured but not answering,
+//! so attempt budgets are kept per process. That is still ready: nothing durable depends on it.
 
 use super::AppState;
 use super::error::AppError;
+use super::extract::Json;
+use crate::clock::Now;
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde_json::json;
 use std::time::Duration;
 
 /// How long `/readyz` waits for the database.
@@ -13,9 +18,25 @@ pub(super) async fn livez() -> StatusCode {
     StatusCode::OK
 }
 
-pub(super) async fn readyz(State(state): State<AppState>) -> Result<StatusCode, AppError> {
+pub(super) async fn readyz(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, AppError> {
     match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Ok(StatusCode::OK),
+        Ok(Ok(())) => {
+            let redis = match &state.throttle {
+                t if !t.uses_redis() => "off",
+                t if t.shared(Now::read().ms) => "ok",
+                _ => "degraded",
+            };
+            let status = if redis == "degraded" {
+                "degraded"
+            } else {
+                "ok"
+            };
+            Ok(Json(
+                json!({"status": status, "database": "ok", "redis": redis}),
+            ))
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "database ping failed");
             Err(AppError::NotReady)
@@ -41,13 +62,10 @@ mod tests {
     async fn readyz_follows_the_database_and_livez_does_not() {
         let dir = std::env::temp_dir().join(format!("convoy-health-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: format!("sqlite://{}?mode=rwc", dir.join("db").display()),
-            signing_key_file: None,
-            issuer: "convoy-test".into(),
-            region_hint: None,
-        };
+        let config = Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            format!("sqlite://{}?mode=rwc", dir.join("db").display()),
+        );
         let cp = ControlPlane::new(&config, Arc::new(InProcessRegistry::new()))
             .await
             .unwrap();

@@ -14,10 +14,13 @@ mod groups;
 mod health;
 mod participants;
 mod sessions;
+mod totp;
 
 use crate::passwords::Passwords;
 use crate::registry::NodeRegistry;
+use crate::sealed::DataKey;
 use crate::store::Store;
+use crate::throttle::Throttle;
 use crate::tokens::Tokens;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -37,6 +40,14 @@ pub(crate) struct Shared {
     pub registry: Arc<dyn NodeRegistry>,
     pub tokens: Tokens,
     pub passwords: Passwords,
+    /// Attempt budgets against guessing.
+    pub throttle: Throttle,
+    /// Seals sensitive columns (TOTP secrets).
+    pub data_key: DataKey,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The issuer shown in authenticator apps.
+    pub totp_issuer: String,
     pub region_hint: Option<String>,
     /// Client for relaying moderation to media nodes.
     pub http: reqwest::Client,
@@ -71,6 +82,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(auth::jwks))
         .route("/v1/auth/register", post(auth::register))
         .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/login/mfa", post(auth::login_mfa))
+        .route("/v1/auth/password", post(auth::change_password))
+        .route("/v1/auth/totp", get(totp::status).post(totp::enroll))
+        .route("/v1/auth/totp/confirm", post(totp::confirm))
+        .route("/v1/auth/totp/disable", post(totp::disable))
+        .route(
+            "/v1/auth/totp/recovery-codes",
+            post(totp::renew_recovery_codes),
+        )
         .route("/v1/auth/refresh", post(auth::refresh))
         .route("/v1/auth/logout", post(auth::logout))
         .route(

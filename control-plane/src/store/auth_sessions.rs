@@ -308,11 +308,11 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::NewUser;
 
-    async fn store_with_user() -> (Store, UserId) {
+    pub(crate) async fn store_with_user() -> (Store, UserId) {
         let dir = std::env::temp_dir().join(format!("convoy-auth-{}", Uuid::now_v7()));
         let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.join("a.db").display()))
             .await

@@ -10,6 +10,7 @@
 mod auth_sessions;
 mod groups;
 mod participants;
+mod second_factor;
 mod sessions;
 mod users;
 
@@ -17,7 +18,7 @@ pub(crate) use auth_sessions::{NewAuthSession, Refreshed};
 pub(crate) use groups::{GroupRow, MemberGroup};
 pub(crate) use participants::ParticipantRow;
 pub(crate) use sessions::SessionRow;
-pub(crate) use users::NewUser;
+pub(crate) use users::{NewUser, UserRow};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row as _};

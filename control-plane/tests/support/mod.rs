@@ -5,6 +5,9 @@
 //! `CONVOY_TEST_POSTGRES_URL` names a PostgreSQL server, on a new database created through that
 //! admin URL and dropped afterwards (also when the scenario fails).
 
+// Each test binary uses its own part of the harness.
+#![allow(dead_code)]
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
@@ -124,6 +127,21 @@ impl<R: NodeRegistry> App<R> {
             None => Body::empty(),
         };
         self.send(request.body(body).unwrap()).await
+    }
+
+    /// `POST uri` with a JSON body and no token, from the client address `from` (as the
+    /// listener would record it).
+    pub async fn post_from(&self, from: std::net::SocketAddr, uri: &str, body: Value) -> Reply {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(from));
+        self.send(request).await
     }
 
     /// `POST uri` with a bearer token and a JSON body.
@@ -285,11 +303,8 @@ where
 {
     let registry = Arc::new(registry);
     let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: url.to_owned(),
-        signing_key_file: None,
         issuer: ISSUER.into(),
-        region_hint: None,
+        ..Config::new("127.0.0.1:0".parse().unwrap(), url)
     };
     let dyn_registry: Arc<dyn NodeRegistry> = registry.clone();
     let cp = ControlPlane::new(&config, dyn_registry).await.unwrap();

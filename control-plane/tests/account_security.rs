@@ -1,0 +1,463 @@
+//! Password changes, attempt budgets and the second factor, end to end through the router on
+//! SQLite and PostgreSQL. TOTP codes are computed here independently of the crate (RFC 6238).
+
+mod support;
+
+use axum::http::{Method, StatusCode, header};
+use hmac::{Hmac, Mac as _};
+use protocol::api::{AuthResponse, PasswordChanged, RecoveryCodes, TotpEnrollment, TotpStatus};
+use serde_json::{Value, json};
+use sqlx::Row as _;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+use support::{App, PASSWORD, SimulatedRegistry, with_each_backend};
+
+type Reg = SimulatedRegistry;
+
+fn addr(last: u8) -> SocketAddr {
+    SocketAddr::from(([198, 51, 100, last], 40_000))
+}
+
+async fn login(app: &App<Reg>, from: SocketAddr, body: Value) -> support::Reply {
+    app.post_from(from, "/v1/auth/login", body).await
+}
+
+fn credentials(name: &str, password: &str) -> Value {
+    json!({"email": format!("{name}@example.org"), "password": password})
+}
+
+// ---------------------------------------------------------------- password change
+
+#[tokio::test]
+async fn a_password_change_signs_the_other_devices_out_and_only_the_new_password_works() {
+    with_each_backend(Reg::default, |app| async move {
+        let ann = app.register("ann").await;
+        let phone: AuthResponse = login(&app, addr(1), credentials("ann", PASSWORD))
+            .await
+            .parse(StatusCode::OK);
+        let change = |current: &str, new: &str, others: Option<bool>| {
+            let mut body = json!({"current_password": current, "new_password": new});
+            if let Some(others) = others {
+                body["sign_out_other_sessions"] = json!(others);
+            }
+            let app = app.clone();
+            let token = ann.access_token.clone();
+            async move { app.post("/v1/auth/password", &token, body).await }
+        };
+
+        let wrong = change("not my password", "a brand new secret", None).await;
+        wrong.problem(StatusCode::FORBIDDEN);
+        let weak = change(PASSWORD, "password123", None).await;
+        weak.problem(StatusCode::BAD_REQUEST);
+        let own_name = change(PASSWORD, "ann@example.org", None).await;
+        own_name.problem(StatusCode::BAD_REQUEST);
+
+        let changed: PasswordChanged = change(PASSWORD, "a brand new secret", None)
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(changed.revoked_sessions, 1, "the phone, not this device");
+        let refresh = |token: String| {
+            let app = app.clone();
+            async move {
+                app.call(
+                    Method::POST,
+                    "/v1/auth/refresh",
+                    None,
+                    Some(json!({ "refresh_token": token })),
+                )
+                .await
+            }
+        };
+        refresh(phone.refresh_token.clone())
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        let still: AuthResponse = refresh(ann.refresh_token.clone())
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(still.user.id, ann.user.id);
+
+        login(&app, addr(1), credentials("ann", PASSWORD))
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        login(&app, addr(1), credentials("ann", "a brand new secret"))
+            .await
+            .parse::<AuthResponse>(StatusCode::OK);
+
+        // Keeping the other devices signed in, when asked.
+        let kept: PasswordChanged = change("a brand new secret", "another new secret", Some(false))
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(kept.revoked_sessions, 0);
+
+        let db = app.db().await;
+        let row = sqlx::query("SELECT password_changed_at FROM users WHERE username = 'ann'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert!(row.get::<Option<i64>, _>(0).is_some());
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- attempt budgets
+
+#[tokio::test]
+async fn guessing_one_account_is_slowed_alike_for_unknown_emails_but_never_a_known_device() {
+    with_each_backend(Reg::default, |app| async move {
+        let ann = app.register("ann").await;
+        let device = ann
+            .trusted_device
+            .clone()
+            .expect("register marks the device");
+        // Six wrong guesses from six addresses (the address budget stays out of it): the first
+        // five are free, the sixth sets a delay; the seventh must wait, even with the right
+        // password, for the account and for an email nobody has alike.
+        for email in ["ann", "nobody"] {
+            for i in 0..6 {
+                login(&app, addr(10 + i), credentials(email, "wrong guess"))
+                    .await
+                    .problem(StatusCode::UNAUTHORIZED);
+            }
+            let refused = login(&app, addr(20), credentials(email, PASSWORD)).await;
+            let problem = refused.problem(StatusCode::TOO_MANY_REQUESTS);
+            assert!(problem.type_.ends_with("too-many-attempts"), "{problem:?}");
+            assert_eq!(refused.headers[header::RETRY_AFTER], "1", "{refused:?}");
+        }
+
+        // Ann's own device, which signed in before, is not slowed down by the guessing.
+        let mut body = credentials("ann", PASSWORD);
+        body["trusted_device"] = json!(device);
+        let signed_in: AuthResponse = login(&app, addr(30), body.clone())
+            .await
+            .parse(StatusCode::OK);
+        assert!(signed_in.trusted_device.is_some());
+        // A device token of another account, or garbage, earns nothing.
+        let bob = app.register("bob").await;
+        body["trusted_device"] = json!(bob.trusted_device.unwrap());
+        login(&app, addr(31), body.clone())
+            .await
+            .problem(StatusCode::TOO_MANY_REQUESTS);
+        body["trusted_device"] = json!("garbage");
+        login(&app, addr(32), body)
+            .await
+            .problem(StatusCode::TOO_MANY_REQUESTS);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_address_guessing_many_accounts_is_slowed_but_its_correct_sign_ins_cost_nothing() {
+    with_each_backend(Reg::default, |app| async move {
+        app.register("ann").await;
+        let guesser = addr(1);
+        // Correct sign-ins from the address are refunded: they never use up its budget.
+        for _ in 0..40 {
+            login(&app, guesser, credentials("ann", PASSWORD))
+                .await
+                .parse::<AuthResponse>(StatusCode::OK);
+        }
+        // Thirty free failures over thirty accounts, a thirty-first that sets the delay.
+        for i in 0..31 {
+            login(
+                &app,
+                guesser,
+                credentials(&format!("user{i}"), "wrong guess"),
+            )
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        }
+        let refused = login(&app, guesser, credentials("ann", PASSWORD)).await;
+        refused.problem(StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+        // Another address is not affected.
+        login(&app, addr(2), credentials("ann", PASSWORD))
+            .await
+            .parse::<AuthResponse>(StatusCode::OK);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- TOTP
+
+/// RFC 6238 (HMAC-SHA-1, 6 digits, 30 s) over a base32 secret.
+fn totp(secret_b32: &str, step: u64) -> String {
+    let mut bits = 0u64;
+    let mut count = 0;
+    let mut secret = Vec::new();
+    for c in secret_b32.bytes() {
+        let v = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+            .iter()
+            .position(|x| *x == c)
+            .unwrap() as u64;
+        bits = (bits << 5) | v;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            secret.push((bits >> count) as u8);
+        }
+    }
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&secret).unwrap();
+    mac.update(&step.to_be_bytes());
+    let d = mac.finalize().into_bytes();
+    let o = (d[19] & 0xf) as usize;
+    let v = u32::from_be_bytes([d[o] & 0x7f, d[o + 1], d[o + 2], d[o + 3]]) % 1_000_000;
+    format!("{v:06}")
+}
+
+fn step_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30
+}
+
+#[tokio::test]
+async fn totp_is_enrolled_with_the_password_then_every_sign_in_needs_a_code_used_once() {
+    with_each_backend(Reg::default, |app| async move {
+        let ann = app.register("ann").await;
+        let token = ann.access_token.clone();
+        let get_status = || {
+            let (app, token) = (app.clone(), token.clone());
+            async move {
+                app.call(Method::GET, "/v1/auth/totp", Some(&token), None)
+                    .await
+                    .parse::<TotpStatus>(StatusCode::OK)
+            }
+        };
+        assert!(!get_status().await.enabled);
+
+        app.post("/v1/auth/totp", &token, json!({"password": "wrong"}))
+            .await
+            .problem(StatusCode::FORBIDDEN);
+        let enrolment: TotpEnrollment = app
+            .post("/v1/auth/totp", &token, json!({"password": PASSWORD}))
+            .await
+            .parse(StatusCode::CREATED);
+        assert!(
+            enrolment.otpauth_uri.starts_with("otpauth://totp/")
+                && enrolment
+                    .otpauth_uri
+                    .contains(&format!("secret={}", enrolment.secret)),
+            "{enrolment:?}"
+        );
+        assert_eq!(enrolment.secret.len(), 32, "160 bits in base32");
+        // Stored sealed, never as the secret itself.
+        let db = app.db().await;
+        let sealed: String = sqlx::query("SELECT secret_sealed FROM totp_factors")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get(0);
+        assert!(sealed.starts_with("v1."), "{sealed}");
+        assert!(!sealed.contains(&enrolment.secret));
+
+        // Not on until confirmed: sign-in still takes the password alone.
+        login(&app, addr(1), credentials("ann", PASSWORD))
+            .await
+            .parse::<AuthResponse>(StatusCode::OK);
+        let step = step_now();
+        let confirm = |code: String| {
+            let (app, token) = (app.clone(), token.clone());
+            async move {
+                app.post("/v1/auth/totp/confirm", &token, json!({ "code": code }))
+                    .await
+            }
+        };
+        let wrong_code = if totp(&enrolment.secret, step) == "000000" {
+            "000001"
+        } else {
+            "000000"
+        };
+        confirm(wrong_code.into())
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        let first: RecoveryCodes = confirm(totp(&enrolment.secret, step))
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(first.recovery_codes.len(), 10);
+        confirm(totp(&enrolment.secret, step + 1))
+            .await
+            .problem(StatusCode::CONFLICT);
+        let status = get_status().await;
+        assert!(status.enabled);
+        assert_eq!(status.recovery_codes_left, 10);
+
+        // The password alone now answers mfa-required with a token for the second step.
+        let mfa_token = || {
+            let app = app.clone();
+            async move {
+                let reply = login(&app, addr(1), credentials("ann", PASSWORD)).await;
+                let problem = reply.problem(StatusCode::UNAUTHORIZED);
+                assert!(problem.type_.ends_with("mfa-required"), "{problem:?}");
+                problem.mfa_token.expect("an mfa_token")
+            }
+        };
+        let second = |mfa: String, code: String| {
+            let app = app.clone();
+            async move {
+                app.call(
+                    Method::POST,
+                    "/v1/auth/login/mfa",
+                    None,
+                    Some(json!({"mfa_token": mfa, "code": code})),
+                )
+                .await
+            }
+        };
+        // A wrong password still says nothing about the second factor.
+        let wrong = login(&app, addr(1), credentials("ann", "wrong guess")).await;
+        assert!(wrong.problem(StatusCode::UNAUTHORIZED).mfa_token.is_none());
+
+        // The confirming code was spent: it does not sign in.
+        let mfa = mfa_token().await;
+        let spent = second(mfa.clone(), totp(&enrolment.secret, step)).await;
+        assert!(
+            spent
+                .problem(StatusCode::UNAUTHORIZED)
+                .type_
+                .ends_with("invalid-code")
+        );
+        // An access token is not an mfa_token.
+        second(ann.access_token.clone(), totp(&enrolment.secret, step + 1))
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+
+        // The next step's code renews the recovery codes (TOTP only, not a recovery code).
+        let renew = |code: String| {
+            let (app, token) = (app.clone(), token.clone());
+            async move {
+                app.post(
+                    "/v1/auth/totp/recovery-codes",
+                    &token,
+                    json!({ "code": code }),
+                )
+                .await
+            }
+        };
+        renew(first.recovery_codes[0].clone())
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        let renewed: RecoveryCodes = renew(totp(&enrolment.secret, step + 1))
+            .await
+            .parse(StatusCode::OK);
+        // ... and that code is spent too.
+        second(mfa.clone(), totp(&enrolment.secret, step + 1))
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+
+        // Old recovery codes are gone; a new one signs in once, typed any way.
+        second(mfa.clone(), first.recovery_codes[1].clone())
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        let typed = renewed.recovery_codes[0].to_uppercase().replace('-', " ");
+        let signed_in: AuthResponse = second(mfa.clone(), typed).await.parse(StatusCode::OK);
+        assert_eq!(signed_in.user.id, ann.user.id);
+        assert!(signed_in.trusted_device.is_some());
+        second(mfa_token().await, renewed.recovery_codes[0].clone())
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        assert_eq!(get_status().await.recovery_codes_left, 9);
+
+        // Turned off with a recovery code: the password alone signs in again.
+        let off = app
+            .post(
+                "/v1/auth/totp/disable",
+                &token,
+                json!({"code": renewed.recovery_codes[1]}),
+            )
+            .await;
+        assert_eq!(off.status, StatusCode::NO_CONTENT, "{off:?}");
+        assert!(!get_status().await.enabled);
+        login(&app, addr(1), credentials("ann", PASSWORD))
+            .await
+            .parse::<AuthResponse>(StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn guessing_codes_is_slowed_per_account() {
+    with_each_backend(Reg::default, |app| async move {
+        let ann = app.register("ann").await;
+        let token = ann.access_token.clone();
+        let enrolment: TotpEnrollment = app
+            .post("/v1/auth/totp", &token, json!({"password": PASSWORD}))
+            .await
+            .parse(StatusCode::CREATED);
+        let step = step_now();
+        app.post(
+            "/v1/auth/totp/confirm",
+            &token,
+            json!({"code": totp(&enrolment.secret, step)}),
+        )
+        .await
+        .parse::<RecoveryCodes>(StatusCode::OK);
+        let reply = login(&app, addr(1), credentials("ann", PASSWORD)).await;
+        let mfa = reply.problem(StatusCode::UNAUTHORIZED).mfa_token.unwrap();
+        let valid: Vec<String> = (step - 1..=step + 1)
+            .map(|s| totp(&enrolment.secret, s))
+            .collect();
+        let guesses = (0..)
+            .map(|n| format!("{n:06}"))
+            .filter(|g| !valid.contains(g))
+            .take(6);
+        for guess in guesses {
+            app.call(
+                Method::POST,
+                "/v1/auth/login/mfa",
+                None,
+                Some(json!({"mfa_token": mfa, "code": guess})),
+            )
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        }
+        // The next attempt waits, even with the right code.
+        let refused = app
+            .call(
+                Method::POST,
+                "/v1/auth/login/mfa",
+                None,
+                Some(json!({"mfa_token": mfa, "code": totp(&enrolment.secret, step + 1)})),
+            )
+            .await;
+        refused.problem(StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_same_code_sent_twice_at_once_signs_in_once() {
+    with_each_backend(Reg::default, |app| async move {
+        let ann = app.register("ann").await;
+        let token = ann.access_token.clone();
+        let enrolment: TotpEnrollment = app
+            .post("/v1/auth/totp", &token, json!({"password": PASSWORD}))
+            .await
+            .parse(StatusCode::CREATED);
+        let step = step_now();
+        app.post(
+            "/v1/auth/totp/confirm",
+            &token,
+            json!({"code": totp(&enrolment.secret, step)}),
+        )
+        .await
+        .parse::<RecoveryCodes>(StatusCode::OK);
+        let reply = login(&app, addr(1), credentials("ann", PASSWORD)).await;
+        let mfa = reply.problem(StatusCode::UNAUTHORIZED).mfa_token.unwrap();
+        let body = json!({"mfa_token": mfa, "code": totp(&enrolment.secret, step + 1)});
+        let send = || {
+            let (app, body) = (app.clone(), body.clone());
+            tokio::spawn(async move {
+                app.call(Method::POST, "/v1/auth/login/mfa", None, Some(body))
+                    .await
+            })
+        };
+        let (a, b) = (send(), send());
+        let mut statuses = [a.await.unwrap().status, b.await.unwrap().status];
+        statuses.sort();
+        assert_eq!(statuses, [StatusCode::OK, StatusCode::UNAUTHORIZED]);
+    })
+    .await;
+}
