@@ -94,7 +94,7 @@ impl DevStack {
             ..control_plane::Config::new(config.control_plane_listen, database_url)
         };
         let cp = ControlPlane::new(&cp_config, registry.clone()).await?;
-        let signer = cp.signer().clone();
+        let signer = cp.signer();
         let ingest = cp.session_events();
         let listener = tokio::net::TcpListener::bind(config.control_plane_listen)
             .await

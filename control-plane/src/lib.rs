@@ -22,12 +22,14 @@ pub mod allocator;
 mod api;
 mod clock;
 mod domain;
+mod keyring;
 mod keys;
 mod passwords;
 pub mod registry;
 pub mod registry_redis;
 mod sealed;
 pub mod session_events;
+mod signing;
 mod store;
 mod throttle;
 mod tokens;
@@ -50,9 +52,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://path?mode=rwc` or `postgres://user@host/db`.
     pub database_url: String,
-    /// A file holding the 32-byte Ed25519 seed, created (mode 0600) if missing; `None` for a
-    /// key that lives as long as the process.
+    /// A file holding a 32-byte Ed25519 seed (created, mode 0600, if missing): the first
+    /// signing key when the database holds none. Signing keys live in the database, sealed with
+    /// the data key, and rotate every `signing_key_period`.
     pub signing_key_file: Option<PathBuf>,
+    /// Time between signing-key rotations (the new key is published 10 minutes before it signs,
+    /// the old one kept for an hour after).
+    pub signing_key_period: std::time::Duration,
     /// The `iss` of every token signed, checked on every access token.
     pub issuer: String,
     /// The region whose media nodes new sessions prefer.
@@ -72,6 +78,7 @@ impl Config {
             listen,
             database_url: database_url.into(),
             signing_key_file: None,
+            signing_key_period: std::time::Duration::from_millis(keyring::DEFAULT_PERIOD_MS as u64),
             issuer: "convoy".into(),
             region_hint: None,
             redis_url: None,
@@ -137,6 +144,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("database_url", &redact_password(&self.database_url))
             .field("signing_key_file", &self.signing_key_file)
+            .field("signing_key_period", &self.signing_key_period)
             .field("issuer", &self.issuer)
             .field("region_hint", &self.region_hint)
             .field("redis_url", &self.redis_url.as_deref().map(redact_password))
@@ -167,6 +175,7 @@ fn redact_password(url: &str) -> String {
 pub struct ControlPlane {
     state: api::AppState,
     events: EventIngest,
+    keys: signing::KeySource,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -183,19 +192,30 @@ impl ControlPlane {
         let store = store::Store::open(&config.database_url)
             .await
             .context("opening the database")?;
-        let seed = match config.signing_key_file.clone() {
-            Some(path) => tokio::task::spawn_blocking(move || keys::load_or_create_seed(&path))
-                .await
-                .context("loading the signing key")??,
-            None => keys::ephemeral_seed(),
+        let import = match config.signing_key_file.clone() {
+            Some(path) => Some(
+                tokio::task::spawn_blocking(move || keys::load_or_create_seed(&path))
+                    .await
+                    .context("loading the signing key")??,
+            ),
+            None => None,
         };
-        let signer = protocol::token::Signer::from_seed(&seed);
-        tracing::info!(kid = signer.kid(), "signing key ready");
         let passwords = passwords::Passwords::new()
             .await
             .context("preparing the password hasher")?;
         let data_key = config.data_key.load().await?;
         tracing::info!(kid = data_key.kid(), "data key ready");
+        let key_source = signing::KeySource {
+            store: store.clone(),
+            data_key: data_key.clone(),
+            period_ms: i64::try_from(config.signing_key_period.as_millis()).unwrap_or(i64::MAX),
+            import,
+        };
+        let ring = key_source
+            .ring(clock::Now::read().ms)
+            .await
+            .context("loading the signing keys")?;
+        tracing::info!(kid = ring.signer.kid(), "signing key ready");
         let throttle = match &config.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.as_str()).context("the Redis URL")?;
@@ -209,7 +229,7 @@ impl ControlPlane {
         let shared = api::Shared {
             store,
             registry,
-            tokens: tokens::Tokens::new(signer, config.issuer.clone()),
+            tokens: tokens::Tokens::with_ring(ring, config.issuer.clone()),
             passwords,
             throttle,
             data_key,
@@ -219,9 +239,12 @@ impl ControlPlane {
             http: reqwest::Client::new(),
         };
         let events = session_events::spawn_ingest(shared.store.clone());
+        let state = api::AppState(Arc::new(shared));
+        spawn_key_refresh(Arc::downgrade(&state.0), key_source.clone());
         Ok(Self {
-            state: api::AppState(Arc::new(shared)),
+            state,
             events,
+            keys: key_source,
         })
     }
 
@@ -259,10 +282,35 @@ impl ControlPlane {
         api::router(self.state.clone())
     }
 
-    /// The key every token is signed with (tests mint tokens with it).
-    pub fn signer(&self) -> &protocol::token::Signer {
+    /// The key tokens are signed with now (tests mint tokens with it).
+    pub fn signer(&self) -> protocol::token::Signer {
         self.state.tokens.signer()
     }
+
+    /// What the background refresh does every minute, at a given time: stores the next signing
+    /// key if one is due, then signs with and publishes the keys of `now_ms` (Unix ms). Tests
+    /// call it with a simulated clock.
+    pub async fn refresh_signing_keys_at(&self, now_ms: i64) -> anyhow::Result<()> {
+        let ring = self.keys.ring(now_ms).await?;
+        self.state.tokens.install(ring);
+        Ok(())
+    }
+}
+
+/// Re-reads the signing keys every [`signing::REFRESH_INTERVAL`] while the control plane lives.
+fn spawn_key_refresh(state: std::sync::Weak<api::Shared>, keys: signing::KeySource) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(signing::REFRESH_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else { return };
+            match keys.ring(clock::Now::read().ms).await {
+                Ok(ring) => state.tokens.install(ring),
+                Err(e) => tracing::warn!(error = %e, "signing keys not refreshed"),
+            }
+        }
+    });
 }
 
 /// Serves `cp` on `listener` until `shutdown` completes, then lets in-flight requests finish.
@@ -295,6 +343,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let config = Config {
             signing_key_file: Some(dir.join("keys/signing.key")),
+            data_key: DataKeySource::File(dir.join("keys/data.key")),
             issuer: "convoy-test".into(),
             ..Config::new(
                 "127.0.0.1:0".parse().unwrap(),
@@ -324,11 +373,29 @@ mod tests {
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
 
-        // The key file outlives the process: a second start signs with the same key.
+        // The stored key outlives the process: a second start signs with the same key.
         let again = ControlPlane::new(&config, Arc::new(InProcessRegistry::new()))
             .await
             .unwrap();
         assert_eq!(again.signer().kid(), kid);
+        // A fresh database starts from the key file.
+        let fresh = Config {
+            database_url: format!("sqlite://{}?mode=rwc", dir.join("db2").display()),
+            ..config.clone()
+        };
+        let imported = ControlPlane::new(&fresh, Arc::new(InProcessRegistry::new()))
+            .await
+            .unwrap();
+        assert_eq!(imported.signer().kid(), kid);
+        // With another data key the stored key does not open: a new generation takes over.
+        let other = Config {
+            data_key: DataKeySource::Ephemeral,
+            ..config.clone()
+        };
+        let rekeyed = ControlPlane::new(&other, Arc::new(InProcessRegistry::new()))
+            .await
+            .unwrap();
+        assert_ne!(rekeyed.signer().kid(), kid);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

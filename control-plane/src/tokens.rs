@@ -8,6 +8,7 @@
 //!
 //! Time is an argument (Unix seconds); this module reads no clock.
 
+use crate::keyring::Ring;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use protocol::api::{Jwks, SessionKind};
@@ -20,6 +21,17 @@ use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+impl Current {
+    fn of(ring: Ring) -> Self {
+        Self {
+            keys: VerifyingKeys::from_jwks(&ring.jwks),
+            signer: ring.signer,
+            jwks: ring.jwks,
+        }
+    }
+}
 
 /// Lifetime of an access token.
 pub(crate) const ACCESS_TTL_SECS: u64 = 600;
@@ -64,39 +76,63 @@ pub(crate) struct JoinGrant {
     pub e2ee: bool,
 }
 
-/// The control plane's signing key, the matching public keys and its issuer name.
-#[derive(Debug, Clone)]
+/// The control plane's key ring (the signing key and the published public keys, replaced
+/// whole when keys rotate, see `keyring`) and its issuer name.
+#[derive(Debug)]
 pub(crate) struct Tokens {
-    signer: Signer,
-    keys: VerifyingKeys,
-    jwks: Jwks,
+    current: RwLock<Arc<Current>>,
     issuer: String,
 }
 
+#[derive(Debug)]
+struct Current {
+    signer: Signer,
+    keys: VerifyingKeys,
+    jwks: Jwks,
+}
+
 impl Tokens {
+    /// Tokens signed by `signer` alone.
+    #[cfg(test)]
     pub(crate) fn new(signer: Signer, issuer: String) -> Self {
         let jwks = Jwks {
             keys: vec![signer.jwk()],
         };
+        Self::with_ring(Ring { signer, jwks }, issuer)
+    }
+
+    pub(crate) fn with_ring(ring: Ring, issuer: String) -> Self {
         Self {
-            keys: VerifyingKeys::from_jwks(&jwks),
-            jwks,
-            signer,
+            current: RwLock::new(Arc::new(Current::of(ring))),
             issuer,
         }
     }
 
-    pub(crate) fn signer(&self) -> &Signer {
-        &self.signer
+    /// Replaces the signing key and the published keys at once.
+    pub(crate) fn install(&self, ring: Ring) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Current::of(ring));
     }
 
-    pub(crate) fn jwks(&self) -> &Jwks {
-        &self.jwks
+    fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The key that signs now.
+    pub(crate) fn signer(&self) -> Signer {
+        self.current().signer.clone()
+    }
+
+    /// The keys published now.
+    pub(crate) fn jwks(&self) -> Jwks {
+        self.current().jwks.clone()
     }
 
     /// A fresh access token for `user`, in sign-in session `session`.
     pub(crate) fn access(&self, user: UserId, session: Option<uuid::Uuid>, now: u64) -> String {
-        self.signer.sign(&AccessClaims {
+        self.current().signer.sign(&AccessClaims {
             iss: self.issuer.clone(),
             sub: user,
             aud: AUD_API.into(),
@@ -110,7 +146,10 @@ impl Tokens {
 
     /// Checks an access token: signature, kind, audience, time window, issuer.
     pub(crate) fn verify_access(&self, token: &str, now: u64) -> Result<AccessClaims, Refused> {
-        let claims: AccessClaims = self.keys.verify(token, AUD_API, now, LEEWAY_SECS)?;
+        let claims: AccessClaims = self
+            .current()
+            .keys
+            .verify(token, AUD_API, now, LEEWAY_SECS)?;
         if claims.iss != self.issuer {
             return Err(Refused::Issuer);
         }
@@ -119,7 +158,7 @@ impl Tokens {
 
     /// A join token for one node, single use by its random `jti`.
     pub(crate) fn join(&self, grant: JoinGrant, now: u64) -> String {
-        self.signer.sign(&JoinClaims {
+        self.current().signer.sign(&JoinClaims {
             iss: self.issuer.clone(),
             sub: grant.user,
             aud: grant.node,
@@ -150,7 +189,7 @@ impl Tokens {
         session: SessionId,
         now: u64,
     ) -> String {
-        self.signer.sign(&ModerationClaims {
+        self.current().signer.sign(&ModerationClaims {
             iss: self.issuer.clone(),
             sub: user,
             aud: node,
@@ -205,7 +244,7 @@ impl Claims for TrustedDeviceClaims {
 impl Tokens {
     /// The token for the second sign-in step of `user`.
     pub(crate) fn mfa_challenge(&self, user: UserId, now: u64) -> String {
-        self.signer.sign(&MfaChallengeClaims {
+        self.current().signer.sign(&MfaChallengeClaims {
             iss: self.issuer.clone(),
             sub: user,
             aud: AUD_LOGIN.into(),
@@ -218,7 +257,10 @@ impl Tokens {
 
     /// The user a second-step token was issued to.
     pub(crate) fn verify_mfa_challenge(&self, token: &str, now: u64) -> Result<UserId, Refused> {
-        let claims: MfaChallengeClaims = self.keys.verify(token, AUD_LOGIN, now, LEEWAY_SECS)?;
+        let claims: MfaChallengeClaims =
+            self.current()
+                .keys
+                .verify(token, AUD_LOGIN, now, LEEWAY_SECS)?;
         if claims.iss != self.issuer {
             return Err(Refused::Issuer);
         }
@@ -227,7 +269,7 @@ impl Tokens {
 
     /// A trusted-device token for `user`.
     pub(crate) fn trusted_device(&self, user: UserId, now: u64) -> String {
-        self.signer.sign(&TrustedDeviceClaims {
+        self.current().signer.sign(&TrustedDeviceClaims {
             iss: self.issuer.clone(),
             sub: user,
             aud: AUD_LOGIN.into(),
@@ -240,7 +282,8 @@ impl Tokens {
 
     /// The device id (`jti`) of a trusted-device token, if it is valid and for `user`.
     pub(crate) fn trusted_device_of(&self, token: &str, user: UserId, now: u64) -> Option<String> {
-        let claims: TrustedDeviceClaims = self.keys.verify(token, AUD_LOGIN, now, 0).ok()?;
+        let claims: TrustedDeviceClaims =
+            self.current().keys.verify(token, AUD_LOGIN, now, 0).ok()?;
         (claims.iss == self.issuer && claims.sub == user).then_some(claims.jti)
     }
 }

@@ -461,3 +461,88 @@ async fn the_same_code_sent_twice_at_once_signs_in_once() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------- signing keys
+
+async fn published_kids(cp: &control_plane::ControlPlane) -> Vec<String> {
+    use tower::ServiceExt as _;
+    let request = axum::http::Request::get("/.well-known/jwks.json")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = cp.router().oneshot(request).await.unwrap();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let jwks: protocol::api::Jwks = serde_json::from_slice(&body).unwrap();
+    jwks.keys.into_iter().map(|k| k.kid).collect()
+}
+
+#[tokio::test]
+async fn signing_keys_rotate_in_step_across_replicas_published_before_use_kept_until_expiry() {
+    use protocol::token::{AUD_API, AccessClaims, VerifyingKeys, peek_kid};
+    const MINUTE: i64 = 60_000;
+    const DAY: i64 = 24 * 60 * MINUTE;
+    with_each_backend(Reg::default, |app| async move {
+        let t0 = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let first = &app.control_plane;
+        let replica = control_plane::ControlPlane::new(
+            &support::config(&app.database_url),
+            std::sync::Arc::new(control_plane::InProcessRegistry::new()),
+        )
+        .await
+        .unwrap();
+        let k1 = first.signer().kid().to_owned();
+        assert_eq!(replica.signer().kid(), k1, "replicas share the key");
+        assert_eq!(published_kids(first).await, vec![k1.clone()]);
+        let before = app.register("ann").await;
+
+        // Ten minutes before the 30 days are up, both replicas plan the next generation; one
+        // key is stored, published by both, and signs nothing yet.
+        let due = t0 + 30 * DAY - 10 * MINUTE;
+        first.refresh_signing_keys_at(due).await.unwrap();
+        replica.refresh_signing_keys_at(due).await.unwrap();
+        let both = published_kids(first).await;
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert_eq!(published_kids(&replica).await, both);
+        let k2 = both.iter().find(|k| **k != k1).unwrap().clone();
+        assert_eq!(first.signer().kid(), k1);
+        assert_eq!(replica.signer().kid(), k1);
+
+        // At the end of the period it signs; the old key stays published for its tokens.
+        let switch = t0 + 30 * DAY;
+        first.refresh_signing_keys_at(switch).await.unwrap();
+        replica.refresh_signing_keys_at(switch).await.unwrap();
+        assert_eq!(first.signer().kid(), k2);
+        assert_eq!(replica.signer().kid(), k2);
+        let after = app.register("bob").await;
+        assert_eq!(peek_kid(&after.access_token).unwrap(), Some(k2.clone()));
+        assert_eq!(peek_kid(&before.access_token).unwrap(), Some(k1.clone()));
+        let reply = app
+            .call(Method::GET, "/.well-known/jwks.json", None, None)
+            .await;
+        let keys = VerifyingKeys::from_jwks(&reply.parse(StatusCode::OK));
+        let now = (t0 / 1000) as u64;
+        for token in [&before.access_token, &after.access_token] {
+            keys.verify::<AccessClaims>(token, AUD_API, now, 30)
+                .unwrap();
+        }
+
+        // An hour after the switch the old key is gone; nothing more is planned for 30 days.
+        let retired = switch + 60 * MINUTE;
+        first.refresh_signing_keys_at(retired).await.unwrap();
+        assert_eq!(published_kids(first).await, vec![k2]);
+        let db = app.db().await;
+        let rows = sqlx::query("SELECT seed_sealed FROM signing_keys")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        for row in rows {
+            assert!(row.get::<String, _>(0).starts_with("v1."));
+        }
+    })
+    .await;
+}

@@ -248,7 +248,7 @@ fn short_digest(text: &str) -> String {
 }
 
 pub(super) async fn jwks(State(state): State<AppState>) -> Response {
-    let mut response = Json(state.tokens.jwks().clone()).into_response();
+    let mut response = Json(state.tokens.jwks()).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

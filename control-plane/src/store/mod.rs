@@ -12,12 +12,14 @@ mod groups;
 mod participants;
 mod second_factor;
 mod sessions;
+mod signing_keys;
 mod users;
 
 pub(crate) use auth_sessions::{NewAuthSession, Refreshed};
 pub(crate) use groups::{GroupRow, MemberGroup};
 pub(crate) use participants::ParticipantRow;
 pub(crate) use sessions::SessionRow;
+pub(crate) use signing_keys::SigningKeyRow;
 pub(crate) use users::{NewUser, UserRow};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};

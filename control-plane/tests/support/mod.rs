@@ -37,6 +37,7 @@ pub struct App<R> {
     pub events: control_plane::EventIngest,
     pub registry: Arc<R>,
     pub database_url: String,
+    pub control_plane: Arc<ControlPlane>,
 }
 
 impl<R> Clone for App<R> {
@@ -47,6 +48,7 @@ impl<R> Clone for App<R> {
             events: self.events.clone(),
             registry: self.registry.clone(),
             database_url: self.database_url.clone(),
+            control_plane: self.control_plane.clone(),
         }
     }
 }
@@ -302,21 +304,31 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let registry = Arc::new(registry);
-    let config = Config {
-        issuer: ISSUER.into(),
-        ..Config::new("127.0.0.1:0".parse().unwrap(), url)
-    };
+    let config = config(url);
     let dyn_registry: Arc<dyn NodeRegistry> = registry.clone();
     let cp = ControlPlane::new(&config, dyn_registry).await.unwrap();
     let app = App {
         router: cp.router(),
-        signer: cp.signer().clone(),
+        signer: cp.signer(),
         events: cp.session_events(),
         registry,
         database_url: url.to_owned(),
+        control_plane: Arc::new(cp),
     };
     // A panic in the scenario comes back as an error, so the database is dropped either way.
     tokio::spawn(scenario(app)).await
+}
+
+/// The configuration of every control plane under test on `database_url` (one data key, so
+/// several control planes on one database open each other's keys).
+pub fn config(database_url: &str) -> Config {
+    Config {
+        issuer: ISSUER.into(),
+        data_key: control_plane::DataKeySource::Base64(
+            "dGVzdC1kYXRhLWtleS0wMTIzNDU2Nzg5YWJjZGVmMDE".into(),
+        ),
+        ..Config::new("127.0.0.1:0".parse().unwrap(), database_url)
+    }
 }
 
 fn rethrow(backend: &str, outcome: Result<(), tokio::task::JoinError>) {
