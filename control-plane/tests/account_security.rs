@@ -376,25 +376,32 @@ async fn totp_is_enrolled_with_the_password_then_every_sign_in_needs_a_code_used
     .await;
 }
 
+/// Registers ann, turns TOTP on with the current step's code, and starts a sign-in: the
+/// enrolment, the step spent and the `mfa_token`.
+async fn ann_with_totp(app: &App<Reg>) -> (TotpEnrollment, u64, String) {
+    let ann = app.register("ann").await;
+    let token = ann.access_token.clone();
+    let enrolment: TotpEnrollment = app
+        .post("/v1/auth/totp", &token, json!({"password": PASSWORD}))
+        .await
+        .parse(StatusCode::CREATED);
+    let step = step_now();
+    app.post(
+        "/v1/auth/totp/confirm",
+        &token,
+        json!({"code": totp(&enrolment.secret, step)}),
+    )
+    .await
+    .parse::<RecoveryCodes>(StatusCode::OK);
+    let reply = login(app, addr(1), credentials("ann", PASSWORD)).await;
+    let mfa = reply.problem(StatusCode::UNAUTHORIZED).mfa_token.unwrap();
+    (enrolment, step, mfa)
+}
+
 #[tokio::test]
 async fn guessing_codes_is_slowed_per_account() {
     with_each_backend(Reg::default, |app| async move {
-        let ann = app.register("ann").await;
-        let token = ann.access_token.clone();
-        let enrolment: TotpEnrollment = app
-            .post("/v1/auth/totp", &token, json!({"password": PASSWORD}))
-            .await
-            .parse(StatusCode::CREATED);
-        let step = step_now();
-        app.post(
-            "/v1/auth/totp/confirm",
-            &token,
-            json!({"code": totp(&enrolment.secret, step)}),
-        )
-        .await
-        .parse::<RecoveryCodes>(StatusCode::OK);
-        let reply = login(&app, addr(1), credentials("ann", PASSWORD)).await;
-        let mfa = reply.problem(StatusCode::UNAUTHORIZED).mfa_token.unwrap();
+        let (enrolment, step, mfa) = ann_with_totp(&app).await;
         let valid: Vec<String> = (step - 1..=step + 1)
             .map(|s| totp(&enrolment.secret, s))
             .collect();
@@ -430,22 +437,7 @@ async fn guessing_codes_is_slowed_per_account() {
 #[tokio::test]
 async fn the_same_code_sent_twice_at_once_signs_in_once() {
     with_each_backend(Reg::default, |app| async move {
-        let ann = app.register("ann").await;
-        let token = ann.access_token.clone();
-        let enrolment: TotpEnrollment = app
-            .post("/v1/auth/totp", &token, json!({"password": PASSWORD}))
-            .await
-            .parse(StatusCode::CREATED);
-        let step = step_now();
-        app.post(
-            "/v1/auth/totp/confirm",
-            &token,
-            json!({"code": totp(&enrolment.secret, step)}),
-        )
-        .await
-        .parse::<RecoveryCodes>(StatusCode::OK);
-        let reply = login(&app, addr(1), credentials("ann", PASSWORD)).await;
-        let mfa = reply.problem(StatusCode::UNAUTHORIZED).mfa_token.unwrap();
+        let (enrolment, step, mfa) = ann_with_totp(&app).await;
         let body = json!({"mfa_token": mfa, "code": totp(&enrolment.secret, step + 1)});
         let send = || {
             let (app, body) = (app.clone(), body.clone());

@@ -122,15 +122,7 @@ pub(super) async fn login(
             state.tokens.mfa_challenge(account.id, now.secs()),
         ));
     }
-    state.store.touch_login(account.id, now.ms).await?;
-    let user = UserView {
-        id: account.id,
-        username: account.username,
-        email: account.email,
-    };
-    let mut answer = sign_in(&state, user, user_agent(&headers), now).await?;
-    answer.trusted_device = Some(state.tokens.trusted_device(answer.user.id, now.secs()));
-    Ok(Json(answer))
+    Ok(Json(signed_in(&state, account, &headers, now).await?))
 }
 
 /// `POST /v1/auth/login/mfa`: the second step, with the login's `mfa_token` and a TOTP or
@@ -153,15 +145,25 @@ pub(super) async fn login_mfa(
         .ok_or(AppError::InvalidToken(
             "the account no longer exists".into(),
         ))?;
+    Ok(Json(signed_in(&state, account, &headers, now).await?))
+}
+
+/// The end of a login: records it and answers a new session and a trusted-device token.
+async fn signed_in(
+    state: &AppState,
+    account: UserRow,
+    headers: &HeaderMap,
+    now: Now,
+) -> Result<AuthResponse, AppError> {
     state.store.touch_login(account.id, now.ms).await?;
     let user = UserView {
         id: account.id,
         username: account.username,
         email: account.email,
     };
-    let mut answer = sign_in(&state, user, user_agent(&headers), now).await?;
+    let mut answer = sign_in(state, user, user_agent(headers), now).await?;
     answer.trusted_device = Some(state.tokens.trusted_device(answer.user.id, now.secs()));
-    Ok(Json(answer))
+    Ok(answer)
 }
 
 /// `POST /v1/auth/password`: a new password over the current one; every other sign-in
