@@ -22,6 +22,8 @@ pub mod allocator;
 mod api;
 mod clock;
 mod domain;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keyring;
 mod keys;
 mod passwords;

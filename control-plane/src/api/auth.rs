@@ -138,14 +138,19 @@ pub(super) async fn login_mfa(
         .verify_mfa_challenge(&req.mfa_token, now.secs())
         .map_err(|e| AppError::InvalidToken(format!("mfa_token: {e}")))?;
     super::totp::spend_code(&state, user, &req.code, true, now).await?;
-    let account = state
+    let account = account(&state, user).await?;
+    Ok(Json(signed_in(&state, account, &headers, now).await?))
+}
+
+/// The account a token speaks for, or 401 when it was deleted since.
+async fn account(state: &AppState, user: UserId) -> Result<UserRow, AppError> {
+    state
         .store
         .user_by_id(user)
         .await?
         .ok_or(AppError::InvalidToken(
             "the account no longer exists".into(),
-        ))?;
-    Ok(Json(signed_in(&state, account, &headers, now).await?))
+        ))
 }
 
 /// The end of a login: records it and answers a new session and a trusted-device token.
@@ -209,13 +214,7 @@ pub(super) async fn confirm_password(
 ) -> Result<UserRow, AppError> {
     let budget = format!("password:{user}");
     admit(state, &budget, throttle::CODES, now).await?;
-    let account = state
-        .store
-        .user_by_id(user)
-        .await?
-        .ok_or(AppError::InvalidToken(
-            "the account no longer exists".into(),
-        ))?;
+    let account = account(state, user).await?;
     let matches = state
         .passwords
         .verify(password, Some(account.password_hash.clone()))
@@ -332,13 +331,7 @@ pub(super) async fn refresh(
             ));
         }
     };
-    let account = state
-        .store
-        .user_by_id(user)
-        .await?
-        .ok_or(AppError::InvalidToken(
-            "the account no longer exists".into(),
-        ))?;
+    let account = account(&state, user).await?;
     Ok(Json(AuthResponse {
         access_token: state.tokens.access(user, Some(session), now.secs()),
         refresh_token: next.secret,

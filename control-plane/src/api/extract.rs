@@ -110,9 +110,17 @@ impl FromRequestParts<AppState> for ClientAddr {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        let ip = client_ip(peer, &parts.headers, &state.trusted_proxies);
-        Ok(ClientAddr(budget_key(ip)))
+        Ok(ClientAddr(client_key(
+            peer,
+            &parts.headers,
+            &state.trusted_proxies,
+        )))
     }
+}
+
+/// The budget key of a request from `peer` with these headers.
+pub(crate) fn client_key(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpAddr]) -> String {
+    budget_key(client_ip(peer, headers, trusted))
 }
 
 /// The client's address: the peer, or walking `X-Forwarded-For` from the right past trusted

@@ -9,7 +9,7 @@
 
 mod auth;
 pub(crate) mod error;
-mod extract;
+pub(crate) mod extract;
 mod groups;
 mod health;
 mod participants;

@@ -1,0 +1,48 @@
+//! Entry points for the fuzz target `control_plane_inputs` (`fuzz/`): the control plane's own
+//! parsers of what callers send or what it reads back. Not an API; nothing else calls these.
+
+use crate::sealed::DataKey;
+use axum::http::{HeaderMap, HeaderValue};
+use std::net::IpAddr;
+
+/// A TOTP code as typed (`123 456`).
+pub fn totp_code(input: &str) -> Option<u32> {
+    crate::totp::parse_code(input)
+}
+
+/// The step a code matches around `now_secs`, after `last` (time and code as the fuzzer likes).
+pub fn totp_step(secret: &[u8], code: u32, now_secs: u64, last: Option<u64>) -> Option<u64> {
+    crate::totp::matching_step(secret, code, now_secs, last)
+}
+
+/// The stored form of a recovery code as typed.
+pub fn recovery_code_hash(input: &str) -> Option<String> {
+    crate::totp::recovery_code_hash(input)
+}
+
+/// The attempt-budget key of a request from `peer` with these `X-Forwarded-For` values (values
+/// that are not valid header bytes are left out, as HTTP would refuse them).
+pub fn client_key(peer: Option<IpAddr>, forwarded: &[&[u8]], trusted: &[IpAddr]) -> String {
+    let mut headers = HeaderMap::new();
+    for value in forwarded {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.append("x-forwarded-for", value);
+        }
+    }
+    crate::api::extract::client_key(peer, &headers, trusted)
+}
+
+/// Seals `plaintext` under `key` for `context`.
+pub fn seal(key: &[u8; 32], plaintext: &[u8], context: &str) -> String {
+    DataKey::from_bytes(key).seal(plaintext, context)
+}
+
+/// Opens a sealed value read back from storage.
+pub fn open(key: &[u8; 32], sealed: &str, context: &str) -> Option<Vec<u8>> {
+    DataKey::from_bytes(key).open(sealed, context).ok()
+}
+
+/// Whether `text` is a usable data key (`CONVOY_DATA_KEY`).
+pub fn data_key_parses(text: &str) -> bool {
+    crate::decode_key(text).is_ok()
+}
