@@ -157,9 +157,109 @@ impl GroupName {
     }
 }
 
+/// At most 500 characters; line breaks and tabs allowed, other control characters not.
+pub(crate) fn group_description(s: &str) -> Result<String, Invalid> {
+    if s.chars().count() > 500 {
+        return Err(Invalid("description must be at most 500 characters"));
+    }
+    if s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(Invalid("description must not contain control characters"));
+    }
+    Ok(s.to_owned())
+}
+
+/// An `https://` URL of at most 2,048 bytes with a host and no whitespace or control
+/// characters, or the empty string (no picture: `None`).
+pub(crate) fn avatar_url(s: &str) -> Result<Option<String>, Invalid> {
+    const RULE: &str = "avatar_url must be an https:// URL of at most 2048 bytes, or empty";
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let host = s.strip_prefix("https://").unwrap_or("");
+    let ok = s.len() <= 2048
+        && !host.is_empty()
+        && !host.starts_with('/')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(Some(s.to_owned()))
+    } else {
+        Err(Invalid(RULE))
+    }
+}
+
+/// A message text: 1 to 4,000 characters, not only whitespace; line breaks and tabs allowed,
+/// other control characters not.
+pub(crate) fn message_body(s: &str) -> Result<String, Invalid> {
+    if s.trim().is_empty() || s.chars().count() > 4000 {
+        return Err(Invalid(
+            "body must be 1 to 4000 characters, not only whitespace",
+        ));
+    }
+    if s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(Invalid("body must not contain control characters"));
+    }
+    Ok(s.to_owned())
+}
+
+/// A client message id: 1 to 64 characters of `[A-Za-z0-9_-]` (a UUID fits).
+pub(crate) fn client_msg_id(s: &str) -> Result<String, Invalid> {
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(Invalid(
+            "client_msg_id must be 1 to 64 characters of letters, digits, '-' or '_'",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_fields() {
+        assert!(message_body("hi\nthere").is_ok());
+        for bad in ["", "  \n", "a\u{0}b", &"x".repeat(4001)] {
+            assert!(message_body(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            message_body(&"é".repeat(4000)).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(client_msg_id("0b9c2f4e-1f7a-4c55-9d1e-6a2f0c1d2e3f").is_ok());
+        for bad in ["", "a b", "a/b", &"a".repeat(65)] {
+            assert!(client_msg_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn group_fields() {
+        assert_eq!(avatar_url("").unwrap(), None);
+        assert!(
+            avatar_url("https://img.example.org/a.png")
+                .unwrap()
+                .is_some()
+        );
+        for bad in [
+            "http://x.org/a.png",
+            "https://",
+            "https:///x",
+            "javascript:alert(1)",
+            "https://a b",
+        ] {
+            assert!(avatar_url(bad).is_err(), "{bad:?}");
+        }
+        assert!(group_description("Road trip\n2026").is_ok());
+        assert!(group_description("\u{7}").is_err());
+        assert!(group_description(&"d".repeat(501)).is_err());
+    }
 
     #[test]
     fn usernames() {

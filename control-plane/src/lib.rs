@@ -22,6 +22,7 @@ pub mod allocator;
 mod api;
 mod clock;
 mod domain;
+mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
 mod keyring;
@@ -36,6 +37,7 @@ mod store;
 mod throttle;
 mod tokens;
 mod totp;
+mod writer;
 
 pub use api::error::PROBLEM_TYPE_PREFIX;
 pub use registry::{InProcessRegistry, NodeRegistry};
@@ -228,6 +230,11 @@ impl ControlPlane {
             }
             None => throttle::Throttle::in_process(),
         };
+        let fanout = match &config.redis_url {
+            Some(url) => fanout::Fanout::redis(url).context("the Redis URL")?,
+            None => fanout::Fanout::local(),
+        };
+        let store_for_writer = store.clone();
         let shared = api::Shared {
             store,
             registry,
@@ -239,6 +246,9 @@ impl ControlPlane {
             totp_issuer: config.issuer.clone(),
             region_hint: config.region_hint.clone(),
             http: reqwest::Client::new(),
+            writer: writer::MessageWriter::spawn(store_for_writer, fanout.clone()),
+            fanout,
+            closing: api::Closing::default(),
         };
         let events = session_events::spawn_ingest(shared.store.clone());
         let state = api::AppState(Arc::new(shared));
@@ -328,8 +338,13 @@ pub async fn serve(
     let app = cp
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
+    let state = Arc::clone(&cp.state.0);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // WebSockets would hold the graceful shutdown open: tell them to close.
+            state.closing.close();
+        })
         .await
         .context("serving HTTP")
 }

@@ -201,6 +201,46 @@ impl Role {
     }
 }
 
+/// Who may see and join a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Privacy {
+    /// Only through an invite; to anyone else the group does not exist.
+    Private,
+    /// Anyone signed in who knows the group's id may join it (`POST /v1/groups/{id}/join`).
+    Public,
+}
+
+/// Who may create invites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinPermission {
+    Admins,
+    Members,
+}
+
+/// A group's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSettings {
+    pub privacy: Privacy,
+    pub join_permission: JoinPermission,
+    /// Members may share their positions with each other in this group.
+    pub location_sharing: bool,
+    /// Members may start and control shared music in this group.
+    pub music_sharing: bool,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self {
+            privacy: Privacy::Private,
+            join_permission: JoinPermission::Admins,
+            location_sharing: true,
+            music_sharing: true,
+        }
+    }
+}
+
 /// A group as seen by one of its members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupView {
@@ -210,6 +250,146 @@ pub struct GroupView {
     pub created_at: String,
     /// The caller's role in the group.
     pub role: Role,
+    pub description: String,
+    pub avatar_url: Option<String>,
+    pub settings: GroupSettings,
+    pub member_count: u64,
+    /// The group's latest event sequence number: a cursor for `/v1/events`.
+    pub last_seq: u64,
+}
+
+/// `GET /v1/groups`: the caller's groups, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupList {
+    pub groups: Vec<GroupView>,
+}
+
+/// `PATCH /v1/groups/{id}` (admins): what to change; what is absent stays.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroupRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// An `https://` URL; the empty string removes the picture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<UpdateGroupSettings>,
+}
+
+/// The settings to change in `PATCH /v1/groups/{id}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroupSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<Privacy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_permission: Option<JoinPermission>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_sharing: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub music_sharing: Option<bool>,
+}
+
+/// A member of a group as the other members see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub user_id: UserId,
+    pub username: String,
+    pub role: Role,
+    pub joined_at: String,
+    /// The highest message id this member has read.
+    pub read_upto: u64,
+    /// The highest message id this member's devices have received.
+    pub delivered_upto: u64,
+}
+
+/// `GET /v1/groups/{id}/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberList {
+    pub members: Vec<MemberView>,
+}
+
+/// `PATCH /v1/groups/{id}/members/{user}` (admins): promote or demote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRoleRequest {
+    pub role: Role,
+}
+
+/// `POST /v1/groups/{id}/messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessageRequest {
+    /// Chosen by the client, unique per sender and group (a UUID, say; 1 to 64 characters of
+    /// `[A-Za-z0-9_-]`). Sending again with the same id answers the original message, forever.
+    pub client_msg_id: String,
+    /// 1 to 4,000 characters.
+    pub body: String,
+}
+
+/// `PATCH /v1/groups/{id}/messages/{message}`: the sender edits their message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessageRequest {
+    pub body: String,
+}
+
+/// How far a message of the caller's has got: stored, on every other member's device, or read
+/// by every other member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Sent,
+    Delivered,
+    Read,
+}
+
+/// A message. Its id is the sequence number of the event that posted it: ids increase within
+/// a group, and a message's id is also a cursor in the group's event stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub id: u64,
+    pub group: GroupId,
+    pub sender: UserId,
+    pub client_msg_id: String,
+    /// `None` once deleted (a tombstone).
+    pub body: Option<String>,
+    pub created_at: String,
+    pub edited_at: Option<String>,
+    pub deleted_at: Option<String>,
+    /// For the sender's own messages, in answers to the sender; `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeliveryStatus>,
+}
+
+/// `GET /v1/groups/{id}/messages?before=&after=&limit=`: oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePage {
+    pub messages: Vec<MessageView>,
+    /// More messages lie beyond this page in the direction asked (before `before`, or after
+    /// `after`, or before the first when neither was given).
+    pub has_more: bool,
+}
+
+/// `POST /v1/groups/{id}/markers`: how far the caller has read and received. Markers only
+/// move forward; `read` implies `delivered`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkersRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
+}
+
+/// The caller's markers after `POST /v1/groups/{id}/markers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Markers {
+    pub read_upto: u64,
+    pub delivered_upto: u64,
 }
 
 /// `POST /v1/groups/{id}/invites` answer.

@@ -4,6 +4,7 @@
 //! - [`api`]: the REST request/response bodies of the control plane and the problem+json error body.
 //! - [`events`]: what media nodes report about their sessions to the control plane.
 //! - [`node`]: the media node record the registry holds.
+//! - [`realtime`]: the `/v1/events` WebSocket frames and the events of a group's log.
 //! - [`room`]: room control messages on the data channel.
 //! - [`token`]: the claims of every token kind and the EdDSA JWT codec that signs and verifies them.
 //!
@@ -14,6 +15,7 @@ pub mod api;
 pub mod events;
 pub mod ids;
 pub mod node;
+pub mod realtime;
 pub mod room;
 pub mod token;
 

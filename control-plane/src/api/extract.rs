@@ -168,7 +168,7 @@ fn budget_key(ip: Option<IpAddr>) -> String {
 }
 
 /// The token of an `Authorization: Bearer` header (the scheme is case-insensitive).
-fn bearer(headers: &HeaderMap) -> Result<&str, AppError> {
+pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, AppError> {
     let value = headers.get(AUTHORIZATION).ok_or(AppError::MissingToken)?;
     let value = value
         .to_str()

@@ -1,17 +1,27 @@
-//! Groups and invites: `POST /v1/groups`, `POST /v1/groups/{id}/invites` (admins only) and
-//! `POST /v1/invites/{code}/accept`.
+//! Groups, members and invites:
+//! `POST/GET /v1/groups`, `GET/PATCH/DELETE /v1/groups/{id}`, `POST /v1/groups/{id}/join`
+//! (public groups), `GET /v1/groups/{id}/members`, `PATCH/DELETE /v1/groups/{id}/members/{user}`
+//! (role; leave or remove), `POST /v1/groups/{id}/invites` and `POST /v1/invites/{code}/accept`.
+//!
+//! Rights: members read; admins change the group, change roles, remove members and delete the
+//! group; who may invite is a setting. A group always keeps an admin while it has members.
+//! Each change is an event of the group's log, fanned out after it commits.
 
 use super::AppState;
 use super::error::AppError;
 use super::extract::{Caller, Json, Path};
 use crate::clock::{Now, rfc3339};
-use crate::domain::GroupName;
-use crate::store::{GroupRow, MemberGroup};
+use crate::domain::{self, GroupName};
+use crate::store::{GroupChanges, GroupRow, MemberGroup, MemberRefusal};
 use crate::tokens::random_b64;
 use axum::extract::State;
 use axum::http::StatusCode;
-use protocol::api::{AcceptInviteResponse, CreateGroupRequest, GroupView, InviteView, Role};
-use protocol::ids::GroupId;
+use protocol::api::{
+    AcceptInviteResponse, ChangeRoleRequest, CreateGroupRequest, GroupList, GroupView, InviteView,
+    JoinPermission, MemberList, MemberView, Privacy, Role, UpdateGroupRequest,
+};
+use protocol::ids::{GroupId, UserId};
+use protocol::realtime::GroupEvent;
 use uuid::Uuid;
 
 /// How long an invite stays valid.
@@ -20,6 +30,7 @@ const INVITE_TTL_SECS: u64 = 7 * 24 * 3600;
 const INVITE_CODE_BYTES: usize = 18;
 /// Longest invite code looked up; longer ones cannot exist.
 const MAX_INVITE_CODE_LEN: usize = 64;
+const NO_GROUP: &str = "no such group";
 
 pub(super) async fn create(
     State(state): State<AppState>,
@@ -27,18 +38,153 @@ pub(super) async fn create(
     Json(req): Json<CreateGroupRequest>,
 ) -> Result<(StatusCode, Json<GroupView>), AppError> {
     let name = GroupName::parse(&req.name)?;
-    let group = GroupRow {
-        id: GroupId::from_uuid(Uuid::now_v7()),
-        name: name.as_str().to_owned(),
-        created_by: caller.user,
-        created_at_ms: Now::read().ms,
+    let id = GroupId::from_uuid(Uuid::now_v7());
+    let row = GroupRow::new(id, name.as_str().to_owned(), caller.user, Now::read().ms);
+    let event = state.store.insert_group(&row).await?;
+    state.fanout.event(event);
+    let group = member_of(&state, id, caller).await?;
+    Ok((StatusCode::CREATED, Json(view(&group))))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<GroupList>, AppError> {
+    let groups = state.store.groups_of(caller.user).await?;
+    Ok(Json(GroupList {
+        groups: groups.iter().map(view).collect(),
+    }))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group): Path<GroupId>,
+) -> Result<Json<GroupView>, AppError> {
+    Ok(Json(view(&member_of(&state, group, caller).await?)))
+}
+
+pub(super) async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group): Path<GroupId>,
+    Json(req): Json<UpdateGroupRequest>,
+) -> Result<Json<GroupView>, AppError> {
+    let settings = req.settings.unwrap_or_default();
+    let changes = GroupChanges {
+        name: req
+            .name
+            .as_deref()
+            .map(|n| GroupName::parse(n).map(|n| n.as_str().to_owned()))
+            .transpose()?,
+        description: req
+            .description
+            .as_deref()
+            .map(domain::group_description)
+            .transpose()?,
+        avatar_url: req
+            .avatar_url
+            .as_deref()
+            .map(domain::avatar_url)
+            .transpose()?,
+        privacy: settings.privacy,
+        join_permission: settings.join_permission,
+        location_sharing: settings.location_sharing,
+        music_sharing: settings.music_sharing,
     };
-    state.store.insert_group(&group).await?;
-    let view = view(MemberGroup {
-        group,
-        role: Role::Admin,
-    });
-    Ok((StatusCode::CREATED, Json(view)))
+    let (updated, event) = state
+        .store
+        .update_group(group, caller.user, &changes, Now::read().ms, view)
+        .await?
+        .map_err(refused)?;
+    state.fanout.event(event);
+    Ok(Json(view(&updated)))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group): Path<GroupId>,
+) -> Result<StatusCode, AppError> {
+    let change = state
+        .store
+        .delete_group(group, caller.user, Now::read().ms)
+        .await?;
+    publish(&state, change.map_err(refused)?);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Joins a public group; a private one does not exist for non-members.
+pub(super) async fn join(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group): Path<GroupId>,
+) -> Result<Json<GroupView>, AppError> {
+    match state.store.group_privacy(group).await? {
+        Some(Privacy::Public) => {}
+        Some(Privacy::Private) => {
+            // A member may call it (it changes nothing); anyone else learns nothing.
+            return Ok(Json(view(&member_of(&state, group, caller).await?)));
+        }
+        None => return Err(AppError::NotFound(NO_GROUP)),
+    }
+    let change = state
+        .store
+        .add_member(group, caller.user, Now::read().ms)
+        .await?;
+    publish(&state, change.map_err(refused)?);
+    Ok(Json(view(&member_of(&state, group, caller).await?)))
+}
+
+pub(super) async fn members(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group): Path<GroupId>,
+) -> Result<Json<MemberList>, AppError> {
+    member_of(&state, group, caller).await?;
+    let members = state.store.members(group).await?;
+    Ok(Json(MemberList {
+        members: members
+            .into_iter()
+            .map(|m| MemberView {
+                user_id: m.user,
+                username: m.username,
+                role: m.role,
+                joined_at: rfc3339(m.joined_at_ms),
+                read_upto: u64::try_from(m.read_upto).unwrap_or(0),
+                delivered_upto: u64::try_from(m.delivered_upto).unwrap_or(0),
+            })
+            .collect(),
+    }))
+}
+
+/// Promotes or demotes a member (admins).
+pub(super) async fn set_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((group, user)): Path<(GroupId, UserId)>,
+    Json(req): Json<ChangeRoleRequest>,
+) -> Result<StatusCode, AppError> {
+    let change = state
+        .store
+        .set_role(group, caller.user, user, req.role, Now::read().ms)
+        .await?;
+    publish(&state, change.map_err(refused)?);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Leaves the group (the caller's own id) or removes a member (admins).
+pub(super) async fn remove_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((group, user)): Path<(GroupId, UserId)>,
+) -> Result<StatusCode, AppError> {
+    let change = state
+        .store
+        .remove_member(group, caller.user, user, Now::read().ms)
+        .await?;
+    publish(&state, change.map_err(refused)?);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) async fn invite(
@@ -47,7 +193,9 @@ pub(super) async fn invite(
     Path(group): Path<GroupId>,
 ) -> Result<(StatusCode, Json<InviteView>), AppError> {
     let membership = member_of(&state, group, caller).await?;
-    if membership.role != Role::Admin {
+    let may_invite = membership.role == Role::Admin
+        || membership.group.settings.join_permission == JoinPermission::Members;
+    if !may_invite {
         return Err(AppError::Forbidden("only group admins can invite"));
     }
     let now = Now::read();
@@ -86,13 +234,14 @@ pub(super) async fn accept(
     if invite.expires_at_ms <= now.ms {
         return Err(AppError::Gone("the invite has expired"));
     }
-    state
+    let change = state
         .store
-        .add_member(invite.group, caller.user, Role::Member, now.ms)
+        .add_member(invite.group, caller.user, now.ms)
         .await?;
+    publish(&state, change.map_err(|_| AppError::NotFound(UNKNOWN))?);
     let membership = member_of(&state, invite.group, caller).await?;
     Ok(Json(AcceptInviteResponse {
-        group: view(membership),
+        group: view(&membership),
     }))
 }
 
@@ -106,15 +255,37 @@ pub(super) async fn member_of(
         .store
         .member_group(group, caller.user)
         .await?
-        .ok_or(AppError::NotFound("no such group"))
+        .ok_or(AppError::NotFound(NO_GROUP))
 }
 
-fn view(m: MemberGroup) -> GroupView {
+fn publish(state: &AppState, event: Option<GroupEvent>) {
+    if let Some(event) = event {
+        state.fanout.event(event);
+    }
+}
+
+fn refused(refusal: MemberRefusal) -> AppError {
+    match refusal {
+        MemberRefusal::NoGroup => AppError::NotFound(NO_GROUP),
+        MemberRefusal::NotAdmin => AppError::Forbidden("only group admins can do this"),
+        MemberRefusal::NoMember => AppError::NotFound("no such member"),
+        MemberRefusal::LastAdmin => {
+            AppError::Conflict("the group must keep an admin: make another member admin first")
+        }
+    }
+}
+
+pub(super) fn view(m: &MemberGroup) -> GroupView {
     GroupView {
         id: m.group.id,
-        name: m.group.name,
+        name: m.group.name.clone(),
         created_by: m.group.created_by,
         created_at: rfc3339(m.group.created_at_ms),
         role: m.role,
+        description: m.group.description.clone(),
+        avatar_url: m.group.avatar_url.clone(),
+        settings: m.group.settings,
+        member_count: u64::try_from(m.member_count).unwrap_or(0),
+        last_seq: u64::try_from(m.group.last_seq).unwrap_or(0),
     }
 }

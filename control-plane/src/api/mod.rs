@@ -9,22 +9,26 @@
 
 mod auth;
 pub(crate) mod error;
+mod events;
 pub(crate) mod extract;
 mod groups;
 mod health;
+mod messages;
 mod participants;
 mod sessions;
 mod totp;
 
+use crate::fanout::Fanout;
 use crate::passwords::Passwords;
 use crate::registry::NodeRegistry;
 use crate::sealed::DataKey;
 use crate::store::Store;
 use crate::throttle::Throttle;
 use crate::tokens::Tokens;
+use crate::writer::MessageWriter;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use error::AppError;
 use std::fmt;
 use std::ops::Deref;
@@ -51,6 +55,34 @@ pub(crate) struct Shared {
     pub region_hint: Option<String>,
     /// Client for relaying moderation to media nodes.
     pub http: reqwest::Client,
+    /// Group events to the `/v1/events` connections, here and on the other replicas.
+    pub fanout: Fanout,
+    /// Batches message sends into shared transactions.
+    pub writer: MessageWriter,
+    /// Set when the server shuts down: long-lived connections close.
+    pub closing: Closing,
+}
+
+/// Tells long-lived connections (WebSockets) that the server is shutting down.
+#[derive(Debug)]
+pub(crate) struct Closing(tokio::sync::watch::Sender<bool>);
+
+impl Default for Closing {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(false))
+    }
+}
+
+impl Closing {
+    pub(crate) fn close(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves once [`Closing::close`] has been called.
+    pub(crate) async fn cancelled(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|closed| *closed).await;
+    }
 }
 
 impl fmt::Debug for Shared {
@@ -98,7 +130,29 @@ pub(crate) fn router(state: AppState) -> Router {
             get(auth::sessions).delete(auth::revoke_other_sessions),
         )
         .route("/v1/auth/sessions/{id}", delete(auth::revoke_session))
-        .route("/v1/groups", post(groups::create))
+        .route("/v1/events", get(events::events))
+        .route("/v1/groups", post(groups::create).get(groups::list))
+        .route(
+            "/v1/groups/{id}",
+            get(groups::get)
+                .patch(groups::update)
+                .delete(groups::delete),
+        )
+        .route("/v1/groups/{id}/join", post(groups::join))
+        .route("/v1/groups/{id}/members", get(groups::members))
+        .route(
+            "/v1/groups/{id}/members/{user}",
+            patch(groups::set_role).delete(groups::remove_member),
+        )
+        .route(
+            "/v1/groups/{id}/messages",
+            post(messages::send).get(messages::list),
+        )
+        .route(
+            "/v1/groups/{id}/messages/{message}",
+            patch(messages::edit).delete(messages::delete),
+        )
+        .route("/v1/groups/{id}/markers", post(messages::markers))
         .route("/v1/groups/{id}/invites", post(groups::invite))
         .route("/v1/groups/{id}/sessions", post(sessions::allocate))
         .route("/v1/invites/{code}/accept", post(groups::accept))

@@ -8,6 +8,7 @@
 //! time and applied on connect. This module knows nothing about HTTP.
 
 mod auth_sessions;
+mod group_log;
 mod groups;
 mod participants;
 mod second_factor;
@@ -16,7 +17,8 @@ mod signing_keys;
 mod users;
 
 pub(crate) use auth_sessions::{NewAuthSession, Refreshed};
-pub(crate) use groups::{GroupRow, MemberGroup};
+pub(crate) use group_log::{MessageRefusal, NewMessage, Posted};
+pub(crate) use groups::{GroupChanges, GroupRow, MemberGroup, MemberRefusal};
 pub(crate) use participants::ParticipantRow;
 pub(crate) use sessions::SessionRow;
 pub(crate) use signing_keys::SigningKeyRow;

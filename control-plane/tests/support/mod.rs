@@ -207,6 +207,51 @@ impl<R: NodeRegistry> App<R> {
             .await
     }
 
+    /// Serves the router on a loopback port (for WebSocket clients); answers the address.
+    pub async fn serve(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = self
+            .router
+            .clone()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// `GET uri` with a bearer token.
+    pub async fn get(&self, uri: &str, bearer: &str) -> Reply {
+        self.call(Method::GET, uri, Some(bearer), None).await
+    }
+
+    /// `PATCH uri` with a bearer token and a JSON body.
+    pub async fn patch(&self, uri: &str, bearer: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, uri, Some(bearer), Some(body))
+            .await
+    }
+
+    /// `DELETE uri` with a bearer token.
+    pub async fn delete(&self, uri: &str, bearer: &str) -> Reply {
+        self.call(Method::DELETE, uri, Some(bearer), None).await
+    }
+
+    /// Posts a message to `group` as `user`.
+    pub async fn say(
+        &self,
+        group: &str,
+        user: &AuthResponse,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Reply {
+        let uri = format!("/v1/groups/{group}/messages");
+        self.post(
+            &uri,
+            &user.access_token,
+            json!({"client_msg_id": client_msg_id, "body": body}),
+        )
+        .await
+    }
+
     /// A pool on the scenario's database, to inspect or age rows directly.
     pub async fn db(&self) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();

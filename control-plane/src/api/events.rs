@@ -1,0 +1,386 @@
+//! `GET /v1/events`: one WebSocket per client carrying every event of the caller's groups
+//! (frames in [`protocol::realtime`]).
+//!
+//! A connection keeps, per group, the highest `seq` it has sent (its position). An event from
+//! the bus is sent when it is the next one; an older one is a duplicate and skipped; a newer
+//! one means something was missed, and the connection reads the missing events from SQL
+//! first. A full mailbox or a bus resync makes it re-read its groups and everything after its
+//! positions. The replay after `hello` is that same sync, so a client that reconnects with its
+//! cursor gets exactly what it lacks.
+
+use super::AppState;
+use super::error::AppError;
+use super::messages::advance_markers;
+use crate::clock::Now;
+use crate::fanout::{Item, Subscription};
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::response::Response;
+use protocol::api::MarkersRequest;
+use protocol::ids::{GroupId, UserId};
+use protocol::realtime::{
+    CLOSE_BAD_FRAME, CLOSE_TOO_SLOW, CLOSE_UNAUTHORIZED, ClientFrame, EventData, GroupEvent,
+    MAX_CLIENT_FRAME, ServerFrame,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a client has to send `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one frame may take to go out before the client counts as not reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most events replayed per group; beyond that the client gets a gap and reads REST.
+pub(crate) const REPLAY_LIMIT: i64 = 1000;
+/// Events read from SQL per query while catching up.
+const PAGE: i64 = 200;
+
+pub(super) async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, AppError> {
+    // A token in the upgrade request is checked before upgrading, so a bad one is a plain 401.
+    let header_token = match headers.get(AUTHORIZATION) {
+        Some(_) => Some(super::extract::bearer(&headers)?.to_owned()),
+        None => None,
+    };
+    let pre = match &header_token {
+        Some(token) => Some(verify(&state, token)?),
+        None => None,
+    };
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| async move {
+            let mut conn = Conn { socket, state };
+            if let Err(reason) = conn.run(pre).await {
+                tracing::debug!(?reason, "events connection closed");
+                conn.close(reason).await;
+            }
+        }))
+}
+
+/// Who the token is for and when it expires (Unix seconds).
+fn verify(state: &AppState, token: &str) -> Result<(UserId, u64), AppError> {
+    state
+        .tokens
+        .verify_access(token, Now::read().secs())
+        .map(|claims| (claims.sub, claims.exp))
+        .map_err(|e| AppError::InvalidToken(e.to_string()))
+}
+
+/// Why a connection ends from our side.
+#[derive(Debug)]
+enum End {
+    /// The client went away or the socket failed: nothing to send.
+    Gone,
+    Close(u16, &'static str),
+    Internal,
+}
+
+impl From<sqlx::Error> for End {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "events connection cannot read SQL");
+        End::Internal
+    }
+}
+
+struct Conn {
+    socket: WebSocket,
+    state: AppState,
+}
+
+/// Per group, the highest `seq` sent.
+type Positions = BTreeMap<GroupId, u64>;
+
+impl Conn {
+    async fn run(&mut self, pre: Option<(UserId, u64)>) -> Result<(), End> {
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, self.socket.recv())
+            .await
+            .map_err(|_| End::Close(CLOSE_UNAUTHORIZED, "no hello in time"))?;
+        let (token, cursor) = match hello {
+            Some(Ok(Message::Text(text))) => match ClientFrame::decode(&text) {
+                Ok(ClientFrame::Hello {
+                    access_token,
+                    cursor,
+                }) => (access_token, cursor),
+                _ => return Err(End::Close(CLOSE_BAD_FRAME, "the first frame must be hello")),
+            },
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Err(End::Gone),
+            Some(Ok(_)) => {
+                return Err(End::Close(CLOSE_BAD_FRAME, "the first frame must be hello"));
+            }
+        };
+        let (user, expires) = match (pre, token) {
+            (_, Some(token)) => verify(&self.state, &token)
+                .map_err(|_| End::Close(CLOSE_UNAUTHORIZED, "invalid access token"))?,
+            (Some(pre), None) => pre,
+            (None, None) => return Err(End::Close(CLOSE_UNAUTHORIZED, "no access token")),
+        };
+        // Registered before anything is read, so nothing committed from now on is missed.
+        let hub = Arc::clone(self.state.fanout.hub());
+        let (sub, mut rx) = hub.register(user);
+        let mut positions = Positions::new();
+        self.sync(&sub, user, &mut positions, Some(cursor)).await?;
+        self.send(&ServerFrame::Ready {
+            cursor: positions.clone(),
+        })
+        .await?;
+
+        let now = Now::read().secs();
+        let expiry = tokio::time::sleep(Duration::from_secs(expires.saturating_sub(now)));
+        tokio::pin!(expiry);
+        loop {
+            tokio::select! {
+                item = rx.recv() => {
+                    let Some(item) = item else { return Err(End::Internal) };
+                    self.on_item(&sub, user, &mut positions, &item).await?;
+                }
+                () = sub.mailbox().lagged() => {
+                    if sub.mailbox().take_lagged() {
+                        self.sync(&sub, user, &mut positions, None).await?;
+                    }
+                }
+                frame = self.socket.recv() => {
+                    self.on_frame(user, frame).await?;
+                }
+                () = &mut expiry => {
+                    return Err(End::Close(CLOSE_UNAUTHORIZED, "the access token expired"));
+                }
+                () = self.state.closing.cancelled() => {
+                    return Err(End::Close(1001, "the server is shutting down"));
+                }
+            }
+        }
+    }
+
+    /// Brings every group up to date from SQL: groups joined since get replayed from the
+    /// join (or from `cursor`), groups left are announced, the rest continue after their
+    /// position. With `cursor` (the hello), groups named there that the caller is not in
+    /// are announced as removed.
+    async fn sync(
+        &mut self,
+        sub: &Subscription,
+        user: UserId,
+        positions: &mut Positions,
+        cursor: Option<BTreeMap<GroupId, u64>>,
+    ) -> Result<(), End> {
+        let groups = self.state.store.groups_of(user).await?;
+        let current: BTreeMap<GroupId, (u64, u64)> = groups
+            .iter()
+            .map(|g| {
+                let last = u64::try_from(g.group.last_seq).unwrap_or(0);
+                let joined = u64::try_from(g.joined_seq).unwrap_or(1).saturating_sub(1);
+                (g.group.id, (joined, last))
+            })
+            .collect();
+        let mut gone: Vec<GroupId> = positions
+            .keys()
+            .filter(|g| !current.contains_key(g))
+            .copied()
+            .collect();
+        if let Some(cursor) = &cursor {
+            gone.extend(cursor.keys().filter(|g| !current.contains_key(g)));
+        }
+        for group in gone {
+            self.removed(sub, positions, group).await?;
+        }
+        for (&group, &(joined, last)) in &current {
+            if let std::collections::btree_map::Entry::Vacant(entry) = positions.entry(group) {
+                // A cursor beyond the group's end would skip what comes next.
+                let from = cursor
+                    .as_ref()
+                    .and_then(|c| c.get(&group).copied())
+                    .unwrap_or(joined)
+                    .min(last);
+                sub.join(group);
+                entry.insert(from);
+            }
+            self.catch_up(sub, positions, group, last).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `group`'s events after its position up to at least `upto` (more if SQL has
+    /// them), or a gap when more than [`REPLAY_LIMIT`] are missing.
+    async fn catch_up(
+        &mut self,
+        sub: &Subscription,
+        positions: &mut Positions,
+        group: GroupId,
+        upto: u64,
+    ) -> Result<(), End> {
+        let Some(&from) = positions.get(&group) else {
+            return Ok(());
+        };
+        if upto.saturating_sub(from) > REPLAY_LIMIT as u64 {
+            self.send(&ServerFrame::Gap {
+                group,
+                from: from + 1,
+                seq: upto,
+            })
+            .await?;
+            positions.insert(group, upto);
+        }
+        loop {
+            let Some(&pos) = positions.get(&group) else {
+                return Ok(());
+            };
+            let page = self
+                .state
+                .store
+                .events_after(group, i64::try_from(pos).unwrap_or(i64::MAX), PAGE)
+                .await?;
+            let full = page.len() as i64 == PAGE;
+            for event in &page {
+                self.deliver(sub, positions, event).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends an event that is its group's next and applies what it means for this caller.
+    async fn deliver(
+        &mut self,
+        sub: &Subscription,
+        positions: &mut Positions,
+        event: &GroupEvent,
+    ) -> Result<(), End> {
+        self.send(&ServerFrame::Event(event.clone())).await?;
+        positions.insert(event.group, event.seq);
+        let me = sub.user();
+        let gone = match &event.data {
+            EventData::MemberLeft { user, .. } => *user == me,
+            EventData::GroupDeleted => true,
+            _ => false,
+        };
+        if gone {
+            self.removed(sub, positions, event.group).await?;
+        }
+        Ok(())
+    }
+
+    async fn removed(
+        &mut self,
+        sub: &Subscription,
+        positions: &mut Positions,
+        group: GroupId,
+    ) -> Result<(), End> {
+        sub.leave(group);
+        positions.remove(&group);
+        self.send(&ServerFrame::Removed { group }).await
+    }
+
+    async fn on_item(
+        &mut self,
+        sub: &Subscription,
+        user: UserId,
+        positions: &mut Positions,
+        item: &Item,
+    ) -> Result<(), End> {
+        match item {
+            Item::Event(event) => {
+                if let EventData::GroupDeleted = event.data {
+                    if positions.contains_key(&event.group) {
+                        self.send(&ServerFrame::Event(event.clone())).await?;
+                        self.removed(sub, positions, event.group).await?;
+                    }
+                    return Ok(());
+                }
+                let Some(&pos) = positions.get(&event.group) else {
+                    // Not in the group here yet: a join of ours means a sync picks it up.
+                    if matches!(&event.data, EventData::MemberJoined { user: u, .. } if *u == user)
+                    {
+                        self.sync(sub, user, positions, None).await?;
+                    }
+                    return Ok(());
+                };
+                if event.seq <= pos {
+                    return Ok(());
+                }
+                if event.seq == pos + 1 {
+                    return self.deliver(sub, positions, event).await;
+                }
+                self.catch_up(sub, positions, event.group, event.seq).await
+            }
+            Item::Markers {
+                group,
+                user,
+                read_upto,
+                delivered_upto,
+            } => {
+                if positions.contains_key(group) {
+                    self.send(&ServerFrame::Markers {
+                        group: *group,
+                        user: *user,
+                        read_upto: *read_upto,
+                        delivered_upto: *delivered_upto,
+                    })
+                    .await?;
+                }
+                Ok(())
+            }
+            Item::Resync => self.sync(sub, user, positions, None).await,
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        user: UserId,
+        frame: Option<Result<Message, axum::Error>>,
+    ) -> Result<(), End> {
+        let text = match frame {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+            Some(Ok(Message::Binary(_))) => {
+                return Err(End::Close(CLOSE_BAD_FRAME, "frames are JSON text"));
+            }
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(End::Gone),
+        };
+        match ClientFrame::decode(&text) {
+            Ok(ClientFrame::Ping {}) => self.send(&ServerFrame::Pong).await,
+            Ok(ClientFrame::Markers {
+                group,
+                read,
+                delivered,
+            }) => {
+                let req = MarkersRequest { read, delivered };
+                match advance_markers(&self.state, group, user, req).await {
+                    Ok(_) => Ok(()),
+                    Err(AppError::Internal(_)) => Err(End::Internal),
+                    Err(_) => Err(End::Close(CLOSE_BAD_FRAME, "cannot move these markers")),
+                }
+            }
+            Ok(ClientFrame::Hello { .. }) => Err(End::Close(CLOSE_BAD_FRAME, "hello is sent once")),
+            Err(_) => Err(End::Close(CLOSE_BAD_FRAME, "not a client frame")),
+        }
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        let text = Message::Text(Utf8Bytes::from(frame.encode()));
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(text)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(CLOSE_TOO_SLOW, "the client is not reading")),
+        }
+    }
+
+    async fn close(&mut self, end: End) {
+        let (code, reason) = match end {
+            End::Gone => return,
+            End::Close(code, reason) => (code, reason),
+            End::Internal => (1011, "internal error"),
+        };
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ =
+            tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await;
+    }
+}

@@ -1,0 +1,409 @@
+//! Fan-out of group events to the `/v1/events` connections of this replica and, through Redis
+//! pub/sub, of every other replica.
+//!
+//! SQL stays the truth: a connection delivers an event straight from the bus only when it is
+//! the next `seq` of its group; on a jump, a full mailbox, or a [`Item::Resync`] it reads what
+//! it lacks from SQL. So the bus may drop, duplicate or reorder and nothing is lost: when
+//! Redis is down each replica fans out locally, and when it comes back the replica that could
+//! not publish asks every replica to resync, and every subscriber resyncs its own connections
+//! on (re)subscribing.
+
+use protocol::ids::{GroupId, UserId};
+use protocol::realtime::{EventData, GroupEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+/// The Redis channel every replica publishes to and subscribes on.
+pub const REDIS_CHANNEL: &str = "convoy:fanout";
+/// Frames a connection's mailbox holds before it falls back to reading SQL.
+const MAILBOX: usize = 512;
+/// Wait before reconnecting a lost Redis subscription.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// What travels on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Item {
+    /// A durable event, after its transaction committed.
+    Event(GroupEvent),
+    /// A member's markers moved.
+    Markers {
+        group: GroupId,
+        user: UserId,
+        read_upto: u64,
+        delivered_upto: u64,
+    },
+    /// Something may have been missed: every connection reads SQL.
+    Resync,
+}
+
+/// A connection's inbox: bounded; when full the connection is told to resync instead.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    tx: mpsc::Sender<Arc<Item>>,
+    lagged: AtomicBool,
+    wake: Notify,
+}
+
+impl Mailbox {
+    fn deliver(&self, item: &Arc<Item>) {
+        if self.tx.try_send(Arc::clone(item)).is_err() {
+            self.flag_lagged();
+        }
+    }
+
+    fn flag_lagged(&self) {
+        self.lagged.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Whether the connection must read SQL (and clears the flag).
+    pub(crate) fn take_lagged(&self) -> bool {
+        self.lagged.swap(false, Ordering::AcqRel)
+    }
+
+    /// Resolves when the connection has been flagged lagged.
+    pub(crate) async fn lagged(&self) {
+        self.wake.notified().await;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    by_group: HashMap<GroupId, HashMap<u64, Arc<Mailbox>>>,
+    by_user: HashMap<UserId, HashMap<u64, Arc<Mailbox>>>,
+}
+
+/// This replica's connections, by group and by user.
+#[derive(Debug, Default)]
+pub(crate) struct Hub {
+    routes: Mutex<Routes>,
+    next: AtomicU64,
+}
+
+/// A registered connection; dropping it unregisters.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    hub: Arc<Hub>,
+    id: u64,
+    user: UserId,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Hub {
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a connection of `user` (in no group yet) and answers its inbox.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        user: UserId,
+    ) -> (Subscription, mpsc::Receiver<Arc<Item>>) {
+        let (tx, rx) = mpsc::channel(MAILBOX);
+        let mailbox = Arc::new(Mailbox {
+            tx,
+            lagged: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.routes()
+            .by_user
+            .entry(user)
+            .or_default()
+            .insert(id, Arc::clone(&mailbox));
+        let sub = Subscription {
+            hub: Arc::clone(self),
+            id,
+            user,
+            mailbox,
+        };
+        (sub, rx)
+    }
+
+    /// Hands an item to the connections it concerns.
+    pub(crate) fn dispatch(&self, item: Item) {
+        let item = Arc::new(item);
+        let routes = self.routes();
+        match &*item {
+            Item::Event(event) => {
+                let members = routes.by_group.get(&event.group);
+                for mailbox in members.into_iter().flat_map(HashMap::values) {
+                    mailbox.deliver(&item);
+                }
+                // A new member's connections are not subscribed to the group yet.
+                if let EventData::MemberJoined { user, .. } = &event.data {
+                    for (id, mailbox) in routes.by_user.get(user).into_iter().flatten() {
+                        if members.is_none_or(|m| !m.contains_key(id)) {
+                            mailbox.deliver(&item);
+                        }
+                    }
+                }
+            }
+            Item::Markers { group, .. } => {
+                for mailbox in routes
+                    .by_group
+                    .get(group)
+                    .into_iter()
+                    .flat_map(HashMap::values)
+                {
+                    mailbox.deliver(&item);
+                }
+            }
+            Item::Resync => {
+                for mailbox in routes.by_user.values().flat_map(HashMap::values) {
+                    mailbox.flag_lagged();
+                }
+            }
+        }
+    }
+
+    /// How many connections are registered.
+    #[cfg(test)]
+    pub(crate) fn connections(&self) -> usize {
+        self.routes().by_user.values().map(HashMap::len).sum()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn user(&self) -> UserId {
+        self.user
+    }
+
+    pub(crate) fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    /// Starts routing `group`'s items to this connection.
+    pub(crate) fn join(&self, group: GroupId) {
+        self.hub
+            .routes()
+            .by_group
+            .entry(group)
+            .or_default()
+            .insert(self.id, Arc::clone(&self.mailbox));
+    }
+
+    /// Stops routing `group`'s items to this connection.
+    pub(crate) fn leave(&self, group: GroupId) {
+        let mut routes = self.hub.routes();
+        if let Some(members) = routes.by_group.get_mut(&group) {
+            members.remove(&self.id);
+            if members.is_empty() {
+                routes.by_group.remove(&group);
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut routes = self.hub.routes();
+        routes.by_group.retain(|_, members| {
+            members.remove(&self.id);
+            !members.is_empty()
+        });
+        if let Some(conns) = routes.by_user.get_mut(&self.user) {
+            conns.remove(&self.id);
+            if conns.is_empty() {
+                routes.by_user.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// What crosses Redis: an item and the replica that published it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    origin: Uuid,
+    item: Item,
+}
+
+/// Publishes items here and, with Redis, to the other replicas.
+#[derive(Debug, Clone)]
+pub(crate) struct Fanout {
+    hub: Arc<Hub>,
+    out: Option<mpsc::UnboundedSender<Item>>,
+}
+
+impl Fanout {
+    /// Fan-out within this replica only.
+    pub(crate) fn local() -> Self {
+        Self {
+            hub: Arc::new(Hub::default()),
+            out: None,
+        }
+    }
+
+    /// Fan-out across replicas through Redis at `url`; starts the publisher and subscriber
+    /// tasks. Call within a tokio runtime.
+    pub(crate) fn redis(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let hub = Arc::new(Hub::default());
+        let origin = Uuid::new_v4();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(publish_loop(client.clone(), origin, rx));
+        tokio::spawn(subscribe_loop(client, origin, Arc::downgrade(&hub)));
+        Ok(Self { hub, out: Some(tx) })
+    }
+
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Delivers to this replica's connections at once and queues for the others.
+    pub(crate) fn publish(&self, item: Item) {
+        if let Some(out) = &self.out {
+            let _ = out.send(item.clone());
+        }
+        self.hub.dispatch(item);
+    }
+
+    /// Publishes a committed event.
+    pub(crate) fn event(&self, event: GroupEvent) {
+        self.publish(Item::Event(event));
+    }
+}
+
+async fn publish_loop(client: redis::Client, origin: Uuid, mut rx: mpsc::UnboundedReceiver<Item>) {
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    // Set when an item could not be published: the next success first asks for a resync.
+    let mut missed = false;
+    while let Some(item) = rx.recv().await {
+        let mut payloads = Vec::with_capacity(2);
+        if missed {
+            payloads.push(Item::Resync);
+        }
+        payloads.push(item);
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            missed = true;
+            continue;
+        };
+        let mut ok = true;
+        for item in payloads {
+            let text = match serde_json::to_string(&Envelope { origin, item }) {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a fan-out item");
+                    continue;
+                }
+            };
+            let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(REDIS_CHANNEL)
+                .arg(text)
+                .query_async(c)
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "fan-out publish failed; local only until Redis is back");
+                ok = false;
+                conn = None;
+                break;
+            }
+        }
+        missed = !ok;
+    }
+}
+
+async fn subscribe_loop(client: redis::Client, origin: Uuid, hub: std::sync::Weak<Hub>) {
+    use futures_util::StreamExt as _;
+    loop {
+        if hub.strong_count() == 0 {
+            return;
+        }
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if let Err(e) = pubsub.subscribe(REDIS_CHANNEL).await {
+                    tracing::warn!(error = %e, "fan-out subscribe failed");
+                } else {
+                    // Whatever was published while we were not listening is in SQL.
+                    if let Some(hub) = hub.upgrade() {
+                        hub.dispatch(Item::Resync);
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let Some(hub) = hub.upgrade() else {
+                            return;
+                        };
+                        let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                        match serde_json::from_slice::<Envelope>(&payload) {
+                            Ok(envelope) if envelope.origin == origin => {}
+                            Ok(envelope) => hub.dispatch(envelope.item),
+                            Err(e) => tracing::warn!(error = %e, "undecodable fan-out message"),
+                        }
+                    }
+                    tracing::warn!("fan-out subscription lost; local only until Redis is back");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "fan-out cannot reach Redis"),
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::api::Role;
+
+    fn event(group: GroupId, seq: u64, data: EventData) -> Item {
+        Item::Event(GroupEvent {
+            group,
+            seq,
+            at: String::new(),
+            actor: UserId::from_uuid(Uuid::from_u128(99)),
+            data,
+        })
+    }
+
+    #[test]
+    fn items_reach_the_group_and_a_new_members_connections_only() {
+        let hub = Arc::new(Hub::default());
+        let g = GroupId::from_uuid(Uuid::from_u128(1));
+        let ann = UserId::from_uuid(Uuid::from_u128(2));
+        let bob = UserId::from_uuid(Uuid::from_u128(3));
+        let (a, mut a_rx) = hub.register(ann);
+        a.join(g);
+        let (_b, mut b_rx) = hub.register(bob);
+        hub.dispatch(event(g, 1, EventData::MessageDeleted { message_id: 1 }));
+        assert!(a_rx.try_recv().is_ok());
+        assert!(b_rx.try_recv().is_err(), "bob is not in the group");
+        let joined = EventData::MemberJoined {
+            user: bob,
+            role: Role::Member,
+        };
+        hub.dispatch(event(g, 2, joined));
+        assert!(a_rx.try_recv().is_ok());
+        assert!(b_rx.try_recv().is_ok(), "bob's connection learns he joined");
+        drop(a);
+        assert_eq!(hub.connections(), 1);
+        assert!(hub.routes().by_group.is_empty());
+    }
+
+    #[test]
+    fn a_full_mailbox_flags_the_connection_instead_of_blocking() {
+        let hub = Arc::new(Hub::default());
+        let g = GroupId::from_uuid(Uuid::from_u128(1));
+        let (a, mut rx) = hub.register(UserId::from_uuid(Uuid::from_u128(2)));
+        a.join(g);
+        for seq in 0..=MAILBOX as u64 {
+            hub.dispatch(event(g, seq, EventData::GroupDeleted));
+        }
+        assert!(a.mailbox().take_lagged());
+        assert!(!a.mailbox().take_lagged(), "taking clears the flag");
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, MAILBOX);
+        hub.dispatch(Item::Resync);
+        assert!(a.mailbox().take_lagged());
+    }
+}
