@@ -229,6 +229,8 @@ struct Envelope {
 pub(crate) struct Fanout {
     hub: Arc<Hub>,
     out: Option<mpsc::UnboundedSender<Item>>,
+    /// With Redis: whether the subscription is up.
+    subscribed: Arc<AtomicBool>,
 }
 
 impl Fanout {
@@ -237,6 +239,7 @@ impl Fanout {
         Self {
             hub: Arc::new(Hub::default()),
             out: None,
+            subscribed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -248,8 +251,25 @@ impl Fanout {
         let origin = Uuid::new_v4();
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(publish_loop(client.clone(), origin, rx));
-        tokio::spawn(subscribe_loop(client, origin, Arc::downgrade(&hub)));
-        Ok(Self { hub, out: Some(tx) })
+        let subscribed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(subscribe_loop(
+            client,
+            origin,
+            Arc::downgrade(&hub),
+            Arc::clone(&subscribed),
+        ));
+        Ok(Self {
+            hub,
+            out: Some(tx),
+            subscribed,
+        })
+    }
+
+    /// `None` without Redis; with it, whether other replicas' events are arriving.
+    pub(crate) fn redis_ok(&self) -> Option<bool> {
+        self.out
+            .as_ref()
+            .map(|_| self.subscribed.load(Ordering::Acquire))
     }
 
     pub(crate) fn hub(&self) -> &Arc<Hub> {
@@ -312,7 +332,12 @@ async fn publish_loop(client: redis::Client, origin: Uuid, mut rx: mpsc::Unbound
     }
 }
 
-async fn subscribe_loop(client: redis::Client, origin: Uuid, hub: std::sync::Weak<Hub>) {
+async fn subscribe_loop(
+    client: redis::Client,
+    origin: Uuid,
+    hub: std::sync::Weak<Hub>,
+    subscribed: Arc<AtomicBool>,
+) {
     use futures_util::StreamExt as _;
     loop {
         if hub.strong_count() == 0 {
@@ -323,6 +348,7 @@ async fn subscribe_loop(client: redis::Client, origin: Uuid, hub: std::sync::Wea
                 if let Err(e) = pubsub.subscribe(REDIS_CHANNEL).await {
                     tracing::warn!(error = %e, "fan-out subscribe failed");
                 } else {
+                    subscribed.store(true, Ordering::Release);
                     // Whatever was published while we were not listening is in SQL.
                     if let Some(hub) = hub.upgrade() {
                         hub.dispatch(Item::Resync);
@@ -339,6 +365,7 @@ async fn subscribe_loop(client: redis::Client, origin: Uuid, hub: std::sync::Wea
                             Err(e) => tracing::warn!(error = %e, "undecodable fan-out message"),
                         }
                     }
+                    subscribed.store(false, Ordering::Release);
                     tracing::warn!("fan-out subscription lost; local only until Redis is back");
                 }
             }

@@ -129,9 +129,9 @@ pub enum EventData {
         user: UserId,
         role: Role,
     },
-    /// The name, description, picture or settings changed. `group.role` is the actor's.
+    /// The name, description, picture or settings changed. `details.role` is the actor's.
     GroupUpdated {
-        group: GroupView,
+        details: GroupView,
     },
     /// The group is gone; no event follows.
     GroupDeleted,

@@ -351,7 +351,8 @@ impl Conn {
             }) => {
                 let req = MarkersRequest { read, delivered };
                 match advance_markers(&self.state, group, user, req).await {
-                    Ok(_) => Ok(()),
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(End::Close(CLOSE_BAD_FRAME, "not a group of yours")),
                     Err(AppError::Internal(_)) => Err(End::Internal),
                     Err(_) => Err(End::Close(CLOSE_BAD_FRAME, "cannot move these markers")),
                 }

@@ -23,9 +23,11 @@ pub(super) async fn readyz(
 ) -> Result<Json<serde_json::Value>, AppError> {
     match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => {
+            // Attempt budgets and fan-out each fall back to this replica when Redis fails.
+            let fanout = state.fanout.redis_ok();
             let redis = match &state.throttle {
-                t if !t.uses_redis() => "off",
-                t if t.shared(Now::read().ms) => "ok",
+                t if !t.uses_redis() && fanout.is_none() => "off",
+                t if (!t.uses_redis() || t.shared(Now::read().ms)) && fanout != Some(false) => "ok",
                 _ => "degraded",
             };
             let status = if redis == "degraded" {

@@ -288,7 +288,7 @@ impl Store {
                 admin,
                 now_ms,
                 EventData::GroupUpdated {
-                    group: view(&updated),
+                    details: view(&updated),
                 },
             ))
             .await?;

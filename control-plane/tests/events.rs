@@ -1,0 +1,575 @@
+//! The `/v1/events` WebSocket over a real socket, with a WebSocket client written by others
+//! (tokio-tungstenite): live events, resuming from a cursor, membership changes, close codes,
+//! gaps filled from SQL between replicas, and fan-out through real Redis, including Redis
+//! going away and coming back.
+
+mod support;
+
+use axum::http::StatusCode;
+use control_plane::{ControlPlane, InProcessRegistry};
+use futures_util::{SinkExt as _, StreamExt as _};
+use protocol::api::{AuthResponse, MessageView};
+use protocol::ids::GroupId;
+use protocol::realtime::{EventData, GroupEvent, ServerFrame};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{App, with_each_backend};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type TestApp = App<InProcessRegistry>;
+
+/// Bounds a wait that should end at once, so a bug fails the test instead of hanging it.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    async fn open(addr: SocketAddr) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/events"))
+            .await
+            .unwrap();
+        Self { ws }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Connects, says hello with `cursor`, and answers the frames before `ready` and its
+    /// cursor.
+    async fn connect(
+        addr: SocketAddr,
+        user: &AuthResponse,
+        cursor: &BTreeMap<GroupId, u64>,
+    ) -> (Self, Vec<ServerFrame>, BTreeMap<GroupId, u64>) {
+        let mut client = Self::open(addr).await;
+        client
+            .send(json!({"type": "hello", "access_token": user.access_token, "cursor": cursor}))
+            .await;
+        let mut replay = Vec::new();
+        loop {
+            match client.next().await {
+                ServerFrame::Ready { cursor } => return (client, replay, cursor),
+                frame => replay.push(frame),
+            }
+        }
+    }
+
+    async fn next(&mut self) -> ServerFrame {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("the stream is open")
+                .expect("a frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// The next durable event, skipping marker frames.
+    async fn event(&mut self) -> GroupEvent {
+        loop {
+            match self.next().await {
+                ServerFrame::Event(event) => return event,
+                ServerFrame::Markers { .. } => {}
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+
+    /// The close code the server ends with.
+    async fn close_code(&mut self) -> CloseCode {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame in time");
+            match message {
+                Some(Ok(Message::Close(Some(frame)))) => return frame.code,
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+fn message_body(event: &GroupEvent) -> Option<&str> {
+    match &event.data {
+        EventData::Message { message } => message.body.as_deref(),
+        _ => None,
+    }
+}
+
+async fn say(app: &TestApp, g: &str, user: &AuthResponse, id: &str, body: &str) -> MessageView {
+    app.say(g, user, id, body).await.parse(StatusCode::CREATED)
+}
+
+#[tokio::test]
+async fn a_client_gets_events_live_and_resumes_from_its_cursor_without_loss_or_repeats() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let addr = app.serve().await;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let g = app.group(&ann).await;
+        app.join(&g, &ann, &bob).await;
+        let gid: GroupId = g.parse().unwrap();
+
+        // No cursor: the group replays from when ann joined (she created it).
+        let (mut ws, replay, cursor) = Client::connect(addr, &ann, &BTreeMap::new()).await;
+        let kinds: Vec<_> = replay
+            .iter()
+            .map(|f| match f {
+                ServerFrame::Event(e) => (e.seq, kind(&e.data)),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, [(1, "member_joined"), (2, "member_joined")]);
+        assert_eq!(cursor[&gid], 2);
+
+        let m1 = say(&app, &g, &bob, "b1", "on the A7").await;
+        let live = ws.event().await;
+        assert_eq!((live.seq, message_body(&live)), (m1.id, Some("on the A7")));
+        drop(ws);
+
+        // While ann is away: messages, an edit, a delete.
+        let m2 = say(&app, &g, &bob, "b2", "exit 24").await;
+        let m3 = say(&app, &g, &bob, "b3", "fuel stop").await;
+        app.patch(
+            &format!("/v1/groups/{g}/messages/{}", m2.id),
+            &bob.access_token,
+            json!({"body": "exit 25"}),
+        )
+        .await
+        .parse::<MessageView>(StatusCode::OK);
+        let reply = app
+            .delete(&format!("/v1/groups/{g}/messages/{}", m3.id), &bob.access_token)
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT);
+
+        let resume = BTreeMap::from([(gid, live.seq)]);
+        let (mut ws, replay, cursor) = Client::connect(addr, &ann, &resume).await;
+        let events: Vec<GroupEvent> = replay
+            .into_iter()
+            .map(|f| match f {
+                ServerFrame::Event(e) => e,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (m1.id + 1..=m1.id + 4).collect::<Vec<_>>());
+        // A message replays as it is now: m2 edited, m3 a tombstone.
+        assert_eq!(message_body(&events[0]), Some("exit 25"));
+        assert_eq!(message_body(&events[1]), None);
+        assert!(matches!(
+            &events[2].data,
+            EventData::MessageEdited { message_id, body: Some(b), .. } if *message_id == m2.id && b == "exit 25"
+        ));
+        assert!(matches!(
+            &events[3].data,
+            EventData::MessageDeleted { message_id } if *message_id == m3.id
+        ));
+        assert_eq!(cursor[&gid], m1.id + 4);
+
+        // Live again; markers reach the other members' connections.
+        let m4 = say(&app, &g, &bob, "b4", "arrived").await;
+        assert_eq!(ws.event().await.seq, m4.id);
+        let (mut bob_ws, _, _) = Client::connect(addr, &bob, &cursor).await;
+        ws.send(json!({"type": "markers", "group": gid, "read": m4.id}))
+            .await;
+        match bob_ws.next().await {
+            ServerFrame::Markers {
+                user, read_upto, ..
+            } => assert_eq!((user, read_upto), (ann.user.id, m4.id)),
+            other => panic!("{other:?}"),
+        }
+        ws.send(json!({"type": "ping"})).await;
+        loop {
+            match ws.next().await {
+                ServerFrame::Pong => break,
+                ServerFrame::Markers { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+fn kind(data: &EventData) -> &'static str {
+    match data {
+        EventData::Message { .. } => "message",
+        EventData::MessageEdited { .. } => "message_edited",
+        EventData::MessageDeleted { .. } => "message_deleted",
+        EventData::MemberJoined { .. } => "member_joined",
+        EventData::MemberLeft { .. } => "member_left",
+        EventData::RoleChanged { .. } => "role_changed",
+        EventData::GroupUpdated { .. } => "group_updated",
+        EventData::GroupDeleted => "group_deleted",
+    }
+}
+
+#[tokio::test]
+async fn joining_removal_and_deletion_reach_an_open_connection() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let addr = app.serve().await;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let g = app.group(&ann).await;
+        let gid: GroupId = g.parse().unwrap();
+        say(&app, &g, &ann, "a0", "before bob").await;
+
+        // Bob is in no group yet; joining starts his stream at his own join.
+        let (mut ws, replay, cursor) = Client::connect(addr, &bob, &BTreeMap::new()).await;
+        assert!(replay.is_empty() && cursor.is_empty());
+        app.join(&g, &ann, &bob).await;
+        let joined = ws.event().await;
+        assert!(matches!(joined.data, EventData::MemberJoined { user, .. } if user == bob.user.id));
+        let m = say(&app, &g, &ann, "a1", "welcome").await;
+        assert_eq!(ws.event().await.seq, m.id);
+
+        // Renamed, then bob removed: he gets the removal, then nothing more of the group.
+        app.patch(&format!("/v1/groups/{g}"), &ann.access_token, json!({"name": "Trip"}))
+            .await
+            .parse::<protocol::api::GroupView>(StatusCode::OK);
+        assert!(matches!(ws.event().await.data, EventData::GroupUpdated { details } if details.name == "Trip"));
+        let reply = app
+            .delete(&format!("/v1/groups/{g}/members/{}", bob.user.id), &ann.access_token)
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT);
+        let left = ws.event().await;
+        assert!(matches!(left.data, EventData::MemberLeft { user, removed_by: Some(by) } if user == bob.user.id && by == ann.user.id));
+        assert_eq!(ws.next().await, ServerFrame::Removed { group: gid });
+        say(&app, &g, &ann, "a2", "bob cannot see this").await;
+
+        // Reconnecting with the old cursor: the group is announced as gone, nothing replays.
+        ws.send(json!({"type": "ping"})).await;
+        assert_eq!(ws.next().await, ServerFrame::Pong, "nothing of the group came first");
+        let (_ws, replay, cursor) =
+            Client::connect(addr, &bob, &BTreeMap::from([(gid, left.seq)])).await;
+        assert_eq!(replay, [ServerFrame::Removed { group: gid }]);
+        assert!(cursor.is_empty());
+
+        // Deletion reaches the members.
+        let (mut ann_ws, _, _) = Client::connect(addr, &ann, &BTreeMap::new()).await;
+        let reply = app.delete(&format!("/v1/groups/{g}"), &ann.access_token).await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT);
+        assert!(matches!(ann_ws.event().await.data, EventData::GroupDeleted));
+        assert_eq!(ann_ws.next().await, ServerFrame::Removed { group: gid });
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_tokens_and_frames_get_close_codes_and_never_a_hang() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let addr = app.serve().await;
+        let ann = app.register("ann").await;
+
+        let mut ws = Client::open(addr).await;
+        ws.send(json!({"type": "hello"})).await;
+        assert_eq!(ws.close_code().await, CloseCode::from(4001));
+
+        let mut ws = Client::open(addr).await;
+        ws.send(json!({"type": "hello", "access_token": "not.a.token"}))
+            .await;
+        assert_eq!(ws.close_code().await, CloseCode::from(4001));
+
+        let mut ws = Client::open(addr).await;
+        ws.ws
+            .send(Message::Text("{\"type\":\"hel".into()))
+            .await
+            .unwrap();
+        assert_eq!(ws.close_code().await, CloseCode::from(4002));
+
+        let (mut ws, _, _) = Client::connect(addr, &ann, &BTreeMap::new()).await;
+        ws.ws
+            .send(Message::Binary(vec![1, 2, 3].into()))
+            .await
+            .unwrap();
+        assert_eq!(ws.close_code().await, CloseCode::from(4002));
+
+        let (mut ws, _, _) = Client::connect(addr, &ann, &BTreeMap::new()).await;
+        ws.send(json!({"type": "hello", "access_token": ann.access_token}))
+            .await;
+        assert_eq!(ws.close_code().await, CloseCode::from(4002), "hello once");
+
+        // Markers for a group the caller is not in.
+        let (mut ws, _, _) = Client::connect(addr, &ann, &BTreeMap::new()).await;
+        ws.send(json!({"type": "markers", "group": uuid::Uuid::now_v7(), "read": 1}))
+            .await;
+        assert_eq!(ws.close_code().await, CloseCode::from(4002));
+
+        // A bad bearer header is refused before the upgrade, as problem+json.
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{addr}/v1/events"),
+            )
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", "Bearer nope".parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            }
+            other => panic!("expected a 401, got {other:?}"),
+        }
+        // A good one needs no token in the hello.
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{addr}/v1/events"),
+            )
+            .unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", ann.access_token).parse().unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let mut ws = Client { ws };
+        ws.send(json!({"type": "hello"})).await;
+        assert!(matches!(ws.next().await, ServerFrame::Ready { .. }));
+    })
+    .await;
+}
+
+/// Another control plane on the scenario's database, served on a loopback port.
+async fn replica(app: &TestApp, redis_url: Option<&str>) -> SocketAddr {
+    let config = control_plane::Config {
+        redis_url: redis_url.map(str::to_owned),
+        ..support::config(&app.database_url)
+    };
+    let cp = ControlPlane::new(&config, Arc::new(InProcessRegistry::new()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(control_plane::serve(listener, cp, std::future::pending()));
+    addr
+}
+
+#[tokio::test]
+async fn without_a_bus_a_replica_fills_the_gap_from_sql_at_the_next_event() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        // Two replicas that share only the database.
+        let here = app.serve().await;
+        let there = replica(&app, None).await;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let g = app.group(&ann).await;
+        app.join(&g, &ann, &bob).await;
+        let (mut ws, _, _) = Client::connect(here, &ann, &BTreeMap::new()).await;
+
+        let http = reqwest::Client::new();
+        let posted: MessageView = http
+            .post(format!("http://{there}/v1/groups/{g}/messages"))
+            .bearer_auth(&bob.access_token)
+            .json(&json!({"client_msg_id": "b1", "body": "sent on the other replica"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let next = say(&app, &g, &bob, "b2", "sent here").await;
+        assert_eq!(next.id, posted.id + 1);
+        let first = ws.event().await;
+        assert_eq!(
+            (first.seq, message_body(&first)),
+            (posted.id, Some("sent on the other replica"))
+        );
+        assert_eq!(ws.event().await.seq, next.id);
+    })
+    .await;
+}
+
+/// `CONVOY_TEST_REDIS_URL`, or `None` (failing under `CONVOY_REQUIRE_EXTERNAL=1`).
+fn redis_url() -> Option<String> {
+    match std::env::var("CONVOY_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CONVOY_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+                "CONVOY_REQUIRE_EXTERNAL=1 but CONVOY_TEST_REDIS_URL is not set"
+            );
+            eprintln!("SKIPPED: Redis fan-out (set CONVOY_TEST_REDIS_URL)");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn replicas_fan_out_through_redis() {
+    let Some(url) = redis_url() else { return };
+    with_each_backend(InProcessRegistry::new, move |app| {
+        let url = url.clone();
+        async move {
+            let a = replica(&app, Some(&url)).await;
+            let b = replica(&app, Some(&url)).await;
+            let ann = app.register("ann").await;
+            let bob = app.register("bob").await;
+            let g = app.group(&ann).await;
+            app.join(&g, &ann, &bob).await;
+            let (mut ws, _, _) = Client::connect(a, &ann, &BTreeMap::new()).await;
+            // Whatever bob sends on b reaches ann on a live, in order.
+            for i in 0..20 {
+                let reply = reqwest::Client::new()
+                    .post(format!("http://{b}/v1/groups/{g}/messages"))
+                    .bearer_auth(&bob.access_token)
+                    .json(&json!({"client_msg_id": format!("b{i}"), "body": format!("#{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(reply.status(), StatusCode::CREATED);
+                let event = ws.event().await;
+                assert_eq!(message_body(&event), Some(format!("#{i}").as_str()));
+            }
+        }
+    })
+    .await;
+}
+
+/// A Redis server of this test's own on a free loopback port, so stopping it touches no
+/// other test.
+struct OwnRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt install redis-server)");
+        Self { port, child }
+    }
+
+    async fn ready(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        for _ in 0..200 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn with_redis_gone_a_replica_fans_out_locally_and_the_others_catch_up_when_it_returns() {
+    if redis_url().is_none() {
+        return;
+    }
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let mut redis = OwnRedis::start(port);
+        redis.ready().await;
+        let a = replica(&app, Some(&redis.url())).await;
+        let b = replica(&app, Some(&redis.url())).await;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let g = app.group(&ann).await;
+        app.join(&g, &ann, &bob).await;
+        let (mut on_a, _, _) = Client::connect(a, &ann, &BTreeMap::new()).await;
+        let (mut on_b, _, _) = Client::connect(b, &bob, &BTreeMap::new()).await;
+        let post = |i: u32| {
+            let token = bob.access_token.clone();
+            let g = g.clone();
+            async move {
+                let reply = reqwest::Client::new()
+                    .post(format!("http://{b}/v1/groups/{g}/messages"))
+                    .bearer_auth(token)
+                    .json(&json!({"client_msg_id": format!("b{i}"), "body": format!("#{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    reply.status(),
+                    StatusCode::CREATED,
+                    "sends work without Redis"
+                );
+                reply.json::<MessageView>().await.unwrap()
+            }
+        };
+        let m0 = post(0).await;
+        assert_eq!(on_a.event().await.seq, m0.id);
+        assert_eq!(on_b.event().await.seq, m0.id);
+
+        redis.stop();
+        // Redis is gone: b still answers and its own connections still get events live.
+        let m1 = post(1).await;
+        let m2 = post(2).await;
+        assert_eq!(on_b.event().await.seq, m1.id);
+        assert_eq!(on_b.event().await.seq, m2.id);
+        // b says it is degraded (the subscription ended), not down.
+        let mut degraded = false;
+        for _ in 0..400 {
+            let ready = reqwest::get(format!("http://{b}/readyz")).await.unwrap();
+            assert_eq!(ready.status(), StatusCode::OK);
+            let ready: Value = ready.json().await.unwrap();
+            if ready["redis"] == "degraded" {
+                assert_eq!(ready["status"], "degraded");
+                degraded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(degraded, "readyz never reported Redis degraded");
+
+        // Redis returns (empty, as Redis keeps nothing here): a resubscribes, resyncs from
+        // SQL and ann gets both messages, in order, with nothing published again.
+        let _redis = OwnRedis::start(port);
+        let first = on_a.event().await;
+        let second = on_a.event().await;
+        assert_eq!((first.seq, second.seq), (m1.id, m2.id));
+        assert_eq!(message_body(&second), Some("#2"));
+        // And live fan-out works again.
+        let m3 = post(3).await;
+        assert_eq!(on_a.event().await.seq, m3.id);
+    })
+    .await;
+}
