@@ -290,6 +290,12 @@ impl Fanout {
     }
 }
 
+/// Reads a message from the Redis channel: the replica it came from and the item.
+pub(crate) fn decode(payload: &[u8]) -> Result<(Uuid, Item), serde_json::Error> {
+    let envelope: Envelope = serde_json::from_slice(payload)?;
+    Ok((envelope.origin, envelope.item))
+}
+
 async fn publish_loop(client: redis::Client, origin: Uuid, mut rx: mpsc::UnboundedReceiver<Item>) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     // Set when an item could not be published: the next success first asks for a resync.
@@ -358,10 +364,9 @@ async fn subscribe_loop(
                         let Some(hub) = hub.upgrade() else {
                             return;
                         };
-                        let payload: Vec<u8> = message.get_payload_bytes().to_vec();
-                        match serde_json::from_slice::<Envelope>(&payload) {
-                            Ok(envelope) if envelope.origin == origin => {}
-                            Ok(envelope) => hub.dispatch(envelope.item),
+                        match decode(message.get_payload_bytes()) {
+                            Ok((from, _)) if from == origin => {}
+                            Ok((_, item)) => hub.dispatch(item),
                             Err(e) => tracing::warn!(error = %e, "undecodable fan-out message"),
                         }
                     }

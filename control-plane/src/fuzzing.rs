@@ -1,4 +1,4 @@
-//! Entry points for the fuzz target `control_plane_inputs` (`fuzz/`): the control plane's own
+//! Entry points for the fuzz targets `control_plane_inputs` and `realtime_frames` (`fuzz/`): the control plane's own
 //! parsers of what callers send or what it reads back. Not an API; nothing else calls these.
 
 use crate::sealed::DataKey;
@@ -45,4 +45,28 @@ pub fn open(key: &[u8; 32], sealed: &str, context: &str) -> Option<Vec<u8>> {
 /// Whether `text` is a usable data key (`CONVOY_DATA_KEY`).
 pub fn data_key_parses(text: &str) -> bool {
     crate::decode_key(text).is_ok()
+}
+
+/// A `/v1/events` client frame: `Some(re-encoded)` when it parses.
+pub fn client_frame(text: &str) -> Option<String> {
+    let frame = protocol::realtime::ClientFrame::decode(text).ok()?;
+    serde_json::to_string(&frame).ok()
+}
+
+/// A fan-out message read from Redis: whether it decodes.
+pub fn bus_message(payload: &[u8]) -> bool {
+    crate::fanout::decode(payload).is_ok()
+}
+
+/// The message and group fields as sent: whether each is accepted, and an accepted body's
+/// length in characters.
+pub fn message_fields(text: &str) -> (Option<usize>, bool, bool, bool) {
+    (
+        crate::domain::message_body(text)
+            .ok()
+            .map(|b| b.chars().count()),
+        crate::domain::client_msg_id(text).is_ok(),
+        crate::domain::avatar_url(text).is_ok(),
+        crate::domain::group_description(text).is_ok(),
+    )
 }
