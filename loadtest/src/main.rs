@@ -14,12 +14,15 @@ struct Cli {
 enum Scenario {
     /// Rooms of speakers and listeners against a running media node (REST → WHIP → ICE/DTLS/SRTP).
     Sfu(loadtest::sfu::SfuArgs),
+    /// Message send → WebSocket delivery in one group, and sign-ins, against a control plane.
+    Api(loadtest::api::ApiArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Sfu(args) => loadtest::sfu::run(args),
+        Scenario::Api(args) => loadtest::api::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -28,7 +28,8 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Self {
+    /// The percentiles of `h`.
+    pub fn of(h: &Histogram<u64>) -> Self {
         Self {
             count: h.len(),
             mean: h.mean(),
