@@ -9,11 +9,11 @@
 //! on (re)subscribing.
 
 use protocol::ids::{GroupId, UserId};
-use protocol::realtime::{EventData, GroupEvent};
+use protocol::realtime::{EventData, GroupEvent, ServerFrame};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
@@ -42,16 +42,37 @@ pub(crate) enum Item {
     Resync,
 }
 
+/// An item as handed to connections: an event is encoded as a frame once, by the first
+/// connection that sends it, however many connections send it.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub item: Item,
+    frame: OnceLock<String>,
+}
+
+impl Delivery {
+    /// The `event` frame of an [`Item::Event`].
+    pub(crate) fn event_frame(&self) -> Option<&str> {
+        let Item::Event(event) = &self.item else {
+            return None;
+        };
+        Some(
+            self.frame
+                .get_or_init(|| ServerFrame::Event(event.clone()).encode()),
+        )
+    }
+}
+
 /// A connection's inbox: bounded; when full the connection is told to resync instead.
 #[derive(Debug)]
 pub(crate) struct Mailbox {
-    tx: mpsc::Sender<Arc<Item>>,
+    tx: mpsc::Sender<Arc<Delivery>>,
     lagged: AtomicBool,
     wake: Notify,
 }
 
 impl Mailbox {
-    fn deliver(&self, item: &Arc<Item>) {
+    fn deliver(&self, item: &Arc<Delivery>) {
         if self.tx.try_send(Arc::clone(item)).is_err() {
             self.flag_lagged();
         }
@@ -104,7 +125,7 @@ impl Hub {
     pub(crate) fn register(
         self: &Arc<Self>,
         user: UserId,
-    ) -> (Subscription, mpsc::Receiver<Arc<Item>>) {
+    ) -> (Subscription, mpsc::Receiver<Arc<Delivery>>) {
         let (tx, rx) = mpsc::channel(MAILBOX);
         let mailbox = Arc::new(Mailbox {
             tx,
@@ -128,9 +149,12 @@ impl Hub {
 
     /// Hands an item to the connections it concerns.
     pub(crate) fn dispatch(&self, item: Item) {
-        let item = Arc::new(item);
+        let item = Arc::new(Delivery {
+            item,
+            frame: OnceLock::new(),
+        });
         let routes = self.routes();
-        match &*item {
+        match &item.item {
             Item::Event(event) => {
                 let members = routes.by_group.get(&event.group);
                 for mailbox in members.into_iter().flat_map(HashMap::values) {

@@ -12,7 +12,7 @@ use super::AppState;
 use super::error::AppError;
 use super::messages::advance_markers;
 use crate::clock::Now;
-use crate::fanout::{Item, Subscription};
+use crate::fanout::{Delivery, Item, Subscription};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -251,7 +251,21 @@ impl Conn {
         positions: &mut Positions,
         event: &GroupEvent,
     ) -> Result<(), End> {
-        self.send(&ServerFrame::Event(event.clone())).await?;
+        self.deliver_encoded(sub, positions, event, None).await
+    }
+
+    /// [`Self::deliver`] with the frame already encoded (shared by every connection).
+    async fn deliver_encoded(
+        &mut self,
+        sub: &Subscription,
+        positions: &mut Positions,
+        event: &GroupEvent,
+        frame: Option<&str>,
+    ) -> Result<(), End> {
+        match frame {
+            Some(text) => self.send_text(text.to_owned()).await?,
+            None => self.send(&ServerFrame::Event(event.clone())).await?,
+        }
         positions.insert(event.group, event.seq);
         let me = sub.user();
         let gone = match &event.data {
@@ -281,9 +295,9 @@ impl Conn {
         sub: &Subscription,
         user: UserId,
         positions: &mut Positions,
-        item: &Item,
+        delivery: &Delivery,
     ) -> Result<(), End> {
-        match item {
+        match &delivery.item {
             Item::Event(event) => {
                 if let EventData::GroupDeleted = event.data {
                     if positions.contains_key(&event.group) {
@@ -304,7 +318,9 @@ impl Conn {
                     return Ok(());
                 }
                 if event.seq == pos + 1 {
-                    return self.deliver(sub, positions, event).await;
+                    return self
+                        .deliver_encoded(sub, positions, event, delivery.event_frame())
+                        .await;
                 }
                 self.catch_up(sub, positions, event.group, event.seq).await
             }
@@ -363,7 +379,11 @@ impl Conn {
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        let text = Message::Text(Utf8Bytes::from(frame.encode()));
+        self.send_text(frame.encode()).await
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), End> {
+        let text = Message::Text(Utf8Bytes::from(text));
         match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(text)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
