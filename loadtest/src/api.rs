@@ -375,15 +375,22 @@ async fn logins(
                 .json(&body)
                 .send()
                 .await
-                .map(|r| r.status() == reqwest::StatusCode::OK)
-                .unwrap_or(false)
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
         }
     });
     let results = futures_util::future::join_all(attempts).await;
     let secs = t0.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     let livez: Histogram<u64> = probe.await?;
-    let errors = results.iter().filter(|ok| !**ok).count() as u64;
+    let mut refused = std::collections::BTreeMap::<u16, u64>::new();
+    for status in results.iter().filter(|s| **s != 200) {
+        *refused.entry(*status).or_default() += 1;
+    }
+    if !refused.is_empty() {
+        eprintln!("sign-ins refused, by status (0: no answer): {refused:?}");
+    }
+    let errors = refused.values().sum::<u64>();
     let ok = n as u64 - errors;
     Ok((errors, ok as f64 / secs, Some(Percentiles::of(&livez))))
 }

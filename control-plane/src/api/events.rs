@@ -18,6 +18,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::response::Response;
+use futures_util::SinkExt as _;
 use protocol::api::MarkersRequest;
 use protocol::ids::{GroupId, UserId};
 use protocol::realtime::{
@@ -34,6 +35,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most events replayed per group; beyond that the client gets a gap and reads REST.
 pub(crate) const REPLAY_LIMIT: i64 = 1000;
+/// Frames taken from the mailbox for one write.
+const BATCH: usize = 64;
 /// Events read from SQL per query while catching up.
 const PAGE: i64 = 200;
 
@@ -129,6 +132,7 @@ impl Conn {
             cursor: positions.clone(),
         })
         .await?;
+        self.flush().await?;
 
         let now = Now::read().secs();
         let expiry = tokio::time::sleep(Duration::from_secs(expires.saturating_sub(now)));
@@ -138,6 +142,11 @@ impl Conn {
                 item = rx.recv() => {
                     let Some(item) = item else { return Err(End::Internal) };
                     self.on_item(&sub, user, &mut positions, &item).await?;
+                    // Whatever else has queued goes out in the same write.
+                    for _ in 0..BATCH {
+                        let Ok(item) = rx.try_recv() else { break };
+                        self.on_item(&sub, user, &mut positions, &item).await?;
+                    }
                 }
                 () = sub.mailbox().lagged() => {
                     if sub.mailbox().take_lagged() {
@@ -154,6 +163,7 @@ impl Conn {
                     return Err(End::Close(1001, "the server is shutting down"));
                 }
             }
+            self.flush().await?;
         }
     }
 
@@ -382,9 +392,18 @@ impl Conn {
         self.send_text(frame.encode()).await
     }
 
+    /// Queues a frame; [`Self::flush`] writes what is queued (one write for many frames).
     async fn send_text(&mut self, text: String) -> Result<(), End> {
         let text = Message::Text(Utf8Bytes::from(text));
-        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(text)).await {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.feed(text)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(CLOSE_TOO_SLOW, "the client is not reading")),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => Err(End::Close(CLOSE_TOO_SLOW, "the client is not reading")),
