@@ -133,7 +133,7 @@ async fn a_client_gets_events_live_and_resumes_from_its_cursor_without_loss_or_r
         let kinds: Vec<_> = replay
             .iter()
             .map(|f| match f {
-                ServerFrame::Event(e) => (e.seq, kind(&e.data)),
+                ServerFrame::Event(e) => (e.seq, e.data.kind()),
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -206,19 +206,6 @@ async fn a_client_gets_events_live_and_resumes_from_its_cursor_without_loss_or_r
         }
     })
     .await;
-}
-
-fn kind(data: &EventData) -> &'static str {
-    match data {
-        EventData::Message { .. } => "message",
-        EventData::MessageEdited { .. } => "message_edited",
-        EventData::MessageDeleted { .. } => "message_deleted",
-        EventData::MemberJoined { .. } => "member_joined",
-        EventData::MemberLeft { .. } => "member_left",
-        EventData::RoleChanged { .. } => "role_changed",
-        EventData::GroupUpdated { .. } => "group_updated",
-        EventData::GroupDeleted => "group_deleted",
-    }
 }
 
 #[tokio::test]

@@ -137,6 +137,22 @@ pub enum EventData {
     GroupDeleted,
 }
 
+impl EventData {
+    /// The `kind` tag of the event on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventData::Message { .. } => "message",
+            EventData::MessageEdited { .. } => "message_edited",
+            EventData::MessageDeleted { .. } => "message_deleted",
+            EventData::MemberJoined { .. } => "member_joined",
+            EventData::MemberLeft { .. } => "member_left",
+            EventData::RoleChanged { .. } => "role_changed",
+            EventData::GroupUpdated { .. } => "group_updated",
+            EventData::GroupDeleted => "group_deleted",
+        }
+    }
+}
+
 impl ClientFrame {
     /// Parses a text frame.
     pub fn decode(text: &str) -> Result<Self, serde_json::Error> {
@@ -191,6 +207,9 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&event.encode()).unwrap();
         assert_eq!(json["type"], "event");
         assert_eq!(json["kind"], "message_deleted");
+        if let ServerFrame::Event(e) = &event {
+            assert_eq!(e.data.kind(), "message_deleted", "kind() is the wire tag");
+        }
         assert_eq!(json["message_id"], 2);
         assert_eq!(json["seq"], 3);
         let back: ServerFrame = serde_json::from_value(json).unwrap();

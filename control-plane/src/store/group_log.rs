@@ -121,7 +121,7 @@ impl GroupTx {
         let seq = self.last_seq + 1;
         let (kind, data, ref_seq, client_msg_id, body) = match &event.what {
             What::Data(data) => (
-                data_kind(data),
+                data.kind(),
                 serde_json::to_string(data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
                 None,
                 None,
@@ -559,19 +559,6 @@ fn placeholders(start: usize, count: usize) -> String {
 
 fn seq_u64(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
-}
-
-fn data_kind(data: &EventData) -> &'static str {
-    match data {
-        EventData::Message { .. } => "message",
-        EventData::MessageEdited { .. } => "message_edited",
-        EventData::MessageDeleted { .. } => "message_deleted",
-        EventData::MemberJoined { .. } => "member_joined",
-        EventData::MemberLeft { .. } => "member_left",
-        EventData::RoleChanged { .. } => "role_changed",
-        EventData::GroupUpdated { .. } => "group_updated",
-        EventData::GroupDeleted => "group_deleted",
-    }
 }
 
 fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error> {

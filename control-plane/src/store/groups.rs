@@ -95,8 +95,12 @@ pub(crate) enum MemberRefusal {
 /// A membership change that took effect, with its event (none when nothing changed).
 pub(crate) type MemberChange = Result<Option<GroupEvent>, MemberRefusal>;
 
-const GROUP_COLUMNS: &str = "g.id, g.name, g.created_by, g.created_at, g.description, \
-     g.avatar_url, g.privacy, g.join_permission, g.location_sharing, g.music_sharing, g.last_seq";
+/// A group with one member's role, joined seq and the member count; a `WHERE` follows.
+const MEMBER_GROUP_SELECT: &str = "SELECT g.id, g.name, g.created_by, g.created_at, \
+     g.description, g.avatar_url, g.privacy, g.join_permission, g.location_sharing, \
+     g.music_sharing, g.last_seq, m.role, m.joined_seq, \
+     (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id) AS member_count \
+     FROM groups g JOIN group_members m ON m.group_id = g.id";
 
 impl Store {
     /// Creates a group with its creator as admin; the creator's joining is the group's first
@@ -136,12 +140,7 @@ impl Store {
         group: GroupId,
         user: UserId,
     ) -> Result<Option<MemberGroup>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {GROUP_COLUMNS}, m.role, m.joined_seq, \
-             (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id) AS member_count \
-             FROM groups g JOIN group_members m ON m.group_id = g.id \
-             WHERE g.id = $1 AND m.user_id = $2"
-        );
+        let sql = format!("{MEMBER_GROUP_SELECT} WHERE g.id = $1 AND m.user_id = $2");
         let row = sqlx::query(&sql)
             .bind(group.to_string())
             .bind(user.to_string())
@@ -152,12 +151,7 @@ impl Store {
 
     /// Every group `user` is in, oldest first.
     pub(crate) async fn groups_of(&self, user: UserId) -> Result<Vec<MemberGroup>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {GROUP_COLUMNS}, m.role, m.joined_seq, \
-             (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id) AS member_count \
-             FROM groups g JOIN group_members m ON m.group_id = g.id \
-             WHERE m.user_id = $1 ORDER BY g.created_at, g.id"
-        );
+        let sql = format!("{MEMBER_GROUP_SELECT} WHERE m.user_id = $1 ORDER BY g.created_at, g.id");
         let rows = sqlx::query(&sql)
             .bind(user.to_string())
             .fetch_all(&self.pool)
@@ -243,10 +237,8 @@ impl Store {
         let Some(mut gtx) = GroupTx::begin(&self.pool, group).await? else {
             return Ok(Err(MemberRefusal::NoGroup));
         };
-        match gtx.role_of(admin).await? {
-            None => return Ok(Err(MemberRefusal::NoGroup)),
-            Some(Role::Member) => return Ok(Err(MemberRefusal::NotAdmin)),
-            Some(Role::Admin) => {}
+        if let Err(refusal) = require_admin(&mut gtx, admin).await? {
+            return Ok(Err(refusal));
         }
         let c = changes;
         sqlx::query(
@@ -269,12 +261,7 @@ impl Store {
         .bind(c.music_sharing.map(i64::from))
         .execute(gtx.conn())
         .await?;
-        let sql = format!(
-            "SELECT {GROUP_COLUMNS}, m.role, m.joined_seq, \
-             (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id) AS member_count \
-             FROM groups g JOIN group_members m ON m.group_id = g.id \
-             WHERE g.id = $1 AND m.user_id = $2"
-        );
+        let sql = format!("{MEMBER_GROUP_SELECT} WHERE g.id = $1 AND m.user_id = $2");
         let row = sqlx::query(&sql)
             .bind(group.to_string())
             .bind(admin.to_string())
@@ -307,10 +294,8 @@ impl Store {
         let Some(mut gtx) = GroupTx::begin(&self.pool, group).await? else {
             return Ok(Err(MemberRefusal::NoGroup));
         };
-        match gtx.role_of(admin).await? {
-            None => return Ok(Err(MemberRefusal::NoGroup)),
-            Some(Role::Member) => return Ok(Err(MemberRefusal::NotAdmin)),
-            Some(Role::Admin) => {}
+        if let Err(refusal) = require_admin(&mut gtx, admin).await? {
+            return Ok(Err(refusal));
         }
         delete_locked(gtx, admin, now_ms).await.map(|e| Ok(Some(e)))
     }
@@ -377,10 +362,8 @@ impl Store {
         let Some(mut gtx) = GroupTx::begin(&self.pool, group).await? else {
             return Ok(Err(MemberRefusal::NoGroup));
         };
-        match gtx.role_of(admin).await? {
-            None => return Ok(Err(MemberRefusal::NoGroup)),
-            Some(Role::Member) => return Ok(Err(MemberRefusal::NotAdmin)),
-            Some(Role::Admin) => {}
+        if let Err(refusal) = require_admin(&mut gtx, admin).await? {
+            return Ok(Err(refusal));
         }
         let Some(current) = gtx.role_of(target).await? else {
             return Ok(Err(MemberRefusal::NoMember));
@@ -445,6 +428,18 @@ impl Store {
         })
         .transpose()
     }
+}
+
+/// Whether `user` is an admin of the locked group: a non-member is told there is no group.
+async fn require_admin(
+    gtx: &mut GroupTx,
+    user: UserId,
+) -> Result<Result<(), MemberRefusal>, sqlx::Error> {
+    Ok(match gtx.role_of(user).await? {
+        None => Err(MemberRefusal::NoGroup),
+        Some(Role::Member) => Err(MemberRefusal::NotAdmin),
+        Some(Role::Admin) => Ok(()),
+    })
 }
 
 /// Deletes the locked group; its log goes with it, so the event is only fanned out.
