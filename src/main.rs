@@ -67,8 +67,8 @@ enum Command {
         /// The data key itself, 32 bytes in base64 (instead of the file).
         #[arg(long, env = "CONVOY_DATA_KEY", hide_env_values = true)]
         data_key: Option<String>,
-        /// Redis for the node registry (media nodes in other processes) and the shared attempt
-        /// budgets; in-process without it.
+        /// Redis for the node registry (media nodes in other processes), the shared attempt
+        /// budgets and event fan-out across control planes; in-process without it.
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
         /// Region whose media nodes new sessions prefer.
