@@ -77,6 +77,10 @@ enum Command {
         /// Reverse proxies whose X-Forwarded-For names the client (comma-separated addresses).
         #[arg(long, env = "CONVOY_TRUSTED_PROXIES", value_delimiter = ',')]
         trusted_proxies: Vec<std::net::IpAddr>,
+        /// Accept http:// Web Push endpoints (a push service on a private network); https only
+        /// otherwise.
+        #[arg(long, env = "CONVOY_PUSH_ALLOW_HTTP")]
+        push_allow_http: bool,
     },
     /// A media node alone.
     MediaPlane {
@@ -165,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
             redis_url,
             region,
             trusted_proxies,
+            push_allow_http,
         } => {
             let registry: std::sync::Arc<dyn control_plane::NodeRegistry> = match &redis_url {
                 Some(url) => {
@@ -183,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
                     None => control_plane::DataKeySource::File(data_key_file),
                 },
                 trusted_proxies,
+                push_allow_http,
                 ..control_plane::Config::new(listen, database_url)
             };
             let cp = control_plane::ControlPlane::new(&config, registry).await?;

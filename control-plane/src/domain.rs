@@ -173,7 +173,21 @@ pub(crate) fn group_description(s: &str) -> Result<String, Invalid> {
 /// An `https://` URL of at most 2,048 bytes with a host and no whitespace or control
 /// characters, or the empty string (no picture: `None`).
 pub(crate) fn avatar_url(s: &str) -> Result<Option<String>, Invalid> {
-    const RULE: &str = "avatar_url must be an https:// URL of at most 2048 bytes, or empty";
+    image_url(
+        s,
+        "avatar_url must be an https:// URL of at most 2048 bytes, or empty",
+    )
+}
+
+/// A user's picture: like [`avatar_url`].
+pub(crate) fn picture_url(s: &str) -> Result<Option<String>, Invalid> {
+    image_url(
+        s,
+        "picture_url must be an https:// URL of at most 2048 bytes, or empty",
+    )
+}
+
+fn image_url(s: &str, rule: &'static str) -> Result<Option<String>, Invalid> {
     if s.is_empty() {
         return Ok(None);
     }
@@ -185,8 +199,75 @@ pub(crate) fn avatar_url(s: &str) -> Result<Option<String>, Invalid> {
     if ok {
         Ok(Some(s.to_owned()))
     } else {
-        Err(Invalid(RULE))
+        Err(Invalid(rule))
     }
+}
+
+/// An APNs or FCM device token: 1 to 4,096 printable ASCII characters without spaces.
+pub(crate) fn device_token(s: &str) -> Result<String, Invalid> {
+    let ok = (1..=4096).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(Invalid(
+            "token must be 1 to 4096 printable ASCII characters without spaces",
+        ))
+    }
+}
+
+/// A Web Push subscription, checked: the endpoint is an `https://` URL (or `http://` when the
+/// server allows it, for a push service on a private network or in tests), `p256dh` a P-256
+/// public key in uncompressed form and `auth` a 16-byte secret, both base64url.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PushSubscription {
+    pub endpoint: String,
+    pub p256dh: String,
+    pub auth: String,
+}
+
+impl PushSubscription {
+    pub(crate) fn parse(
+        endpoint: &str,
+        p256dh: &str,
+        auth: &str,
+        allow_http: bool,
+    ) -> Result<Self, Invalid> {
+        let rest = endpoint
+            .strip_prefix("https://")
+            .or_else(|| endpoint.strip_prefix("http://").filter(|_| allow_http));
+        let endpoint_ok = endpoint.len() <= 2048
+            && rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+            && endpoint.bytes().all(|b| b.is_ascii_graphic());
+        if !endpoint_ok {
+            return Err(Invalid(
+                "subscription.endpoint must be an https:// URL of at most 2048 bytes",
+            ));
+        }
+        let key = b64url(p256dh);
+        if !key.is_some_and(|k| k.len() == 65 && k[0] == 4) {
+            return Err(Invalid(
+                "subscription.keys.p256dh must be a P-256 public key, uncompressed (65 bytes), base64url",
+            ));
+        }
+        if b64url(auth).is_none_or(|a| a.len() != 16) {
+            return Err(Invalid(
+                "subscription.keys.auth must be 16 bytes, base64url",
+            ));
+        }
+        Ok(Self {
+            endpoint: endpoint.to_owned(),
+            p256dh: p256dh.trim_end_matches('=').to_owned(),
+            auth: auth.trim_end_matches('=').to_owned(),
+        })
+    }
+}
+
+/// Base64url, padded or not.
+pub(crate) fn b64url(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
 }
 
 /// A message text: 1 to 4,000 characters, not only whitespace; line breaks and tabs allowed,
@@ -359,6 +440,33 @@ mod tests {
             format!("{:?}", Password::parse("secret-secret").unwrap()),
             "Password(..)"
         );
+    }
+
+    #[test]
+    fn push_subscriptions_need_an_https_endpoint_and_well_formed_keys() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let mut point = [7u8; 65];
+        point[0] = 4;
+        let (key, auth) = (b64(&point), b64(&[1; 16]));
+        let ok = PushSubscription::parse("https://push.example/a", &key, &auth, false).unwrap();
+        assert_eq!(ok.endpoint, "https://push.example/a");
+        assert!(PushSubscription::parse("http://127.0.0.1:9/a", &key, &auth, false).is_err());
+        assert!(PushSubscription::parse("http://127.0.0.1:9/a", &key, &auth, true).is_ok());
+        assert!(PushSubscription::parse("https:///a", &key, &auth, false).is_err());
+        assert!(PushSubscription::parse("https://p.example/a b", &key, &auth, false).is_err());
+        assert!(
+            PushSubscription::parse("https://p.example", &b64(&[4; 33]), &auth, false).is_err()
+        );
+        point[0] = 2;
+        assert!(PushSubscription::parse("https://p.example", &b64(&point), &auth, false).is_err());
+        assert!(PushSubscription::parse("https://p.example", &key, &b64(&[1; 15]), false).is_err());
+        assert!(PushSubscription::parse("https://p.example", &key, "!!", false).is_err());
+        assert!(device_token("abc123").is_ok());
+        assert!(device_token("a b").is_err());
+        assert!(device_token("").is_err());
+        assert_eq!(picture_url("").unwrap(), None);
+        assert!(picture_url("http://x.example/p.png").is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! on (re)subscribing.
 
 use protocol::ids::{GroupId, UserId};
-use protocol::realtime::{EventData, GroupEvent, ServerFrame};
+use protocol::realtime::{EventData, GroupEvent, PresenceStatus, ServerFrame, TYPING_TTL_MS};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +40,20 @@ pub(crate) enum Item {
     },
     /// Something may have been missed: every connection reads SQL.
     Resync,
+    /// A member started or stopped typing (ephemeral: dropped, never resynced, when a
+    /// connection's mailbox is full).
+    Typing {
+        group: GroupId,
+        user: UserId,
+        typing: bool,
+    },
+    /// A user came online or went offline; goes to the connections of the groups named
+    /// (ephemeral, like typing).
+    Presence {
+        user: UserId,
+        online: bool,
+        groups: Vec<GroupId>,
+    },
 }
 
 /// An item as handed to connections: an event is encoded as a frame once, by the first
@@ -51,15 +65,32 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// The `event` frame of an [`Item::Event`].
-    pub(crate) fn event_frame(&self) -> Option<&str> {
-        let Item::Event(event) = &self.item else {
-            return None;
+    /// The frame of an event, a typing notice or a presence change, encoded once for every
+    /// connection that sends it.
+    pub(crate) fn frame(&self) -> Option<&str> {
+        let frame = match &self.item {
+            Item::Event(event) => ServerFrame::Event(event.clone()),
+            Item::Typing {
+                group,
+                user,
+                typing,
+            } => ServerFrame::Typing {
+                group: *group,
+                user: *user,
+                typing: *typing,
+                expires_in_ms: if *typing { TYPING_TTL_MS } else { 0 },
+            },
+            Item::Presence { user, online, .. } => ServerFrame::Presence {
+                user: *user,
+                status: if *online {
+                    PresenceStatus::Online
+                } else {
+                    PresenceStatus::Offline
+                },
+            },
+            Item::Markers { .. } | Item::Resync => return None,
         };
-        Some(
-            self.frame
-                .get_or_init(|| ServerFrame::Event(event.clone()).encode()),
-        )
+        Some(self.frame.get_or_init(|| frame.encode()))
     }
 }
 
@@ -76,6 +107,11 @@ impl Mailbox {
         if self.tx.try_send(Arc::clone(item)).is_err() {
             self.flag_lagged();
         }
+    }
+
+    /// Delivers an ephemeral item if there is room; a full mailbox just misses it.
+    fn offer(&self, item: &Arc<Delivery>) {
+        let _ = self.tx.try_send(Arc::clone(item));
     }
 
     fn flag_lagged(&self) {
@@ -182,6 +218,29 @@ impl Hub {
             Item::Resync => {
                 for mailbox in routes.by_user.values().flat_map(HashMap::values) {
                     mailbox.flag_lagged();
+                }
+            }
+            Item::Typing { group, .. } => {
+                for mailbox in routes
+                    .by_group
+                    .get(group)
+                    .into_iter()
+                    .flat_map(HashMap::values)
+                {
+                    mailbox.offer(&item);
+                }
+            }
+            Item::Presence { groups, .. } => {
+                // Once per connection, however many of the groups it shares.
+                let mut seen = std::collections::HashSet::new();
+                for (id, mailbox) in groups
+                    .iter()
+                    .filter_map(|g| routes.by_group.get(g))
+                    .flatten()
+                {
+                    if seen.insert(*id) {
+                        mailbox.offer(&item);
+                    }
                 }
             }
         }
@@ -441,6 +500,49 @@ mod tests {
         drop(a);
         assert_eq!(hub.connections(), 1);
         assert!(hub.routes().by_group.is_empty());
+    }
+
+    #[test]
+    fn presence_reaches_each_connection_once_and_ephemeral_items_never_flag_a_lag() {
+        let hub = Arc::new(Hub::default());
+        let (g1, g2, g3) = (
+            GroupId::from_uuid(Uuid::from_u128(1)),
+            GroupId::from_uuid(Uuid::from_u128(2)),
+            GroupId::from_uuid(Uuid::from_u128(3)),
+        );
+        let ann = UserId::from_uuid(Uuid::from_u128(4));
+        let (a, mut a_rx) = hub.register(UserId::from_uuid(Uuid::from_u128(5)));
+        a.join(g1);
+        a.join(g2);
+        let (c, mut c_rx) = hub.register(UserId::from_uuid(Uuid::from_u128(6)));
+        c.join(g3);
+        hub.dispatch(Item::Presence {
+            user: ann,
+            online: true,
+            groups: vec![g1, g2],
+        });
+        let got = a_rx.try_recv().unwrap();
+        assert_eq!(
+            got.frame().unwrap(),
+            ServerFrame::Presence {
+                user: ann,
+                status: PresenceStatus::Online
+            }
+            .encode()
+        );
+        assert!(a_rx.try_recv().is_err(), "one frame for two shared groups");
+        assert!(c_rx.try_recv().is_err(), "c shares no group with ann");
+        for _ in 0..=MAILBOX {
+            hub.dispatch(Item::Typing {
+                group: g1,
+                user: ann,
+                typing: true,
+            });
+        }
+        assert!(
+            !a.mailbox().take_lagged(),
+            "a missed typing notice needs no resync"
+        );
     }
 
     #[test]

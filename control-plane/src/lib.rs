@@ -28,6 +28,7 @@ pub mod fuzzing;
 mod keyring;
 mod keys;
 mod passwords;
+mod presence;
 pub mod registry;
 pub mod registry_redis;
 mod sealed;
@@ -73,6 +74,9 @@ pub struct Config {
     pub data_key: DataKeySource,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Accept `http://` Web Push endpoints (a push service on a private network, or tests);
+    /// otherwise only `https://`.
+    pub push_allow_http: bool,
 }
 
 impl Config {
@@ -88,6 +92,7 @@ impl Config {
             redis_url: None,
             data_key: DataKeySource::Ephemeral,
             trusted_proxies: Vec::new(),
+            push_allow_http: false,
         }
     }
 }
@@ -154,6 +159,7 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(redact_password))
             .field("data_key", &self.data_key)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("push_allow_http", &self.push_allow_http)
             .finish()
     }
 }
@@ -220,15 +226,21 @@ impl ControlPlane {
             .await
             .context("loading the signing keys")?;
         tracing::info!(kid = ring.signer.kid(), "signing key ready");
-        let throttle = match &config.redis_url {
+        let (throttle, presence) = match &config.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.as_str()).context("the Redis URL")?;
                 let conn = redis::aio::ConnectionManager::new(client)
                     .await
                     .context("connecting to Redis")?;
-                throttle::Throttle::redis(conn, protocol::node::REDIS_PREFIX)
+                (
+                    throttle::Throttle::redis(conn.clone(), protocol::node::REDIS_PREFIX),
+                    presence::Presence::redis(conn, protocol::node::REDIS_PREFIX),
+                )
             }
-            None => throttle::Throttle::in_process(),
+            None => (
+                throttle::Throttle::in_process(),
+                presence::Presence::in_process(),
+            ),
         };
         let fanout = match &config.redis_url {
             Some(url) => fanout::Fanout::redis(url).context("the Redis URL")?,
@@ -241,8 +253,10 @@ impl ControlPlane {
             tokens: tokens::Tokens::with_ring(ring, config.issuer.clone()),
             passwords,
             throttle,
+            presence,
             data_key,
             trusted_proxies: config.trusted_proxies.clone(),
+            push_allow_http: config.push_allow_http,
             totp_issuer: config.issuer.clone(),
             region_hint: config.region_hint.clone(),
             http: reqwest::Client::new(),

@@ -287,7 +287,7 @@ impl RedisBuckets {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const P: Policy = Policy {
@@ -430,7 +430,7 @@ mod tests {
         assert!(throttle.shared(REDIS_BACKOFF_MS));
     }
 
-    fn redis_url() -> Option<String> {
+    pub(crate) fn redis_url() -> Option<String> {
         match std::env::var("CONVOY_TEST_REDIS_URL") {
             Ok(url) if !url.is_empty() => Some(url),
             _ => {

@@ -1,16 +1,16 @@
 //! The `/v1/events` WebSocket over a real socket, with a WebSocket client written by others
 //! (tokio-tungstenite): live events, resuming from a cursor, membership changes, close codes,
-//! gaps filled from SQL between replicas, and fan-out through real Redis, including Redis
-//! going away and coming back.
+//! gaps filled from SQL between replicas, presence and typing, and fan-out through real Redis,
+//! including Redis going away and coming back.
 
 mod support;
 
 use axum::http::StatusCode;
 use control_plane::{ControlPlane, InProcessRegistry};
 use futures_util::{SinkExt as _, StreamExt as _};
-use protocol::api::{AuthResponse, MessageView};
+use protocol::api::{AuthResponse, GroupPresence, MessageView};
 use protocol::ids::GroupId;
-use protocol::realtime::{EventData, GroupEvent, ServerFrame};
+use protocol::realtime::{EventData, GroupEvent, PresenceStatus, ServerFrame, TYPING_TTL_MS};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -66,7 +66,19 @@ impl Client {
         }
     }
 
+    /// The next frame, skipping presence and typing notices (which arrive whenever other
+    /// members come and go).
     async fn next(&mut self) -> ServerFrame {
+        loop {
+            match self.raw().await {
+                ServerFrame::Presence { .. } | ServerFrame::Typing { .. } => {}
+                frame => return frame,
+            }
+        }
+    }
+
+    /// The next frame, whatever it is.
+    async fn raw(&mut self) -> ServerFrame {
         loop {
             let message = tokio::time::timeout(PATIENCE, self.ws.next())
                 .await
@@ -332,6 +344,121 @@ async fn bad_tokens_and_frames_get_close_codes_and_never_a_hang() {
     .await;
 }
 
+async fn presence(app: &TestApp, g: &str, user: &AuthResponse) -> GroupPresence {
+    app.get(&format!("/v1/groups/{g}/presence"), &user.access_token)
+        .await
+        .parse(StatusCode::OK)
+}
+
+#[tokio::test]
+async fn presence_and_typing_reach_the_members_and_hidden_users_stay_offline() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let addr = app.serve().await;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let cat = app.register("cat").await;
+        let g = app.group(&ann).await;
+        app.join(&g, &ann, &bob).await;
+        let gid: GroupId = g.parse().unwrap();
+        let status = |p: &GroupPresence, u: &AuthResponse| {
+            p.members
+                .iter()
+                .find(|m| m.user_id == u.user.id)
+                .map(|m| m.status)
+        };
+
+        let before = presence(&app, &g, &bob).await;
+        assert_eq!(status(&before, &ann), Some(PresenceStatus::Offline));
+        assert_eq!(status(&before, &cat), None, "only members are listed");
+        assert_eq!(before.typing, Some(vec![]));
+        let (mut on_b, _, _) = Client::connect(addr, &bob, &BTreeMap::new()).await;
+        let (mut on_a, _, _) = Client::connect(addr, &ann, &BTreeMap::new()).await;
+        assert_eq!(
+            on_b.raw().await,
+            ServerFrame::Presence {
+                user: ann.user.id,
+                status: PresenceStatus::Online
+            }
+        );
+        let now = presence(&app, &g, &bob).await;
+        assert_eq!(status(&now, &ann), Some(PresenceStatus::Online));
+        assert_eq!(status(&now, &bob), Some(PresenceStatus::Online));
+        // cat shares no group with them: her coming online reaches nobody. The next frame bob
+        // gets is the message sent after she connected.
+        let (_on_c, _, _) = Client::connect(addr, &cat, &BTreeMap::new()).await;
+        let m = say(&app, &g, &ann, "m1", "hi").await;
+        assert!(matches!(on_b.raw().await, ServerFrame::Event(e) if e.seq == m.id));
+
+        // Typing: bob sees it start and stop; the REST view agrees meanwhile.
+        on_a.send(json!({"type": "typing", "group": gid, "typing": true}))
+            .await;
+        assert_eq!(
+            on_b.raw().await,
+            ServerFrame::Typing {
+                group: gid,
+                user: ann.user.id,
+                typing: true,
+                expires_in_ms: TYPING_TTL_MS
+            }
+        );
+        assert_eq!(
+            presence(&app, &g, &bob).await.typing,
+            Some(vec![ann.user.id])
+        );
+        on_a.send(json!({"type": "typing", "group": gid, "typing": false}))
+            .await;
+        assert!(matches!(
+            on_b.raw().await,
+            ServerFrame::Typing { typing: false, .. }
+        ));
+        assert_eq!(presence(&app, &g, &bob).await.typing, Some(vec![]));
+        // Ann's own connection got none of her own notices: its next frame is this pong.
+        on_a.send(json!({"type": "ping"})).await;
+        loop {
+            match on_a.raw().await {
+                ServerFrame::Pong => break,
+                ServerFrame::Event(_) | ServerFrame::Presence { .. } => {}
+                other => panic!("ann got {other:?}"),
+            }
+        }
+
+        // Ann hides her presence and leaves: the close is announced (she was shown when she
+        // connected); when she comes back hidden, nothing is, and she stays offline.
+        app.patch(
+            "/v1/users/me/settings",
+            &ann.access_token,
+            json!({"privacy": {"show_presence": false}}),
+        )
+        .await
+        .parse::<protocol::account::UserSettings>(StatusCode::OK);
+        on_a.ws.close(None).await.unwrap();
+        assert_eq!(
+            on_b.raw().await,
+            ServerFrame::Presence {
+                user: ann.user.id,
+                status: PresenceStatus::Offline
+            }
+        );
+        let (_on_a, _, _) = Client::connect(addr, &ann, &BTreeMap::new()).await;
+        let m = say(&app, &g, &ann, "m2", "back, hidden").await;
+        assert!(matches!(on_b.raw().await, ServerFrame::Event(e) if e.seq == m.id));
+        assert_eq!(
+            status(&presence(&app, &g, &bob).await, &ann),
+            Some(PresenceStatus::Offline)
+        );
+
+        // Typing in a group that is not the caller's closes the connection.
+        let (mut on_c, _, _) = Client::connect(addr, &cat, &BTreeMap::new()).await;
+        on_c.send(json!({"type": "typing", "group": gid, "typing": true}))
+            .await;
+        assert_eq!(on_c.close_code().await, CloseCode::from(4002));
+        app.get(&format!("/v1/groups/{g}/presence"), &cat.access_token)
+            .await
+            .problem(StatusCode::NOT_FOUND);
+    })
+    .await;
+}
+
 /// Another control plane on the scenario's database, served on a loopback port.
 async fn replica(app: &TestApp, redis_url: Option<&str>) -> SocketAddr {
     let config = control_plane::Config {
@@ -525,8 +652,40 @@ async fn with_redis_gone_a_replica_fans_out_locally_and_the_others_catch_up_when
         let m0 = post(0).await;
         assert_eq!(on_a.event().await.seq, m0.id);
         assert_eq!(on_b.event().await.seq, m0.id);
+        // Presence is shared through Redis: b sees ann, who is connected to a.
+        let http = reqwest::Client::new();
+        let presence_on_b = || {
+            let (http, token, g) = (http.clone(), bob.access_token.clone(), g.clone());
+            async move {
+                http.get(format!("http://{b}/v1/groups/{g}/presence"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<GroupPresence>()
+                    .await
+                    .unwrap()
+            }
+        };
+        let seen = presence_on_b().await;
+        assert!(
+            seen.members
+                .iter()
+                .all(|m| m.status == PresenceStatus::Online),
+            "{seen:?}"
+        );
 
         redis.stop();
+        // Without Redis, presence is unknown rather than a guess.
+        let blind = presence_on_b().await;
+        assert!(
+            blind
+                .members
+                .iter()
+                .all(|m| m.status == PresenceStatus::Unknown),
+            "{blind:?}"
+        );
+        assert_eq!(blind.typing, None);
         // Redis is gone: b still answers and its own connections still get events live.
         let m1 = post(1).await;
         let m2 = post(2).await;

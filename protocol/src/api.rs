@@ -576,3 +576,18 @@ mod tests {
         assert_eq!(Role::parse("owner"), None);
     }
 }
+
+/// A member's presence in `GET /v1/groups/{id}/presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberPresence {
+    pub user_id: UserId,
+    pub status: crate::realtime::PresenceStatus,
+}
+
+/// `GET /v1/groups/{id}/presence`: who of the group is connected and who is typing.
+/// `typing` is absent when the server cannot tell (its presence store does not answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPresence {
+    pub members: Vec<MemberPresence>,
+    pub typing: Option<Vec<UserId>>,
+}

@@ -1,6 +1,7 @@
 //! Convoy's shared vocabulary: the things that cross a process boundary.
 //!
 //! - [`ids`]: id newtypes (a `GroupId` is never confused with a `UserId`).
+//! - [`account`]: the caller's own account, settings and devices; public profiles.
 //! - [`api`]: the REST request/response bodies of the control plane and the problem+json error body.
 //! - [`events`]: what media nodes report about their sessions to the control plane.
 //! - [`node`]: the media node record the registry holds.
@@ -11,6 +12,7 @@
 //! This crate must not depend on a runtime (tokio, glommio, sqlx, axum) and performs no I/O; every
 //! other crate may depend on it (ARCHITECTURE.md, invariant 1). Decoders return errors, never panic.
 
+pub mod account;
 pub mod api;
 pub mod events;
 pub mod ids;

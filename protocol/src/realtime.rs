@@ -4,8 +4,9 @@
 //! Every group has an event log: each change (a message, an edit, a member joining, a setting)
 //! gets the group's next sequence number. A client remembers the highest `seq` it has seen per
 //! group (its cursor) and sends it in [`ClientFrame::Hello`] when it reconnects; the server
-//! replays what it missed, then streams live. Ephemeral frames (markers) carry no `seq`: a
-//! client that missed them reads the current state over REST.
+//! replays what it missed, then streams live. Ephemeral frames (markers, typing, presence) carry
+//! no `seq`: a client that missed them reads the current state over REST
+//! (`GET /v1/groups/{id}/members`, `GET /v1/groups/{id}/presence`).
 //!
 //! Close codes: [`CLOSE_UNAUTHORIZED`] (no valid token in time, or the token expired; sign in
 //! again or refresh, then reconnect), [`CLOSE_BAD_FRAME`] (a frame that is not a valid
@@ -48,6 +49,10 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delivered: Option<u64>,
     },
+    /// The caller is typing in `group` (`true`; repeat every few seconds while it lasts, it
+    /// expires after [`TYPING_TTL_MS`]) or stopped (`false`). Members' connections get
+    /// [`ServerFrame::Typing`].
+    Typing { group: GroupId, typing: bool },
     /// Answered by [`ServerFrame::Pong`].
     Ping {},
 }
@@ -81,8 +86,35 @@ pub enum ServerFrame {
         read_upto: u64,
         delivered_upto: u64,
     },
+    /// A member of `group` started (`typing`) or stopped typing. A start holds for
+    /// `expires_in_ms` unless repeated.
+    Typing {
+        group: GroupId,
+        user: UserId,
+        typing: bool,
+        expires_in_ms: u64,
+    },
+    /// A user who shares a group with the caller came online or went offline (their last
+    /// connection closed). Users who hide their presence always appear offline.
+    Presence {
+        user: UserId,
+        status: PresenceStatus,
+    },
     Pong,
 }
+
+/// Whether a user is connected. `Unknown` when the server cannot tell (its presence store, Redis,
+/// does not answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+    Unknown,
+}
+
+/// How long a typing notice lasts unless repeated.
+pub const TYPING_TTL_MS: u64 = 6_000;
 
 /// One entry of a group's event log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,12 +7,18 @@
 //! first. A full mailbox or a bus resync makes it re-read its groups and everything after its
 //! positions. The replay after `hello` is that same sync, so a client that reconnects with its
 //! cursor gets exactly what it lacks.
+//!
+//! A connection also counts its user as online (see [`crate::presence`]): the first connection
+//! of a user who shows their presence announces them to their groups, the last one to close
+//! announces them offline. Typing notices from the client are recorded with a TTL and passed to
+//! the group's connections. Both are ephemeral: not in the log, not replayed.
 
 use super::AppState;
 use super::error::AppError;
 use super::messages::advance_markers;
 use crate::clock::Now;
 use crate::fanout::{Delivery, Item, Subscription};
+use crate::presence::HEARTBEAT;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -25,9 +31,10 @@ use protocol::realtime::{
     CLOSE_BAD_FRAME, CLOSE_TOO_SLOW, CLOSE_UNAUTHORIZED, ClientFrame, EventData, GroupEvent,
     MAX_CLIENT_FRAME, ServerFrame,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 /// How long a client has to send `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +46,8 @@ pub(crate) const REPLAY_LIMIT: i64 = 1000;
 const BATCH: usize = 64;
 /// Events read from SQL per query while catching up.
 const PAGE: i64 = 200;
+/// Typing starts passed on per connection and group, at most one per this interval.
+const TYPING_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) async fn events(
     State(state): State<AppState>,
@@ -58,11 +67,18 @@ pub(super) async fn events(
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| async move {
-            let mut conn = Conn { socket, state };
+            let mut conn = Conn {
+                socket,
+                state,
+                id: Uuid::new_v4(),
+                online: None,
+                typed: HashMap::new(),
+            };
             if let Err(reason) = conn.run(pre).await {
                 tracing::debug!(?reason, "events connection closed");
                 conn.close(reason).await;
             }
+            conn.offline().await;
         }))
 }
 
@@ -94,6 +110,12 @@ impl From<sqlx::Error> for End {
 struct Conn {
     socket: WebSocket,
     state: AppState,
+    /// This connection in the presence store.
+    id: Uuid,
+    /// Once counted in the presence store: whose connection it is and whether they show it.
+    online: Option<(UserId, bool)>,
+    /// When this connection last passed on a typing start, per group (at most one a second).
+    typed: HashMap<GroupId, Instant>,
 }
 
 /// Per group, the highest `seq` sent.
@@ -128,11 +150,18 @@ impl Conn {
         let (sub, mut rx) = hub.register(user);
         let mut positions = Positions::new();
         self.sync(&sub, user, &mut positions, Some(cursor)).await?;
+        // Counted online before `ready`, so a client that has `ready` is seen online.
+        let visible = self.state.store.shows_presence(user).await?;
+        self.online = Some((user, visible));
+        self.heartbeat(user, visible, &positions).await;
         self.send(&ServerFrame::Ready {
             cursor: positions.clone(),
         })
         .await?;
         self.flush().await?;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
 
         let now = Now::read().secs();
         let expiry = tokio::time::sleep(Duration::from_secs(expires.saturating_sub(now)));
@@ -154,7 +183,11 @@ impl Conn {
                     }
                 }
                 frame = self.socket.recv() => {
-                    self.on_frame(user, frame).await?;
+                    self.on_frame(user, &positions, frame).await?;
+                }
+                _ = heartbeat.tick() => {
+                    let visible = self.online.is_some_and(|(_, v)| v);
+                    self.heartbeat(user, visible, &positions).await;
                 }
                 () = &mut expiry => {
                     return Err(End::Close(CLOSE_UNAUTHORIZED, "the access token expired"));
@@ -329,7 +362,7 @@ impl Conn {
                 }
                 if event.seq == pos + 1 {
                     return self
-                        .deliver_encoded(sub, positions, event, delivery.event_frame())
+                        .deliver_encoded(sub, positions, event, delivery.frame())
                         .await;
                 }
                 self.catch_up(sub, positions, event.group, event.seq).await
@@ -352,12 +385,114 @@ impl Conn {
                 Ok(())
             }
             Item::Resync => self.sync(sub, user, positions, None).await,
+            Item::Typing {
+                group, user: who, ..
+            } => {
+                if *who != user
+                    && positions.contains_key(group)
+                    && let Some(frame) = delivery.frame()
+                {
+                    self.send_text(frame.to_owned()).await?;
+                }
+                Ok(())
+            }
+            Item::Presence { user: who, .. } => {
+                if *who != user
+                    && let Some(frame) = delivery.frame()
+                {
+                    self.send_text(frame.to_owned()).await?;
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Counts (or renews) this connection in the presence store; when that makes the user
+    /// online and they show it, tells their groups.
+    async fn heartbeat(&mut self, user: UserId, visible: bool, positions: &Positions) {
+        let now = Now::read().ms;
+        if let Ok(true) = self.state.presence.connected(user, self.id, now).await
+            && visible
+        {
+            self.state.fanout.publish(Item::Presence {
+                user,
+                online: true,
+                groups: positions.keys().copied().collect(),
+            });
+        }
+        self.state.presence.sweep(now);
+    }
+
+    /// Takes this connection out of the presence store; when it was the user's last, tells
+    /// their groups.
+    async fn offline(&mut self) {
+        let Some((user, visible)) = self.online.take() else {
+            return;
+        };
+        let now = Now::read().ms;
+        if !matches!(
+            self.state.presence.disconnected(user, self.id, now).await,
+            Ok(true)
+        ) || !visible
+        {
+            return;
+        }
+        match self.state.store.groups_of(user).await {
+            Ok(groups) => self.state.fanout.publish(Item::Presence {
+                user,
+                online: false,
+                groups: groups.iter().map(|g| g.group.id).collect(),
+            }),
+            Err(e) => tracing::warn!(error = %e, "cannot announce a user going offline"),
+        }
+    }
+
+    /// A typing notice from the client: recorded with a TTL and passed to the group (a start
+    /// at most once a second per group; a stop only if a start was on).
+    async fn on_typing(
+        &mut self,
+        user: UserId,
+        positions: &Positions,
+        group: GroupId,
+        typing: bool,
+    ) -> Result<(), End> {
+        if !positions.contains_key(&group) {
+            return Err(End::Close(CLOSE_BAD_FRAME, "not a group of yours"));
+        }
+        let now = Instant::now();
+        if typing {
+            if self
+                .typed
+                .get(&group)
+                .is_some_and(|at| now.duration_since(*at) < TYPING_MIN_INTERVAL)
+            {
+                return Ok(());
+            }
+            self.typed.insert(group, now);
+        } else {
+            self.typed.remove(&group);
+        }
+        let changed = self
+            .state
+            .presence
+            .set_typing(group, user, typing, Now::read().ms)
+            .await;
+        // A start always goes out (it renews the others' timers); a stop when it ends one,
+        // or when the store cannot tell.
+        if typing || changed != Ok(false) {
+            self.state.fanout.publish(Item::Typing {
+                group,
+                user,
+                typing,
+            });
+        }
+        Ok(())
     }
 
     async fn on_frame(
         &mut self,
         user: UserId,
+        positions: &Positions,
         frame: Option<Result<Message, axum::Error>>,
     ) -> Result<(), End> {
         let text = match frame {
@@ -370,6 +505,9 @@ impl Conn {
         };
         match ClientFrame::decode(&text) {
             Ok(ClientFrame::Ping {}) => self.send(&ServerFrame::Pong).await,
+            Ok(ClientFrame::Typing { group, typing }) => {
+                self.on_typing(user, positions, group, typing).await
+            }
             Ok(ClientFrame::Markers {
                 group,
                 read,

@@ -17,11 +17,12 @@ use crate::tokens::random_b64;
 use axum::extract::State;
 use axum::http::StatusCode;
 use protocol::api::{
-    AcceptInviteResponse, ChangeRoleRequest, CreateGroupRequest, GroupList, GroupView, InviteView,
-    JoinPermission, MemberList, MemberView, Privacy, Role, UpdateGroupRequest,
+    AcceptInviteResponse, ChangeRoleRequest, CreateGroupRequest, GroupList, GroupPresence,
+    GroupView, InviteView, JoinPermission, MemberList, MemberPresence, MemberView, Privacy, Role,
+    UpdateGroupRequest,
 };
 use protocol::ids::{GroupId, UserId};
-use protocol::realtime::GroupEvent;
+use protocol::realtime::{GroupEvent, PresenceStatus};
 use uuid::Uuid;
 
 /// How long an invite stays valid.
@@ -156,6 +157,41 @@ pub(super) async fn members(
             })
             .collect(),
     }))
+}
+
+/// Who of the group is connected and who is typing; "unknown" when the presence store does
+/// not answer. Members who hide their presence are shown offline.
+pub(super) async fn presence(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group): Path<GroupId>,
+) -> Result<Json<GroupPresence>, AppError> {
+    member_of(&state, group, caller).await?;
+    let members = state.store.presence_visibility(group).await?;
+    let now = Now::read().ms;
+    let users: Vec<UserId> = members.iter().map(|(u, _)| *u).collect();
+    let online = state.presence.online(&users, now).await.ok();
+    let members = members
+        .iter()
+        .enumerate()
+        .map(|(i, (user, shown))| MemberPresence {
+            user_id: *user,
+            status: match (&online, shown) {
+                (_, false) => PresenceStatus::Offline,
+                (None, true) => PresenceStatus::Unknown,
+                (Some(online), true) if online.get(i).copied().unwrap_or(false) => {
+                    PresenceStatus::Online
+                }
+                (Some(_), true) => PresenceStatus::Offline,
+            },
+        })
+        .collect();
+    let typing = state.presence.typing(group, now).await.ok().map(|mut t| {
+        t.retain(|u| users.contains(u));
+        t.sort();
+        t
+    });
+    Ok(Json(GroupPresence { members, typing }))
 }
 
 /// Promotes or demotes a member (admins).

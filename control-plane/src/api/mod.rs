@@ -17,6 +17,7 @@ mod messages;
 mod participants;
 mod sessions;
 mod totp;
+mod users;
 
 use crate::fanout::Fanout;
 use crate::passwords::Passwords;
@@ -46,10 +47,14 @@ pub(crate) struct Shared {
     pub passwords: Passwords,
     /// Attempt budgets against guessing.
     pub throttle: Throttle,
+    /// Who is connected and who is typing.
+    pub presence: crate::presence::Presence,
     /// Seals sensitive columns (TOTP secrets).
     pub data_key: DataKey,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `http://` Web Push endpoints are accepted.
+    pub push_allow_http: bool,
     /// The issuer shown in authenticator apps.
     pub totp_issuer: String,
     pub region_hint: Option<String>,
@@ -131,6 +136,14 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/auth/sessions/{id}", delete(auth::revoke_session))
         .route("/v1/events", get(events::events))
+        .route("/v1/users/me", get(users::me).patch(users::update_me))
+        .route("/v1/users/me/settings", patch(users::update_settings))
+        .route(
+            "/v1/users/me/devices",
+            post(users::register_device).get(users::devices),
+        )
+        .route("/v1/users/me/devices/{id}", delete(users::delete_device))
+        .route("/v1/users/{id}", get(users::profile))
         .route("/v1/groups", post(groups::create).get(groups::list))
         .route(
             "/v1/groups/{id}",
@@ -140,6 +153,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/groups/{id}/join", post(groups::join))
         .route("/v1/groups/{id}/members", get(groups::members))
+        .route("/v1/groups/{id}/presence", get(groups::presence))
         .route(
             "/v1/groups/{id}/members/{user}",
             patch(groups::set_role).delete(groups::remove_member),

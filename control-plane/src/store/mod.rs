@@ -22,7 +22,7 @@ pub(crate) use groups::{GroupChanges, GroupRow, MemberGroup, MemberRefusal};
 pub(crate) use participants::ParticipantRow;
 pub(crate) use sessions::SessionRow;
 pub(crate) use signing_keys::SigningKeyRow;
-pub(crate) use users::{NewUser, UserRow};
+pub(crate) use users::{AccountChanges, AccountRow, DeviceRow, NewDevice, NewUser, UserRow};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row as _};
