@@ -81,6 +81,18 @@ enum Command {
         /// otherwise.
         #[arg(long, env = "CONVOY_PUSH_ALLOW_HTTP")]
         push_allow_http: bool,
+        /// STUN server URLs handed to 1:1 calls (comma-separated, e.g. stun:stun.example.org).
+        #[arg(long, env = "CONVOY_STUN_URLS", value_delimiter = ',')]
+        stun_url: Vec<String>,
+        /// TURN server URLs handed to 1:1 calls with time-limited credentials (needs the secret).
+        #[arg(long, env = "CONVOY_TURN_URLS", value_delimiter = ',')]
+        turn_url: Vec<String>,
+        /// The secret shared with the TURN server (coturn static-auth-secret).
+        #[arg(long, env = "CONVOY_TURN_SECRET", hide_env_values = true)]
+        turn_secret: Option<String>,
+        /// Lifetime of TURN credentials, seconds.
+        #[arg(long, env = "CONVOY_TURN_TTL_SECS", default_value_t = control_plane::DEFAULT_TURN_TTL_SECS)]
+        turn_ttl_secs: u64,
     },
     /// A media node alone.
     MediaPlane {
@@ -170,6 +182,10 @@ async fn main() -> anyhow::Result<()> {
             region,
             trusted_proxies,
             push_allow_http,
+            stun_url,
+            turn_url,
+            turn_secret,
+            turn_ttl_secs,
         } => {
             let registry: std::sync::Arc<dyn control_plane::NodeRegistry> = match &redis_url {
                 Some(url) => {
@@ -189,6 +205,12 @@ async fn main() -> anyhow::Result<()> {
                 },
                 trusted_proxies,
                 push_allow_http,
+                ice: control_plane::IceConfig {
+                    stun_urls: stun_url,
+                    turn_urls: turn_url,
+                    turn_secret,
+                    turn_ttl_secs,
+                },
                 ..control_plane::Config::new(listen, database_url)
             };
             let cp = control_plane::ControlPlane::new(&config, registry).await?;

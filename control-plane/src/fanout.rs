@@ -9,7 +9,9 @@
 //! on (re)subscribing.
 
 use protocol::ids::{GroupId, UserId};
-use protocol::realtime::{EventData, GroupEvent, PresenceStatus, ServerFrame, TYPING_TTL_MS};
+use protocol::realtime::{
+    CallSignal, EventData, GroupEvent, PresenceStatus, ServerFrame, TYPING_TTL_MS,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +48,13 @@ pub(crate) enum Item {
         group: GroupId,
         user: UserId,
         typing: bool,
+    },
+    /// A 1:1 call signal for every connection of `to` (ephemeral).
+    Call {
+        to: UserId,
+        from: UserId,
+        call: Uuid,
+        signal: CallSignal,
     },
     /// A user came online or went offline; goes to the connections of the groups named
     /// (ephemeral, like typing).
@@ -88,7 +97,7 @@ impl Delivery {
                     PresenceStatus::Offline
                 },
             },
-            Item::Markers { .. } | Item::Resync => return None,
+            Item::Markers { .. } | Item::Resync | Item::Call { .. } => return None,
         };
         Some(self.frame.get_or_init(|| frame.encode()))
     }
@@ -227,6 +236,11 @@ impl Hub {
                     .into_iter()
                     .flat_map(HashMap::values)
                 {
+                    mailbox.offer(&item);
+                }
+            }
+            Item::Call { to, .. } => {
+                for mailbox in routes.by_user.get(to).into_iter().flat_map(HashMap::values) {
                     mailbox.offer(&item);
                 }
             }
@@ -543,6 +557,39 @@ mod tests {
             !a.mailbox().take_lagged(),
             "a missed typing notice needs no resync"
         );
+    }
+
+    #[test]
+    fn call_signals_reach_every_connection_of_the_callee_and_cross_the_bus_intact() {
+        let hub = Arc::new(Hub::default());
+        let (ann, bob) = (
+            UserId::from_uuid(Uuid::from_u128(1)),
+            UserId::from_uuid(Uuid::from_u128(2)),
+        );
+        let (_p, mut phone) = hub.register(bob);
+        let (_l, mut laptop) = hub.register(bob);
+        let (_a, mut a_rx) = hub.register(ann);
+        let item = Item::Call {
+            to: bob,
+            from: ann,
+            call: Uuid::from_u128(3),
+            signal: CallSignal::Hangup {
+                reason: protocol::realtime::HangupReason::Busy,
+            },
+        };
+        hub.dispatch(item.clone());
+        assert_eq!(phone.try_recv().unwrap().item, item);
+        assert_eq!(laptop.try_recv().unwrap().item, item);
+        assert!(a_rx.try_recv().is_err());
+        let origin = Uuid::from_u128(9);
+        let text = serde_json::to_string(&Envelope {
+            origin,
+            item: item.clone(),
+        })
+        .unwrap();
+        assert_eq!(decode(text.as_bytes()).unwrap(), (origin, item));
+        let seed = include_bytes!("../../fuzz/corpus/realtime_frames/seed-bus_call");
+        assert!(decode(seed).is_ok(), "the fuzz seed is a real bus message");
     }
 
     #[test]

@@ -70,3 +70,13 @@ pub fn message_fields(text: &str) -> (Option<usize>, bool, bool, bool) {
         crate::domain::group_description(text).is_ok(),
     )
 }
+
+/// The account fields as sent: whether a device token, a picture URL and a Web Push
+/// subscription whose three parts are `text` are accepted.
+pub fn account_fields(text: &str) -> (bool, bool, bool) {
+    (
+        crate::domain::device_token(text).is_ok(),
+        crate::domain::picture_url(text).is_ok(),
+        crate::domain::PushSubscription::parse(text, text, text, true).is_ok(),
+    )
+}

@@ -25,6 +25,7 @@ mod domain;
 mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
+mod ice;
 mod keyring;
 mod keys;
 mod passwords;
@@ -41,6 +42,7 @@ mod totp;
 mod writer;
 
 pub use api::error::PROBLEM_TYPE_PREFIX;
+pub use ice::{DEFAULT_TURN_TTL_SECS, IceConfig};
 pub use registry::{InProcessRegistry, NodeRegistry};
 pub use registry_redis::RedisRegistry;
 pub use session_events::EventIngest;
@@ -77,6 +79,8 @@ pub struct Config {
     /// Accept `http://` Web Push endpoints (a push service on a private network, or tests);
     /// otherwise only `https://`.
     pub push_allow_http: bool,
+    /// STUN and TURN for 1:1 calls.
+    pub ice: IceConfig,
 }
 
 impl Config {
@@ -93,6 +97,7 @@ impl Config {
             data_key: DataKeySource::Ephemeral,
             trusted_proxies: Vec::new(),
             push_allow_http: false,
+            ice: IceConfig::default(),
         }
     }
 }
@@ -160,6 +165,7 @@ impl std::fmt::Debug for Config {
             .field("data_key", &self.data_key)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("push_allow_http", &self.push_allow_http)
+            .field("ice", &self.ice)
             .finish()
     }
 }
@@ -257,6 +263,7 @@ impl ControlPlane {
             data_key,
             trusted_proxies: config.trusted_proxies.clone(),
             push_allow_http: config.push_allow_http,
+            ice: config.ice.clone(),
             totp_issuer: config.issuer.clone(),
             region_hint: config.region_hint.clone(),
             http: reqwest::Client::new(),

@@ -8,9 +8,12 @@ mod support;
 use axum::http::StatusCode;
 use control_plane::{ControlPlane, InProcessRegistry};
 use futures_util::{SinkExt as _, StreamExt as _};
-use protocol::api::{AuthResponse, GroupPresence, MessageView};
+use protocol::api::{AuthResponse, CallView, GroupPresence, MessageView};
 use protocol::ids::GroupId;
-use protocol::realtime::{EventData, GroupEvent, PresenceStatus, ServerFrame, TYPING_TTL_MS};
+use protocol::realtime::{
+    CallSignal, EventData, GroupEvent, HangupReason, IceServer, PresenceStatus, ServerFrame,
+    TYPING_TTL_MS,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -455,6 +458,132 @@ async fn presence_and_typing_reach_the_members_and_hidden_users_stay_offline() {
         app.get(&format!("/v1/groups/{g}/presence"), &cat.access_token)
             .await
             .problem(StatusCode::NOT_FOUND);
+    })
+    .await;
+}
+
+/// Checks a TURN REST credential: `<expiry>:<user>` and base64(HMAC-SHA1(secret, username)).
+fn check_turn(server: &IceServer, user: &AuthResponse) {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let username = server.username.as_deref().expect("a TURN username");
+    let (expiry, who) = username.split_once(':').unwrap();
+    assert_eq!(who, user.user.id.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(expiry > now && expiry <= now + 3600, "{expiry} vs {now}");
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(support::TURN_SECRET.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(server.credential.as_deref(), Some(expected.as_str()));
+}
+
+#[tokio::test]
+async fn call_signals_go_between_two_members_with_turn_credentials_for_each() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let addr = app.serve().await;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let cat = app.register("cat").await;
+        let g = app.group(&ann).await;
+        app.join(&g, &ann, &bob).await;
+
+        let call: CallView = app
+            .post("/v1/calls", &ann.access_token, json!({"to": bob.user.id}))
+            .await
+            .parse(StatusCode::CREATED);
+        assert_eq!(call.to, bob.user.id);
+        assert_eq!(call.ice_servers.len(), 2, "STUN and TURN");
+        assert_eq!(call.ice_servers[0].urls, vec!["stun:stun.test.invalid:3478"]);
+        check_turn(&call.ice_servers[1], &ann);
+        app.post("/v1/calls", &ann.access_token, json!({"to": cat.user.id}))
+            .await
+            .problem(StatusCode::NOT_FOUND);
+        app.post("/v1/calls", &ann.access_token, json!({"to": ann.user.id}))
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+
+        let (mut on_a, _, _) = Client::connect(addr, &ann, &BTreeMap::new()).await;
+        let id = call.call_id;
+        let offer = json!({"type": "call", "to": bob.user.id, "call": id,
+            "signal": {"kind": "offer", "sdp": "v=0 offer"}});
+        // Bob is not connected: the server hangs up for him.
+        on_a.send(offer.clone()).await;
+        assert_eq!(
+            on_a.next().await,
+            ServerFrame::Call {
+                from: bob.user.id,
+                call: id,
+                signal: CallSignal::Hangup {
+                    reason: HangupReason::Offline
+                },
+                ice_servers: None,
+            }
+        );
+
+        // Bob on two devices: both ring, with bob's own TURN credentials.
+        let (mut phone, _, _) = Client::connect(addr, &bob, &BTreeMap::new()).await;
+        let (mut laptop, _, _) = Client::connect(addr, &bob, &BTreeMap::new()).await;
+        on_a.send(offer).await;
+        for device in [&mut phone, &mut laptop] {
+            let ServerFrame::Call {
+                from,
+                call,
+                signal,
+                ice_servers,
+            } = device.next().await
+            else {
+                panic!("expected the offer")
+            };
+            assert_eq!((from, call), (ann.user.id, id));
+            assert_eq!(
+                signal,
+                CallSignal::Offer {
+                    sdp: "v=0 offer".into()
+                }
+            );
+            check_turn(&ice_servers.unwrap()[1], &bob);
+        }
+        phone
+            .send(json!({"type": "call", "to": ann.user.id, "call": id,
+                "signal": {"kind": "answer", "sdp": "v=0 answer"}}))
+            .await;
+        assert_eq!(
+            on_a.next().await,
+            ServerFrame::Call {
+                from: bob.user.id,
+                call: id,
+                signal: CallSignal::Answer {
+                    sdp: "v=0 answer".into()
+                },
+                ice_servers: None,
+            }
+        );
+        on_a.send(json!({"type": "call", "to": bob.user.id, "call": id,
+            "signal": {"kind": "candidate", "candidate": "candidate:1 1 udp 2122260223 192.0.2.1 50000 typ host",
+                "sdpMid": "0", "sdpMLineIndex": 0}}))
+            .await;
+        let ServerFrame::Call { signal, .. } = phone.next().await else {
+            panic!("expected the candidate")
+        };
+        assert!(matches!(signal, CallSignal::Candidate { sdp_m_line_index: Some(0), .. }));
+        on_a.send(json!({"type": "call", "to": bob.user.id, "call": id,
+            "signal": {"kind": "hangup", "reason": "ended"}}))
+            .await;
+        let ServerFrame::Call { signal, .. } = phone.next().await else {
+            panic!("expected the hangup")
+        };
+        assert_eq!(signal, CallSignal::Hangup { reason: HangupReason::Ended });
+
+        // Signals to someone outside the caller's groups close the connection.
+        on_a.send(json!({"type": "call", "to": cat.user.id, "call": id,
+            "signal": {"kind": "offer", "sdp": "v=0"}}))
+            .await;
+        assert_eq!(on_a.close_code().await, CloseCode::from(4002));
     })
     .await;
 }

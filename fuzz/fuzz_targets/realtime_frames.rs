@@ -1,5 +1,6 @@
 //! What `/v1/events` and the fan-out read from the network: client frames, Redis fan-out
-//! messages, and the message and group fields of the REST API. None may panic; a frame that
+//! messages (typing, presence, call signals), and the message, group and account fields of the
+//! REST API. None may panic; a frame that
 //! parses re-encodes to one that parses the same; an accepted body is 1 to 4,000 characters;
 //! an accepted client message id is 1 to 64 bytes.
 #![no_main]
@@ -19,5 +20,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if client_id {
         assert!((1..=64).contains(&text.len()));
+    }
+    let (token, _, _) = cp::account_fields(&text);
+    if token {
+        assert!((1..=4096).contains(&text.len()));
     }
 });

@@ -591,3 +591,20 @@ pub struct GroupPresence {
     pub members: Vec<MemberPresence>,
     pub typing: Option<Vec<UserId>>,
 }
+
+/// `POST /v1/calls`: start a 1:1 call with someone who shares a group with the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCallRequest {
+    pub to: UserId,
+}
+
+/// The call's id (for the `call` signals over `/v1/events`) and the caller's ICE servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallView {
+    pub call_id: uuid::Uuid,
+    pub to: UserId,
+    pub ice_servers: Vec<crate::realtime::IceServer>,
+    /// When the TURN credentials stop working for new allocations (RFC 3339).
+    pub ice_expires_at: String,
+}

@@ -17,6 +17,7 @@ use crate::api::{GroupView, MessageView, Role};
 use crate::ids::{GroupId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use uuid::Uuid;
 
 /// Close code: no valid access token, or it expired.
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
@@ -53,6 +54,14 @@ pub enum ClientFrame {
     /// expires after [`TYPING_TTL_MS`]) or stopped (`false`). Members' connections get
     /// [`ServerFrame::Typing`].
     Typing { group: GroupId, typing: bool },
+    /// A signal of a 1:1 call to `to`, who must share a group with the caller. Start a call
+    /// with `POST /v1/calls` (its id and ICE servers), then send the offer, candidates, and
+    /// finally a hangup; the callee answers the same way with the caller's id.
+    Call {
+        to: UserId,
+        call: Uuid,
+        signal: CallSignal,
+    },
     /// Answered by [`ServerFrame::Pong`].
     Ping {},
 }
@@ -94,6 +103,16 @@ pub enum ServerFrame {
         typing: bool,
         expires_in_ms: u64,
     },
+    /// A signal of a 1:1 call from `from`. An offer carries the callee's ICE servers (STUN,
+    /// and TURN with time-limited credentials). A hangup with reason `offline` comes from
+    /// the server when the callee has no live connection.
+    Call {
+        from: UserId,
+        call: Uuid,
+        signal: CallSignal,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ice_servers: Option<Vec<IceServer>>,
+    },
     /// A user who shares a group with the caller came online or went offline (their last
     /// connection closed). Users who hide their presence always appear offline.
     Presence {
@@ -111,6 +130,61 @@ pub enum PresenceStatus {
     Online,
     Offline,
     Unknown,
+}
+
+/// What one side of a 1:1 call tells the other; the server relays it unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CallSignal {
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    /// A trickled ICE candidate (`RTCIceCandidate.toJSON()` fields).
+    Candidate {
+        candidate: String,
+        #[serde(default, rename = "sdpMid", skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+        #[serde(
+            default,
+            rename = "sdpMLineIndex",
+            skip_serializing_if = "Option::is_none"
+        )]
+        sdp_m_line_index: Option<u16>,
+    },
+    /// The call is over, or never started. The client may then fall back to a group voice
+    /// session (`POST /v1/groups/{id}/sessions`).
+    Hangup {
+        reason: HangupReason,
+    },
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupReason {
+    /// One side hung up.
+    Ended,
+    /// The callee refused.
+    Declined,
+    /// The callee is in another call.
+    Busy,
+    /// The peers could not connect.
+    Failed,
+    /// The callee has no live connection (sent by the server).
+    Offline,
+}
+
+/// An ICE server for `RTCPeerConnection` (`RTCIceServer`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// How long a typing notice lasts unless repeated.

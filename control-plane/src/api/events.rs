@@ -11,7 +11,8 @@
 //! A connection also counts its user as online (see [`crate::presence`]): the first connection
 //! of a user who shows their presence announces them to their groups, the last one to close
 //! announces them offline. Typing notices from the client are recorded with a TTL and passed to
-//! the group's connections. Both are ephemeral: not in the log, not replayed.
+//! the group's connections. 1:1 call signals (offer, answer, candidates, hangup) are relayed to
+//! every connection of the callee. All of these are ephemeral: not in the log, not replayed.
 
 use super::AppState;
 use super::error::AppError;
@@ -28,10 +29,10 @@ use futures_util::SinkExt as _;
 use protocol::api::MarkersRequest;
 use protocol::ids::{GroupId, UserId};
 use protocol::realtime::{
-    CLOSE_BAD_FRAME, CLOSE_TOO_SLOW, CLOSE_UNAUTHORIZED, ClientFrame, EventData, GroupEvent,
-    MAX_CLIENT_FRAME, ServerFrame,
+    CLOSE_BAD_FRAME, CLOSE_TOO_SLOW, CLOSE_UNAUTHORIZED, CallSignal, ClientFrame, EventData,
+    GroupEvent, HangupReason, MAX_CLIENT_FRAME, ServerFrame,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -73,6 +74,7 @@ pub(super) async fn events(
                 id: Uuid::new_v4(),
                 online: None,
                 typed: HashMap::new(),
+                peers: HashSet::new(),
             };
             if let Err(reason) = conn.run(pre).await {
                 tracing::debug!(?reason, "events connection closed");
@@ -116,6 +118,8 @@ struct Conn {
     online: Option<(UserId, bool)>,
     /// When this connection last passed on a typing start, per group (at most one a second).
     typed: HashMap<GroupId, Instant>,
+    /// Users this connection may send call signals to (checked once: they share a group).
+    peers: HashSet<UserId>,
 }
 
 /// Per group, the highest `seq` sent.
@@ -396,6 +400,20 @@ impl Conn {
                 }
                 Ok(())
             }
+            Item::Call {
+                from, call, signal, ..
+            } => {
+                // An offer brings the callee's own ICE servers.
+                let ice_servers = matches!(signal, CallSignal::Offer { .. })
+                    .then(|| self.state.ice.servers_for(user, Now::read().secs()).0);
+                self.send(&ServerFrame::Call {
+                    from: *from,
+                    call: *call,
+                    signal: signal.clone(),
+                    ice_servers,
+                })
+                .await
+            }
             Item::Presence { user: who, .. } => {
                 if *who != user
                     && let Some(frame) = delivery.frame()
@@ -445,6 +463,47 @@ impl Conn {
             }),
             Err(e) => tracing::warn!(error = %e, "cannot announce a user going offline"),
         }
+    }
+
+    /// A call signal from the client, relayed to every connection of `to` on any replica. An
+    /// offer to someone with no live connection is answered with a hangup (`offline`).
+    async fn on_call(
+        &mut self,
+        user: UserId,
+        to: UserId,
+        call: Uuid,
+        signal: CallSignal,
+    ) -> Result<(), End> {
+        if !self.peers.contains(&to) {
+            if to == user || !self.state.store.may_see_profile(user, to).await? {
+                return Err(End::Close(
+                    CLOSE_BAD_FRAME,
+                    "calls go to people in your groups",
+                ));
+            }
+            self.peers.insert(to);
+        }
+        if matches!(signal, CallSignal::Offer { .. })
+            && self.state.presence.online(&[to], Now::read().ms).await == Ok(vec![false])
+        {
+            return self
+                .send(&ServerFrame::Call {
+                    from: to,
+                    call,
+                    signal: CallSignal::Hangup {
+                        reason: HangupReason::Offline,
+                    },
+                    ice_servers: None,
+                })
+                .await;
+        }
+        self.state.fanout.publish(Item::Call {
+            to,
+            from: user,
+            call,
+            signal,
+        });
+        Ok(())
     }
 
     /// A typing notice from the client: recorded with a TTL and passed to the group (a start
@@ -505,6 +564,9 @@ impl Conn {
         };
         match ClientFrame::decode(&text) {
             Ok(ClientFrame::Ping {}) => self.send(&ServerFrame::Pong).await,
+            Ok(ClientFrame::Call { to, call, signal }) => {
+                self.on_call(user, to, call, signal).await
+            }
             Ok(ClientFrame::Typing { group, typing }) => {
                 self.on_typing(user, positions, group, typing).await
             }

@@ -8,6 +8,7 @@
 //! it, exactly as if it did not exist; a member who lacks a right (an admin-only action) gets 403.
 
 mod auth;
+mod calls;
 pub(crate) mod error;
 mod events;
 pub(crate) mod extract;
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `http://` Web Push endpoints are accepted.
     pub push_allow_http: bool,
+    /// STUN/TURN for 1:1 calls.
+    pub ice: crate::ice::IceConfig,
     /// The issuer shown in authenticator apps.
     pub totp_issuer: String,
     pub region_hint: Option<String>,
@@ -136,6 +139,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/auth/sessions/{id}", delete(auth::revoke_session))
         .route("/v1/events", get(events::events))
+        .route("/v1/calls", post(calls::create))
         .route("/v1/users/me", get(users::me).patch(users::update_me))
         .route("/v1/users/me/settings", patch(users::update_settings))
         .route(

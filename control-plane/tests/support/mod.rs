@@ -372,9 +372,18 @@ pub fn config(database_url: &str) -> Config {
         data_key: control_plane::DataKeySource::Base64(
             "dGVzdC1kYXRhLWtleS0wMTIzNDU2Nzg5YWJjZGVmMDE".into(),
         ),
+        ice: control_plane::IceConfig {
+            stun_urls: vec!["stun:stun.test.invalid:3478".into()],
+            turn_urls: vec!["turn:turn.test.invalid:3478?transport=udp".into()],
+            turn_secret: Some(TURN_SECRET.into()),
+            turn_ttl_secs: 3600,
+        },
         ..Config::new("127.0.0.1:0".parse().unwrap(), database_url)
     }
 }
+
+/// The TURN secret of every control plane under test.
+pub const TURN_SECRET: &str = "turn-test-secret";
 
 fn rethrow(backend: &str, outcome: Result<(), tokio::task::JoinError>) {
     if let Err(e) = outcome {
