@@ -39,6 +39,7 @@ mod store;
 mod throttle;
 mod tokens;
 mod totp;
+mod webpush;
 mod writer;
 
 pub use api::error::PROBLEM_TYPE_PREFIX;
