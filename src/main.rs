@@ -93,6 +93,13 @@ enum Command {
         /// Lifetime of TURN credentials, seconds.
         #[arg(long, env = "CONVOY_TURN_TTL_SECS", default_value_t = control_plane::DEFAULT_TURN_TTL_SECS)]
         turn_ttl_secs: u64,
+        /// The contact push services see with every Web Push (VAPID sub: mailto: or https:).
+        #[arg(
+            long,
+            env = "CONVOY_PUSH_SUBJECT",
+            default_value = "mailto:ops@convoy.invalid"
+        )]
+        push_subject: String,
     },
     /// A media node alone.
     MediaPlane {
@@ -186,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
             turn_url,
             turn_secret,
             turn_ttl_secs,
+            push_subject,
         } => {
             let registry: std::sync::Arc<dyn control_plane::NodeRegistry> = match &redis_url {
                 Some(url) => {
@@ -210,6 +218,10 @@ async fn main() -> anyhow::Result<()> {
                     turn_urls: turn_url,
                     turn_secret,
                     turn_ttl_secs,
+                },
+                push: control_plane::PushConfig {
+                    subject: push_subject,
+                    ..control_plane::PushConfig::default()
                 },
                 ..control_plane::Config::new(listen, database_url)
             };

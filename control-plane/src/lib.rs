@@ -28,6 +28,7 @@ pub mod fuzzing;
 mod ice;
 mod keyring;
 mod keys;
+mod notify;
 mod passwords;
 mod presence;
 pub mod registry;
@@ -44,6 +45,7 @@ mod writer;
 
 pub use api::error::PROBLEM_TYPE_PREFIX;
 pub use ice::{DEFAULT_TURN_TTL_SECS, IceConfig};
+pub use notify::PushConfig;
 pub use registry::{InProcessRegistry, NodeRegistry};
 pub use registry_redis::RedisRegistry;
 pub use session_events::EventIngest;
@@ -82,6 +84,8 @@ pub struct Config {
     pub push_allow_http: bool,
     /// STUN and TURN for 1:1 calls.
     pub ice: IceConfig,
+    /// How notifications are pushed.
+    pub push: PushConfig,
 }
 
 impl Config {
@@ -99,6 +103,7 @@ impl Config {
             trusted_proxies: Vec::new(),
             push_allow_http: false,
             ice: IceConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -167,6 +172,7 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("push_allow_http", &self.push_allow_http)
             .field("ice", &self.ice)
+            .field("push", &self.push)
             .finish()
     }
 }
@@ -253,6 +259,8 @@ impl ControlPlane {
             Some(url) => fanout::Fanout::redis(url).context("the Redis URL")?,
             None => fanout::Fanout::local(),
         };
+        let vapid = load_vapid(&store, &data_key).await?;
+        let push_queue = Arc::new(notify::PushQueue::default());
         let store_for_writer = store.clone();
         let shared = api::Shared {
             store,
@@ -265,6 +273,9 @@ impl ControlPlane {
             trusted_proxies: config.trusted_proxies.clone(),
             push_allow_http: config.push_allow_http,
             ice: config.ice.clone(),
+            push: config.push.clone(),
+            push_queue: Arc::clone(&push_queue),
+            vapid_public: vapid.public_b64().to_owned(),
             totp_issuer: config.issuer.clone(),
             region_hint: config.region_hint.clone(),
             http: reqwest::Client::new(),
@@ -275,6 +286,7 @@ impl ControlPlane {
         let events = session_events::spawn_ingest(shared.store.clone());
         let state = api::AppState(Arc::new(shared));
         spawn_key_refresh(Arc::downgrade(&state.0), key_source.clone());
+        notify::spawn(Arc::downgrade(&state.0), push_queue, vapid);
         Ok(Self {
             state,
             events,
@@ -332,6 +344,39 @@ impl ControlPlane {
 }
 
 /// Re-reads the signing keys every [`signing::REFRESH_INTERVAL`] while the control plane lives.
+/// The VAPID key every replica signs pushes with: created and sealed by the first to start.
+/// A stored key that this data key cannot open (the data key was replaced) is replaced too:
+/// browsers then need to subscribe again, as after any VAPID key change.
+async fn load_vapid(
+    store: &store::Store,
+    data_key: &sealed::DataKey,
+) -> anyhow::Result<webpush::VapidKey> {
+    const CONTEXT: &str = "server_secrets.vapid";
+    let candidate = webpush::VapidKey::generate(&mut rand::rngs::OsRng);
+    let sealed = data_key.seal(&candidate, CONTEXT);
+    let now = clock::Now::read().ms;
+    let mut stored = store
+        .server_secret("vapid", &sealed, now)
+        .await
+        .context("storing the VAPID key")?;
+    let bytes = match data_key.open(&stored, CONTEXT) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!(error = %e, "the stored VAPID key does not open; replacing it");
+            stored = store
+                .replace_server_secret("vapid", &stored, &sealed, now)
+                .await
+                .context("replacing the VAPID key")?;
+            data_key
+                .open(&stored, CONTEXT)
+                .map_err(|e| anyhow::anyhow!("opening the VAPID key: {e}"))?
+        }
+    };
+    let bytes = <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| anyhow::anyhow!("the stored VAPID key is not 32 bytes"))?;
+    webpush::VapidKey::from_bytes(&bytes).context("the stored VAPID key is not a P-256 key")
+}
+
 fn spawn_key_refresh(state: std::sync::Weak<api::Shared>, keys: signing::KeySource) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(signing::REFRESH_INTERVAL);

@@ -5,10 +5,6 @@
 //! A push message for a browser subscription `{endpoint, keys: {p256dh, auth}}` is
 //! `POST endpoint` with `Content-Encoding: aes128gcm`, `TTL`, `Authorization: vapid t=…, k=…`
 //! and the body [`encrypt`] makes.
-//!
-//! Not yet called outside its tests: the notification outbox that sends with it is the next
-//! step of issue 4.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

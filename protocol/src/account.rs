@@ -245,6 +245,13 @@ pub struct RegisterDeviceRequest {
     pub subscription: Option<WebPushSubscription>,
 }
 
+/// `GET /v1/push/vapid-public-key`: the key browsers pass to `PushManager.subscribe()` as
+/// `applicationServerKey` (an uncompressed P-256 point, base64url).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VapidPublicKey {
+    pub public_key: String,
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceView {

@@ -55,6 +55,7 @@ pub(super) async fn send(
             data: EventData::Message { mut message },
             ..
         }) => {
+            state.push_queue.wake(group);
             message.status = Some(DeliveryStatus::Sent);
             Ok((StatusCode::CREATED, Json(message)))
         }

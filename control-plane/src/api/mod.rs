@@ -58,6 +58,12 @@ pub(crate) struct Shared {
     pub push_allow_http: bool,
     /// STUN/TURN for 1:1 calls.
     pub ice: crate::ice::IceConfig,
+    /// How notifications are pushed.
+    pub push: crate::notify::PushConfig,
+    /// Groups with messages to turn into pushes.
+    pub push_queue: Arc<crate::notify::PushQueue>,
+    /// The VAPID public key (base64url) browsers subscribe with.
+    pub vapid_public: String,
     /// The issuer shown in authenticator apps.
     pub totp_issuer: String,
     pub region_hint: Option<String>,
@@ -140,6 +146,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/auth/sessions/{id}", delete(auth::revoke_session))
         .route("/v1/events", get(events::events))
         .route("/v1/calls", post(calls::create))
+        .route("/v1/push/vapid-public-key", get(users::vapid_public_key))
         .route("/v1/users/me", get(users::me).patch(users::update_me))
         .route("/v1/users/me/settings", patch(users::update_settings))
         .route(

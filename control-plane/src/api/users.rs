@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use protocol::account::{
     AccountView, DeviceList, DeviceView, Platform, ProfileView, RegisterDeviceRequest,
-    Subscription, UpdateAccountRequest, UpdateSettingsRequest, UserSettings,
+    Subscription, UpdateAccountRequest, UpdateSettingsRequest, UserSettings, VapidPublicKey,
 };
 use protocol::ids::UserId;
 use uuid::Uuid;
@@ -171,6 +171,14 @@ pub(super) async fn delete_device(
     } else {
         Err(AppError::NotFound("no such device"))
     }
+}
+
+/// `GET /v1/push/vapid-public-key`: the `applicationServerKey` for
+/// `PushManager.subscribe()` (public; the same on every replica).
+pub(super) async fn vapid_public_key(State(state): State<AppState>) -> Json<VapidPublicKey> {
+    Json(VapidPublicKey {
+        public_key: state.vapid_public.clone(),
+    })
 }
 
 async fn account(state: &AppState, user: UserId) -> Result<AccountRow, AppError> {
