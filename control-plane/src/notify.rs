@@ -174,6 +174,28 @@ pub(crate) fn spawn(state: Weak<Shared>, queue: std::sync::Arc<PushQueue>, vapid
 
 /// Turns `group`'s events after its progress into queued pushes.
 async fn queue_group(state: &Shared, group: GroupId) -> Result<(), sqlx::Error> {
+    let targets = state.store.push_targets(group).await?;
+    if targets.is_empty() {
+        // Nobody in the group can get a push: skip its events without reading them.
+        if let Some((from, last)) = state.store.push_position(group).await?
+            && last > from
+        {
+            let now = Now::read();
+            let expires = now.plus_secs_ms(PUSH_TTL_SECS);
+            state
+                .store
+                .advance_push(group, from, last, &[], now.ms, expires)
+                .await?;
+        }
+        return Ok(());
+    }
+    let names: HashMap<UserId, String> = state
+        .store
+        .members(group)
+        .await?
+        .into_iter()
+        .map(|m| (m.user, m.username))
+        .collect();
     loop {
         let from = state.store.push_upto(group).await?;
         let events = state.store.events_after(group, from, PAGE).await?;
@@ -181,34 +203,24 @@ async fn queue_group(state: &Shared, group: GroupId) -> Result<(), sqlx::Error> 
             return Ok(());
         };
         let to = i64::try_from(last.seq).unwrap_or(i64::MAX);
-        let has_messages = events
-            .iter()
-            .any(|e| matches!(e.data, EventData::Message { .. }));
         let mut deliveries = Vec::new();
-        if has_messages {
-            let targets = state.store.push_targets(group).await?;
-            if !targets.is_empty() {
-                let names: HashMap<UserId, String> = state
-                    .store
-                    .members(group)
-                    .await?
-                    .into_iter()
-                    .map(|m| (m.user, m.username))
-                    .collect();
-                let users: Vec<UserId> = targets.iter().map(|t| t.user).collect();
-                let online: HashSet<UserId> =
-                    match state.presence.online(&users, Now::read().ms).await {
-                        Ok(flags) => users
-                            .iter()
-                            .zip(flags)
-                            .filter(|(_, on)| *on)
-                            .map(|(u, _)| *u)
-                            .collect(),
-                        Err(_) => HashSet::new(),
-                    };
-                for event in &events {
-                    deliveries.extend(plan(event, &targets, &names, &online));
-                }
+        if events
+            .iter()
+            .any(|e| matches!(e.data, EventData::Message { .. }))
+        {
+            let users: Vec<UserId> = targets.iter().map(|t| t.user).collect();
+            let online: HashSet<UserId> = match state.presence.online(&users, Now::read().ms).await
+            {
+                Ok(flags) => users
+                    .iter()
+                    .zip(flags)
+                    .filter(|(_, on)| *on)
+                    .map(|(u, _)| *u)
+                    .collect(),
+                Err(_) => HashSet::new(),
+            };
+            for event in &events {
+                deliveries.extend(plan(event, &targets, &names, &online));
             }
         }
         let now = Now::read();

@@ -72,6 +72,23 @@ impl Store {
         Ok(upto.unwrap_or(0))
     }
 
+    /// How far `group`'s log has been turned into pushes and where it ends; `None` when the
+    /// group does not exist.
+    pub(crate) async fn push_position(
+        &self,
+        group: GroupId,
+    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
+        sqlx::query(
+            "SELECT COALESCE(p.upto, 0) AS upto, g.last_seq FROM groups g \
+             LEFT JOIN push_progress p ON p.group_id = g.id WHERE g.id = $1",
+        )
+        .bind(group.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| Ok((row.try_get("upto")?, row.try_get("last_seq")?)))
+        .transpose()
+    }
+
     /// The members of `group` with a browser subscription, one entry per subscription.
     pub(crate) async fn push_targets(
         &self,
