@@ -77,6 +77,9 @@ impl Delivery {
     /// The frame of an event, a typing notice or a presence change, encoded once for every
     /// connection that sends it.
     pub(crate) fn frame(&self) -> Option<&str> {
+        if let Some(text) = self.frame.get() {
+            return Some(text);
+        }
         let frame = match &self.item {
             Item::Event(event) => ServerFrame::Event(event.clone()),
             Item::Typing {

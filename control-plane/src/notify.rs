@@ -9,8 +9,8 @@
 //! 429/5xx/network errors retried with exponential backoff (or `Retry-After`) until the push
 //! expires.
 //!
-//! Woken by each message sent here ([`PushQueue::wake`]); every [`SCAN_INTERVAL`] it also scans
-//! all groups, which picks up what another replica left.
+//! Woken by each message sent here ([`PushQueue::wake`]), at most one pass per [`COALESCE`];
+//! every [`SCAN_INTERVAL`] it also scans all groups, which picks up what another replica left.
 
 use crate::api::Shared;
 use crate::clock::Now;
@@ -24,6 +24,9 @@ use std::sync::{Mutex, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// After a wake-up, how long the worker lets further messages gather before a pass, so a busy
+/// group costs one pass per interval rather than one per message.
+const COALESCE: Duration = Duration::from_millis(25);
 /// How often every group is checked for events not yet notified.
 const SCAN_INTERVAL: Duration = Duration::from_secs(10);
 /// Events read per group per pass.
@@ -151,6 +154,9 @@ pub(crate) fn spawn(state: Weak<Shared>, queue: std::sync::Arc<PushQueue>, vapid
                 () = queue.wake.notified() => false,
                 _ = scan.tick() => true,
             };
+            if !full_scan {
+                tokio::time::sleep(COALESCE).await;
+            }
             let Some(state) = state.upgrade() else { return };
             let mut groups = queue.take();
             if full_scan {
