@@ -640,17 +640,7 @@ async fn without_a_bus_a_replica_fills_the_gap_from_sql_at_the_next_event() {
 
 /// `CONVOY_TEST_REDIS_URL`, or `None` (failing under `CONVOY_REQUIRE_EXTERNAL=1`).
 fn redis_url() -> Option<String> {
-    match std::env::var("CONVOY_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CONVOY_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-                "CONVOY_REQUIRE_EXTERNAL=1 but CONVOY_TEST_REDIS_URL is not set"
-            );
-            eprintln!("SKIPPED: Redis fan-out (set CONVOY_TEST_REDIS_URL)");
-            None
-        }
-    }
+    support::external("CONVOY_TEST_REDIS_URL", "Redis fan-out")
 }
 
 #[tokio::test]

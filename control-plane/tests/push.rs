@@ -29,17 +29,7 @@ type TestApp = App<InProcessRegistry>;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn python() -> Option<String> {
-    match std::env::var("CONVOY_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            assert!(
-                std::env::var("CONVOY_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-                "CONVOY_REQUIRE_EXTERNAL=1 but CONVOY_TEST_PYTHON is not set"
-            );
-            eprintln!("SKIPPED: Web Push (set CONVOY_TEST_PYTHON)");
-            None
-        }
-    }
+    support::external("CONVOY_TEST_PYTHON", "Web Push")
 }
 
 /// The push endpoint process and what it printed.

@@ -397,6 +397,22 @@ fn rethrow(backend: &str, outcome: Result<(), tokio::task::JoinError>) {
 
 /// The PostgreSQL admin URL, or `None` after saying loudly (once) that PostgreSQL is skipped;
 /// with `CONVOY_REQUIRE_EXTERNAL=1` a missing URL fails the test instead.
+/// The value of `var` naming an external part (a server URL, a Python), or `None` with a loud
+/// SKIPPED line about `what`; under `CONVOY_REQUIRE_EXTERNAL=1` a missing one fails instead.
+pub fn external(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            assert!(
+                std::env::var("CONVOY_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+                "CONVOY_REQUIRE_EXTERNAL=1 but {var} is not set"
+            );
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {what} (set {var})");
+            None
+        }
+    }
+}
+
 fn postgres_admin_url() -> Option<String> {
     static SKIP_NOTICE: Once = Once::new();
     match std::env::var("CONVOY_TEST_POSTGRES_URL") {
