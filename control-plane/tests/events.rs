@@ -6,7 +6,7 @@
 mod support;
 
 use axum::http::StatusCode;
-use control_plane::{ControlPlane, InProcessRegistry};
+use control_plane::InProcessRegistry;
 use futures_util::{SinkExt as _, StreamExt as _};
 use protocol::api::{AuthResponse, CallView, GroupPresence, MessageView};
 use protocol::ids::GroupId;
@@ -17,7 +17,6 @@ use protocol::realtime::{
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use support::{App, with_each_backend};
 use tokio::net::TcpStream;
@@ -590,17 +589,11 @@ async fn call_signals_go_between_two_members_with_turn_credentials_for_each() {
 
 /// Another control plane on the scenario's database, served on a loopback port.
 async fn replica(app: &TestApp, redis_url: Option<&str>) -> SocketAddr {
-    let config = control_plane::Config {
+    support::serve_replica(&control_plane::Config {
         redis_url: redis_url.map(str::to_owned),
         ..support::config(&app.database_url)
-    };
-    let cp = ControlPlane::new(&config, Arc::new(InProcessRegistry::new()))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(control_plane::serve(listener, cp, std::future::pending()));
-    addr
+    })
+    .await
 }
 
 #[tokio::test]

@@ -9,14 +9,13 @@
 mod support;
 
 use axum::http::StatusCode;
-use control_plane::{ControlPlane, InProcessRegistry};
+use control_plane::InProcessRegistry;
 use futures_util::{SinkExt as _, StreamExt as _};
 use protocol::account::{DeviceList, VapidPublicKey};
 use protocol::api::{AuthResponse, MessageView};
 use protocol::realtime::{PresenceStatus, ServerFrame};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use support::{App, with_each_backend};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
@@ -99,21 +98,15 @@ async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
 /// A control plane on the scenario's database that takes http:// push endpoints and retries
 /// after 50 ms.
 async fn notifying_replica(app: &TestApp) -> SocketAddr {
-    let config = control_plane::Config {
+    support::serve_replica(&control_plane::Config {
         push_allow_http: true,
         push: control_plane::PushConfig {
             retry_base: Duration::from_millis(50),
             ..control_plane::PushConfig::default()
         },
         ..support::config(&app.database_url)
-    };
-    let cp = ControlPlane::new(&config, Arc::new(InProcessRegistry::new()))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(control_plane::serve(listener, cp, std::future::pending()));
-    addr
+    })
+    .await
 }
 
 async fn post(addr: SocketAddr, path: &str, user: &AuthResponse, body: Value) -> reqwest::Response {

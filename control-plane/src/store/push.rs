@@ -276,10 +276,7 @@ impl Store {
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
-        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await
+        self.read_server_secret(name).await
     }
 
     /// Replaces secret `name` if it still is `old` (another replica may have replaced it
@@ -300,6 +297,10 @@ impl Store {
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
+        self.read_server_secret(name).await
+    }
+
+    async fn read_server_secret(&self, name: &str) -> Result<String, sqlx::Error> {
         sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
             .bind(name)
             .fetch_one(&self.pool)

@@ -364,6 +364,18 @@ where
     tokio::spawn(scenario(app)).await
 }
 
+/// Another control plane with `config` (usually on a scenario's database), served on a
+/// loopback port until the test ends.
+pub async fn serve_replica(config: &Config) -> std::net::SocketAddr {
+    let cp = ControlPlane::new(config, Arc::new(control_plane::InProcessRegistry::new()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(control_plane::serve(listener, cp, std::future::pending()));
+    addr
+}
+
 /// The configuration of every control plane under test on `database_url` (one data key, so
 /// several control planes on one database open each other's keys).
 pub fn config(database_url: &str) -> Config {
