@@ -91,6 +91,10 @@ impl DevStack {
         let cp_config = control_plane::Config {
             signing_key_file: Some(config.data_dir.join("signing.key")),
             data_key: control_plane::DataKeySource::File(config.data_dir.join("data.key")),
+            attachments: control_plane::AttachmentConfig {
+                store: control_plane::AttachmentStore::Local(config.data_dir.join("attachments")),
+                ..control_plane::AttachmentConfig::default()
+            },
             ..control_plane::Config::new(config.control_plane_listen, database_url)
         };
         let cp = ControlPlane::new(&cp_config, registry.clone()).await?;

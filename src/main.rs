@@ -13,6 +13,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// The whole stack in one process on embedded defaults (SQLite, in-process registry).
@@ -100,6 +102,34 @@ enum Command {
             default_value = "mailto:ops@convoy.invalid"
         )]
         push_subject: String,
+        /// Attachment bytes go under this directory (or, with --s3-bucket, are staged here on
+        /// their way to the bucket).
+        #[arg(
+            long,
+            env = "CONVOY_ATTACHMENTS_DIR",
+            default_value = ".convoy/attachments"
+        )]
+        attachments_dir: PathBuf,
+        /// The largest attachment, bytes.
+        #[arg(long, env = "CONVOY_ATTACHMENT_MAX_BYTES", default_value_t = control_plane::attachments::DEFAULT_MAX_BYTES)]
+        attachment_max_bytes: u64,
+        /// Keep attachments in this S3 bucket instead of the directory.
+        #[arg(long, env = "CONVOY_S3_BUCKET", requires = "s3_endpoint")]
+        s3_bucket: Option<String>,
+        /// The S3 endpoint: https://s3.<region>.amazonaws.com, or a MinIO/Ceph/R2 URL.
+        #[arg(long, env = "CONVOY_S3_ENDPOINT")]
+        s3_endpoint: Option<String>,
+        #[arg(long, env = "CONVOY_S3_REGION", default_value = "us-east-1")]
+        s3_region: String,
+        #[arg(long, env = "AWS_ACCESS_KEY_ID", default_value = "")]
+        s3_access_key: String,
+        #[arg(
+            long,
+            env = "AWS_SECRET_ACCESS_KEY",
+            default_value = "",
+            hide_env_values = true
+        )]
+        s3_secret_key: String,
     },
     /// A media node alone.
     MediaPlane {
@@ -194,7 +224,27 @@ async fn main() -> anyhow::Result<()> {
             turn_secret,
             turn_ttl_secs,
             push_subject,
+            attachments_dir,
+            attachment_max_bytes,
+            s3_bucket,
+            s3_endpoint,
+            s3_region,
+            s3_access_key,
+            s3_secret_key,
         } => {
+            let attachment_store = match (s3_bucket, s3_endpoint) {
+                (Some(bucket), Some(endpoint)) => control_plane::AttachmentStore::S3 {
+                    config: control_plane::S3Config {
+                        endpoint,
+                        bucket,
+                        region: s3_region,
+                        access_key: s3_access_key,
+                        secret_key: s3_secret_key,
+                    },
+                    staging: attachments_dir,
+                },
+                _ => control_plane::AttachmentStore::Local(attachments_dir),
+            };
             let registry: std::sync::Arc<dyn control_plane::NodeRegistry> = match &redis_url {
                 Some(url) => {
                     control_plane::RedisRegistry::connect(url, protocol::node::REDIS_PREFIX)
@@ -222,6 +272,11 @@ async fn main() -> anyhow::Result<()> {
                 push: control_plane::PushConfig {
                     subject: push_subject,
                     ..control_plane::PushConfig::default()
+                },
+                attachments: control_plane::AttachmentConfig {
+                    store: attachment_store,
+                    max_bytes: attachment_max_bytes,
+                    ..control_plane::AttachmentConfig::default()
                 },
                 ..control_plane::Config::new(listen, database_url)
             };

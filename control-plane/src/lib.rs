@@ -20,6 +20,9 @@
 
 pub mod allocator;
 mod api;
+pub mod attachments;
+mod blobs;
+mod blobs_s3;
 mod clock;
 mod domain;
 mod fanout;
@@ -44,6 +47,8 @@ mod webpush;
 mod writer;
 
 pub use api::error::PROBLEM_TYPE_PREFIX;
+pub use attachments::{AttachmentConfig, AttachmentStore};
+pub use blobs_s3::S3Config;
 pub use ice::{DEFAULT_TURN_TTL_SECS, IceConfig};
 pub use notify::PushConfig;
 pub use registry::{InProcessRegistry, NodeRegistry};
@@ -86,6 +91,8 @@ pub struct Config {
     pub ice: IceConfig,
     /// How notifications are pushed.
     pub push: PushConfig,
+    /// Where attachments are kept and how large they may be.
+    pub attachments: AttachmentConfig,
 }
 
 impl Config {
@@ -104,6 +111,7 @@ impl Config {
             push_allow_http: false,
             ice: IceConfig::default(),
             push: PushConfig::default(),
+            attachments: AttachmentConfig::default(),
         }
     }
 }
@@ -263,6 +271,7 @@ impl ControlPlane {
         let push_queue = Arc::new(notify::PushQueue::default());
         let store_for_writer = store.clone();
         let shared = api::Shared {
+            attachments: api::Attachments::open(&config.attachments)?,
             store,
             registry,
             tokens: tokens::Tokens::with_ring(ring, config.issuer.clone()),
@@ -287,6 +296,7 @@ impl ControlPlane {
         let state = api::AppState(Arc::new(shared));
         spawn_key_refresh(Arc::downgrade(&state.0), key_source.clone());
         notify::spawn(Arc::downgrade(&state.0), push_queue, vapid);
+        api::spawn_attachment_sweeper(Arc::downgrade(&state.0));
         Ok(Self {
             state,
             events,

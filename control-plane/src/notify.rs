@@ -115,6 +115,7 @@ pub(crate) fn plan(
         "from": message.sender,
         "from_name": names.get(&message.sender),
         "body": preview,
+        "attachments": message.attachments.len(),
     })
     .to_string();
     let lowered = body.to_lowercase();
@@ -410,6 +411,7 @@ mod tests {
                     created_at: String::new(),
                     edited_at: None,
                     deleted_at: None,
+                    attachments: Vec::new(),
                     status: None,
                 },
             },

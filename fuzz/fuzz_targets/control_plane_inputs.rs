@@ -2,8 +2,11 @@
 //! `X-Forwarded-For` walk to a client key, sealed values read back from storage and the data key
 //! from the environment. None may panic; a code that parses is six digits; a recovery-code hash
 //! is 64 hex digits; a sealed value opens only as what was sealed, and never after a change.
+//! Attachment inputs: a byte range lies inside the file, a kept file name is tidy, and the
+//! type check of an upload does not depend on how its bytes are chunked.
 #![no_main]
 
+use control_plane::attachments::{self, RangeAnswer, Sniffer};
 use control_plane::fuzzing as cp;
 use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
@@ -52,6 +55,29 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(cp::open(&KEY, &sealed, "other"), None);
 
     let _ = cp::data_key_parses(&text);
+
+    // Attachments: a Range header against a size, a file name, an upload's bytes.
+    let size = u64::from(data.first().copied().unwrap_or(0)) * 37;
+    if let RangeAnswer::Partial(range) = attachments::range(Some(&text), size) {
+        assert!(range.start <= range.end && range.end < size, "{text:?} {size}");
+    }
+    if let Ok(name) = attachments::file_name(Some(&text)) {
+        assert!(!name.is_empty() && !name.starts_with('.'), "{name:?}");
+        assert!(!name.contains(['/', '\\']) && !name.chars().any(char::is_control));
+    }
+    let cut = data.len() / 2;
+    for media in attachments::allowed_types() {
+        let mut whole = Sniffer::new(media);
+        whole.feed(data);
+        let mut split = Sniffer::new(media);
+        split.feed(&data[..cut]);
+        split.feed(&data[cut..]);
+        assert_eq!(whole.matches(), split.matches(), "{media}: chunking changed the verdict");
+        if media == "text/plain" {
+            let utf8 = std::str::from_utf8(data).is_ok_and(|t| !t.contains('\0'));
+            assert_eq!(whole.matches(), utf8);
+        }
+    }
 });
 
 fn pad8(data: &[u8]) -> [u8; 8] {

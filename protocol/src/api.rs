@@ -2,7 +2,7 @@
 //!
 //! Timestamps are RFC 3339 strings on the wire so this crate needs no time library.
 
-use crate::ids::{GroupId, NodeId, ParticipantId, SessionId, UserId};
+use crate::ids::{AttachmentId, GroupId, NodeId, ParticipantId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/auth/register`.
@@ -326,8 +326,38 @@ pub struct SendMessageRequest {
     /// Chosen by the client, unique per sender and group (a UUID, say; 1 to 64 characters of
     /// `[A-Za-z0-9_-]`). Sending again with the same id answers the original message, forever.
     pub client_msg_id: String,
-    /// 1 to 4,000 characters.
+    /// 1 to 4,000 characters; may be empty when `attachments` is not.
+    #[serde(default)]
     pub body: String,
+    /// Up to [`MAX_MESSAGE_ATTACHMENTS`] files the sender uploaded to this group
+    /// (`POST /v1/groups/{id}/attachments`) and has not attached to another message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentId>,
+}
+
+/// The most attachments one message carries.
+pub const MAX_MESSAGE_ATTACHMENTS: usize = 10;
+
+/// A file uploaded to a group: the answer to `POST /v1/groups/{id}/attachments?name=`, and
+/// each of a message's `attachments`. Its bytes are at `GET /v1/attachments/{id}`, for the
+/// members of the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    pub id: AttachmentId,
+    pub group: GroupId,
+    pub uploader: UserId,
+    /// The file name the uploader gave (`name`), or `attachment`.
+    pub name: String,
+    /// The media type the upload declared, from the allowed list.
+    pub content_type: String,
+    /// Bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the bytes; the download's `ETag`.
+    pub sha256: String,
+    pub created_at: String,
+    /// The message it is attached to; `None` until one is sent.
+    #[serde(default)]
+    pub message_id: Option<u64>,
 }
 
 /// `PATCH /v1/groups/{id}/messages/{message}`: the sender edits their message.
@@ -360,6 +390,9 @@ pub struct MessageView {
     pub created_at: String,
     pub edited_at: Option<String>,
     pub deleted_at: Option<String>,
+    /// The files sent with it (none once deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentView>,
     /// For the sender's own messages, in answers to the sender; `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<DeliveryStatus>,

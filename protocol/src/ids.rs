@@ -47,6 +47,10 @@ uuid_id!(
     GroupId
 );
 uuid_id!(
+    /// A file uploaded to a group, attached to a message.
+    AttachmentId
+);
+uuid_id!(
     /// A media session (a room) of a group, hosted on one media node.
     SessionId
 );

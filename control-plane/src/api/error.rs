@@ -53,6 +53,9 @@ pub(crate) enum AppError {
     Conflict(&'static str),
     #[error("the method is not allowed on this resource")]
     MethodNotAllowed,
+    /// A byte range outside the file (416); the headers carry `Content-Range: bytes */size`.
+    #[error("the range asked for lies outside the file")]
+    RangeNotSatisfiable(axum::http::HeaderMap),
     /// No media node takes new sessions (503).
     #[error("no media node can take a new session now; try again shortly")]
     NoMediaNode,
@@ -87,6 +90,7 @@ impl AppError {
             AppError::Gone(_) => StatusCode::GONE,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::NoMediaNode | AppError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,7 +104,7 @@ impl AppError {
             AppError::BadRequest { status, .. } => match *status {
                 StatusCode::PAYLOAD_TOO_LARGE => ("body-too-large", "The body is too large"),
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                    ("unsupported-media-type", "The body must be JSON")
+                    ("unsupported-media-type", "Unsupported media type")
                 }
                 StatusCode::UNPROCESSABLE_ENTITY => {
                     ("invalid-body", "The body does not match the expected shape")
@@ -118,6 +122,7 @@ impl AppError {
             AppError::Gone(_) => ("gone", "No longer available"),
             AppError::Conflict(_) => ("conflict", "Conflict"),
             AppError::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
+            AppError::RangeNotSatisfiable(_) => ("range-not-satisfiable", "Range not satisfiable"),
             AppError::NoMediaNode => ("no-media-node", "No media capacity"),
             AppError::NotReady => ("not-ready", "Not ready"),
             AppError::BadGateway(_) => ("media-node-failed", "The media node did not answer"),
@@ -156,6 +161,9 @@ impl IntoResponse for AppError {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
+        if let AppError::RangeNotSatisfiable(extra) = &self {
+            headers.extend(extra.clone());
+        }
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let AppError::TooManyAttempts(wait) = self {
             headers.insert(

@@ -22,7 +22,7 @@ use protocol::api::{
     UpdateGroupRequest,
 };
 use protocol::ids::{GroupId, UserId};
-use protocol::realtime::{GroupEvent, PresenceStatus};
+use protocol::realtime::{EventData, GroupEvent, PresenceStatus};
 use uuid::Uuid;
 
 /// How long an invite stays valid.
@@ -111,7 +111,7 @@ pub(super) async fn delete(
         .store
         .delete_group(group, caller.user, Now::read().ms)
         .await?;
-    publish(&state, change.map_err(refused)?);
+    publish(&state, change.map_err(refused)?).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -133,7 +133,7 @@ pub(super) async fn join(
         .store
         .add_member(group, caller.user, Now::read().ms)
         .await?;
-    publish(&state, change.map_err(refused)?);
+    publish(&state, change.map_err(refused)?).await;
     Ok(Json(view(&member_of(&state, group, caller).await?)))
 }
 
@@ -205,7 +205,7 @@ pub(super) async fn set_role(
         .store
         .set_role(group, caller.user, user, req.role, Now::read().ms)
         .await?;
-    publish(&state, change.map_err(refused)?);
+    publish(&state, change.map_err(refused)?).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -219,7 +219,7 @@ pub(super) async fn remove_member(
         .store
         .remove_member(group, caller.user, user, Now::read().ms)
         .await?;
-    publish(&state, change.map_err(refused)?);
+    publish(&state, change.map_err(refused)?).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -274,7 +274,7 @@ pub(super) async fn accept(
         .store
         .add_member(invite.group, caller.user, now.ms)
         .await?;
-    publish(&state, change.map_err(|_| AppError::NotFound(UNKNOWN))?);
+    publish(&state, change.map_err(|_| AppError::NotFound(UNKNOWN))?).await;
     let membership = member_of(&state, invite.group, caller).await?;
     Ok(Json(AcceptInviteResponse {
         group: view(&membership),
@@ -294,9 +294,14 @@ pub(super) async fn member_of(
         .ok_or(AppError::NotFound(NO_GROUP))
 }
 
-fn publish(state: &AppState, event: Option<GroupEvent>) {
+/// Fans a change out; a deleted group's attachment bytes go too.
+async fn publish(state: &AppState, event: Option<GroupEvent>) {
     if let Some(event) = event {
+        let deleted = matches!(event.data, EventData::GroupDeleted).then_some(event.group);
         state.fanout.event(event);
+        if let Some(group) = deleted {
+            super::attachments::forget_group(state, group).await;
+        }
     }
 }
 

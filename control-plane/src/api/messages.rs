@@ -12,13 +12,13 @@ use super::groups::member_of;
 use crate::clock::Now;
 use crate::domain;
 use crate::fanout::Item;
-use crate::store::{MessageRefusal, NewMessage, Posted};
+use crate::store::{Deleted, MessageRefusal, NewMessage, Posted};
 use crate::writer::WriteError;
 use axum::extract::{Query, State, rejection::QueryRejection};
 use axum::http::StatusCode;
 use protocol::api::{
-    DeliveryStatus, EditMessageRequest, Markers, MarkersRequest, MessagePage, MessageView,
-    SendMessageRequest,
+    DeliveryStatus, EditMessageRequest, MAX_MESSAGE_ATTACHMENTS, Markers, MarkersRequest,
+    MessagePage, MessageView, SendMessageRequest,
 };
 use protocol::ids::{GroupId, UserId};
 use protocol::realtime::{EventData, GroupEvent};
@@ -36,10 +36,21 @@ pub(super) async fn send(
     Path(group): Path<GroupId>,
     Json(req): Json<SendMessageRequest>,
 ) -> Result<(StatusCode, Json<MessageView>), AppError> {
+    if req.attachments.len() > MAX_MESSAGE_ATTACHMENTS {
+        return Err(AppError::InvalidInput(format!(
+            "a message has at most {MAX_MESSAGE_ATTACHMENTS} attachments"
+        )));
+    }
+    let body = if req.body.is_empty() && !req.attachments.is_empty() {
+        String::new()
+    } else {
+        domain::message_body(&req.body)?
+    };
     let message = NewMessage {
         sender: caller.user,
         client_msg_id: domain::client_msg_id(&req.client_msg_id)?,
-        body: domain::message_body(&req.body)?,
+        body,
+        attachments: req.attachments,
         now_ms: Now::read().ms,
     };
     let posted = state
@@ -69,6 +80,9 @@ pub(super) async fn send(
             .await?;
             Ok((StatusCode::OK, Json(message)))
         }
+        Posted::BadAttachments => Err(AppError::InvalidInput(
+            "each attachment must be your upload to this group that no message has yet".into(),
+        )),
         Posted::New(_) | Posted::NotMember => Err(AppError::NotFound("no such group")),
     }
 }
@@ -142,13 +156,14 @@ pub(super) async fn delete(
     Path((group, message)): Path<(GroupId, u64)>,
 ) -> Result<StatusCode, AppError> {
     let id = i64::try_from(message).map_err(|_| AppError::NotFound(NO_MESSAGE))?;
-    let event = state
+    let deleted = state
         .store
         .delete_message(group, caller.user, id, Now::read().ms)
         .await?
         .map_err(refused)?;
-    if let Some(event) = event {
+    if let Some(Deleted { event, erased }) = deleted {
         state.fanout.event(event);
+        super::attachments::forget(&state, &erased).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,6 +7,7 @@
 //! Group visibility rule: a caller who is not a member of a group gets 404 for everything under
 //! it, exactly as if it did not exist; a member who lacks a right (an admin-only action) gets 403.
 
+mod attachments;
 mod auth;
 mod calls;
 pub(crate) mod error;
@@ -28,6 +29,7 @@ use crate::store::Store;
 use crate::throttle::Throttle;
 use crate::tokens::Tokens;
 use crate::writer::MessageWriter;
+pub(crate) use attachments::{Attachments, spawn_sweeper as spawn_attachment_sweeper};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, patch, post};
@@ -43,6 +45,8 @@ pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 /// What every handler shares.
 pub(crate) struct Shared {
     pub store: Store,
+    /// Where attachment bytes go, and the upload limits.
+    pub attachments: attachments::Attachments,
     pub registry: Arc<dyn NodeRegistry>,
     pub tokens: Tokens,
     pub passwords: Passwords,
@@ -178,6 +182,11 @@ pub(crate) fn router(state: AppState) -> Router {
             patch(messages::edit).delete(messages::delete),
         )
         .route("/v1/groups/{id}/markers", post(messages::markers))
+        .route("/v1/groups/{id}/attachments", post(attachments::upload))
+        .route(
+            "/v1/attachments/{id}",
+            get(attachments::download).delete(attachments::delete),
+        )
         .route("/v1/groups/{id}/invites", post(groups::invite))
         .route("/v1/groups/{id}/sessions", post(sessions::allocate))
         .route("/v1/invites/{code}/accept", post(groups::accept))

@@ -8,9 +8,10 @@
 
 use super::{Store, uuid_column};
 use crate::clock::rfc3339;
-use protocol::api::{MessageView, Role};
-use protocol::ids::{GroupId, UserId};
+use protocol::api::{AttachmentView, MessageView, Role};
+use protocol::ids::{AttachmentId, GroupId, UserId};
 use protocol::realtime::{EventData, GroupEvent};
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Row as _, Transaction};
 use std::collections::{HashMap, HashSet};
@@ -34,9 +35,18 @@ pub(crate) struct NewEvent {
 #[derive(Debug, Clone)]
 enum What {
     Data(EventData),
-    Message { client_msg_id: String, body: String },
-    Edited { message: i64, body: String },
-    Deleted { message: i64 },
+    Message {
+        client_msg_id: String,
+        body: String,
+        attachments: Vec<AttachmentView>,
+    },
+    Edited {
+        message: i64,
+        body: String,
+    },
+    Deleted {
+        message: i64,
+    },
 }
 
 impl NewEvent {
@@ -130,9 +140,10 @@ impl GroupTx {
             What::Message {
                 client_msg_id,
                 body,
+                attachments,
             } => (
                 "message",
-                "{}".to_owned(),
+                message_data(attachments)?,
                 None,
                 Some(client_msg_id.clone()),
                 Some(body.clone()),
@@ -180,6 +191,7 @@ impl GroupTx {
             What::Message {
                 client_msg_id,
                 body,
+                attachments,
             } => EventData::Message {
                 message: MessageView {
                     id: seq_u64(seq),
@@ -190,6 +202,7 @@ impl GroupTx {
                     created_at: at.clone(),
                     edited_at: None,
                     deleted_at: None,
+                    attachments,
                     status: None,
                 },
             },
@@ -230,6 +243,8 @@ pub(crate) struct NewMessage {
     pub sender: UserId,
     pub client_msg_id: String,
     pub body: String,
+    /// Files the sender uploaded to the group, to attach (checked in the transaction).
+    pub attachments: Vec<AttachmentId>,
     pub now_ms: i64,
 }
 
@@ -242,6 +257,17 @@ pub(crate) enum Posted {
     Existing(MessageView),
     /// The group is gone or the sender is not in it.
     NotMember,
+    /// An attachment is not the sender's unsent upload to this group.
+    BadAttachments,
+}
+
+/// A message deleted now.
+#[derive(Debug, Clone)]
+pub(crate) struct Deleted {
+    /// The `message_deleted` event to fan out.
+    pub event: GroupEvent,
+    /// Object keys of its attachments, whose rows are gone: delete the bytes.
+    pub erased: Vec<String>,
 }
 
 /// Why an edit or a delete was refused.
@@ -310,6 +336,20 @@ impl Store {
                 out.push(Posted::Existing(original.clone()));
                 continue;
             }
+            let attachments = if m.attachments.is_empty() {
+                Vec::new()
+            } else {
+                let seq = seq_u64(gtx.last_seq() + 1);
+                match super::attachments::take_for_message(&mut gtx, m.sender, &m.attachments, seq)
+                    .await?
+                {
+                    Some(views) => views,
+                    None => {
+                        out.push(Posted::BadAttachments);
+                        continue;
+                    }
+                }
+            };
             let event = gtx
                 .append(NewEvent {
                     actor: m.sender,
@@ -317,6 +357,7 @@ impl Store {
                     what: What::Message {
                         client_msg_id: m.client_msg_id.clone(),
                         body: m.body.clone(),
+                        attachments,
                     },
                 })
                 .await?;
@@ -439,7 +480,7 @@ impl Store {
         actor: UserId,
         message: i64,
         now_ms: i64,
-    ) -> Result<Result<Option<GroupEvent>, MessageRefusal>, sqlx::Error> {
+    ) -> Result<Result<Option<Deleted>, MessageRefusal>, sqlx::Error> {
         let Some(mut gtx) = GroupTx::begin(&self.pool, group).await? else {
             return Ok(Err(MessageRefusal::NoGroup));
         };
@@ -455,8 +496,9 @@ impl Store {
         if current.deleted_at.is_some() {
             return Ok(Ok(None));
         }
+        let erased = super::attachments::erase_for_message(&mut gtx, message).await?;
         sqlx::query(
-            "UPDATE group_events SET body = NULL, deleted_at = $3 \
+            "UPDATE group_events SET body = NULL, deleted_at = $3, data = '{}' \
              WHERE group_id = $1 AND seq = $2 AND kind = 'message'",
         )
         .bind(group.to_string())
@@ -480,7 +522,7 @@ impl Store {
             })
             .await?;
         gtx.commit().await?;
-        Ok(Ok(Some(event)))
+        Ok(Ok(Some(Deleted { event, erased })))
     }
 
     /// Moves `user`'s markers forward (never back, never past the group's last event);
@@ -550,7 +592,7 @@ async fn message_in(gtx: &mut GroupTx, message: i64) -> Result<Option<MessageVie
 }
 
 /// `$start, $start+1, ...`: `count` numbered placeholders.
-fn placeholders(start: usize, count: usize) -> String {
+pub(super) fn placeholders(start: usize, count: usize) -> String {
     (start..start + count)
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
@@ -577,8 +619,39 @@ fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error> {
         created_at: rfc3339(created_at),
         edited_at: edited_at.map(rfc3339),
         deleted_at: deleted_at.map(rfc3339),
+        attachments: message_attachments(row)?,
         status: None,
     })
+}
+
+/// What a message row keeps in `data`: its attachments as they were sent.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct MessageData {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<AttachmentView>,
+}
+
+fn message_data(attachments: &[AttachmentView]) -> Result<String, sqlx::Error> {
+    if attachments.is_empty() {
+        return Ok("{}".to_owned());
+    }
+    serde_json::to_string(&MessageData {
+        attachments: attachments.to_vec(),
+    })
+    .map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+fn message_attachments(row: &AnyRow) -> Result<Vec<AttachmentView>, sqlx::Error> {
+    let text: String = row.try_get("data")?;
+    if text == "{}" {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str::<MessageData>(&text)
+        .map(|data| data.attachments)
+        .map_err(|e| sqlx::Error::ColumnDecode {
+            index: "data".to_owned(),
+            source: Box::new(e),
+        })
 }
 
 fn event_from_row(row: &AnyRow) -> Result<GroupEvent, sqlx::Error> {

@@ -7,6 +7,7 @@
 //! or fail fast on SQLite). The schema lives in `migrations/{sqlite,postgres}`, embedded at build
 //! time and applied on connect. This module knows nothing about HTTP.
 
+mod attachments;
 mod auth_sessions;
 mod group_log;
 mod groups;
@@ -17,8 +18,9 @@ mod sessions;
 mod signing_keys;
 mod users;
 
+pub(crate) use attachments::{AttachmentRefusal, NewAttachment, object_key};
 pub(crate) use auth_sessions::{NewAuthSession, Refreshed};
-pub(crate) use group_log::{MessageRefusal, NewMessage, Posted};
+pub(crate) use group_log::{Deleted, MessageRefusal, NewMessage, Posted};
 pub(crate) use groups::{GroupChanges, GroupRow, MemberGroup, MemberRefusal};
 pub(crate) use participants::ParticipantRow;
 pub(crate) use push::{DueDelivery, NewDelivery, PushTarget};

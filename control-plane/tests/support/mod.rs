@@ -407,8 +407,6 @@ fn rethrow(backend: &str, outcome: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// The PostgreSQL admin URL, or `None` after saying loudly (once) that PostgreSQL is skipped;
-/// with `CONVOY_REQUIRE_EXTERNAL=1` a missing URL fails the test instead.
 /// The value of `var` naming an external part (a server URL, a Python), or `None` with a loud
 /// SKIPPED line about `what`; under `CONVOY_REQUIRE_EXTERNAL=1` a missing one fails instead.
 pub fn external(var: &str, what: &str) -> Option<String> {
@@ -425,6 +423,8 @@ pub fn external(var: &str, what: &str) -> Option<String> {
     }
 }
 
+/// The PostgreSQL admin URL, or `None` after saying loudly (once) that PostgreSQL is skipped;
+/// with `CONVOY_REQUIRE_EXTERNAL=1` a missing URL fails the test instead.
 fn postgres_admin_url() -> Option<String> {
     static SKIP_NOTICE: Once = Once::new();
     match std::env::var("CONVOY_TEST_POSTGRES_URL") {
