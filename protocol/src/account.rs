@@ -9,6 +9,7 @@ macro_rules! names {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vmeta])* $variant,)+
@@ -74,6 +75,7 @@ names! {
 
 /// When to notify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotificationSettings {
     pub messages: MessageNotifications,
     /// Incoming 1:1 calls and group voice sessions starting.
@@ -84,6 +86,7 @@ pub struct NotificationSettings {
 
 /// What others may learn about the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PrivacySettings {
     /// Others see whether the user is online; when off the user always appears offline.
     pub show_presence: bool,
@@ -93,6 +96,7 @@ pub struct PrivacySettings {
 
 /// Audio processing and levels the user's clients apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AudioSettings {
     pub noise_suppression: bool,
     pub echo_cancellation: bool,
@@ -105,6 +109,7 @@ pub struct AudioSettings {
 
 /// Every setting of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserSettings {
     pub notifications: NotificationSettings,
     pub privacy: PrivacySettings,
@@ -113,6 +118,7 @@ pub struct UserSettings {
 
 /// The account's plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Subscription {
     pub tier: SubscriptionTier,
     pub status: SubscriptionStatus,
@@ -122,6 +128,7 @@ pub struct Subscription {
 
 /// `GET /v1/users/me`: the caller's own account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountView {
     pub id: UserId,
     pub username: String,
@@ -136,6 +143,7 @@ pub struct AccountView {
 /// `PATCH /v1/users/me`: what to change; what is absent stays. Changing the email needs the
 /// current password.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccountRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +160,7 @@ pub struct UpdateAccountRequest {
 
 /// Notification settings to change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNotificationSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +173,7 @@ pub struct UpdateNotificationSettings {
 
 /// Privacy settings to change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePrivacySettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +184,7 @@ pub struct UpdatePrivacySettings {
 
 /// Audio settings to change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAudioSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +201,7 @@ pub struct UpdateAudioSettings {
 
 /// `PATCH /v1/users/me/settings`: the settings to change; the answer is all of them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSettingsRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +214,7 @@ pub struct UpdateSettingsRequest {
 
 /// `GET /v1/users/{id}`: another user as people who share a group with them see them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfileView {
     pub id: UserId,
     pub username: String,
@@ -210,6 +223,7 @@ pub struct ProfileView {
 
 /// The keys of a Web Push subscription (RFC 8291), base64url.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WebPushKeys {
     /// The user agent's P-256 public key, uncompressed (65 bytes).
@@ -220,6 +234,7 @@ pub struct WebPushKeys {
 
 /// A browser's `PushSubscription.toJSON()`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WebPushSubscription {
     pub endpoint: String,
@@ -236,6 +251,7 @@ pub struct WebPushSubscription {
 /// `POST /v1/users/me/devices`: a device to notify. `web` needs `subscription`; `ios` and
 /// `android` need `token`. Registering a device again refreshes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterDeviceRequest {
     pub platform: Platform,
@@ -248,12 +264,14 @@ pub struct RegisterDeviceRequest {
 /// `GET /v1/push/vapid-public-key`: the key browsers pass to `PushManager.subscribe()` as
 /// `applicationServerKey` (an uncompressed P-256 point, base64url).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VapidPublicKey {
     pub public_key: String,
 }
 
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceView {
     pub id: String,
     pub platform: Platform,
@@ -265,6 +283,7 @@ pub struct DeviceView {
 
 /// `GET /v1/users/me/devices`: most recently seen first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceList {
     pub devices: Vec<DeviceView>,
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// `POST /v1/auth/register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub username: String,
@@ -16,6 +17,7 @@ pub struct RegisterRequest {
 
 /// `POST /v1/auth/login`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: String,
@@ -29,6 +31,7 @@ pub struct LoginRequest {
 
 /// `POST /v1/auth/login/mfa`: the second step of a sign-in when the account has TOTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MfaLoginRequest {
     /// The `mfa_token` of the login's `mfa-required` problem (valid 5 minutes).
@@ -40,6 +43,7 @@ pub struct MfaLoginRequest {
 /// `POST /v1/auth/password`: change the password. Every other sign-in session is signed out
 /// unless `sign_out_other_sessions` is `false`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
@@ -54,6 +58,7 @@ fn yes() -> bool {
 
 /// Answer to `POST /v1/auth/password`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PasswordChanged {
     /// How many other sign-in sessions were signed out.
     pub revoked_sessions: u64,
@@ -61,6 +66,7 @@ pub struct PasswordChanged {
 
 /// `POST /v1/auth/totp`: a new, not yet active TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TotpEnrollment {
     /// The secret in base32 (RFC 4648, no padding), for typing into an app.
     pub secret: String,
@@ -70,6 +76,7 @@ pub struct TotpEnrollment {
 
 /// The account's password, asked again before a sensitive change (`POST /v1/auth/totp`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PasswordConfirmation {
     pub password: String,
@@ -77,6 +84,7 @@ pub struct PasswordConfirmation {
 
 /// `GET /v1/auth/totp`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TotpStatus {
     /// Sign-in asks for a code.
     pub enabled: bool,
@@ -86,6 +94,7 @@ pub struct TotpStatus {
 
 /// A TOTP or recovery code: confirms an enrolment, disables TOTP, or renews recovery codes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TotpCode {
     pub code: String,
@@ -93,12 +102,14 @@ pub struct TotpCode {
 
 /// Recovery codes, shown once: each signs in once in place of a TOTP code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecoveryCodes {
     pub recovery_codes: Vec<String>,
 }
 
 /// `POST /v1/auth/refresh`: trade a refresh token for a new pair. The old one is spent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,
@@ -106,6 +117,7 @@ pub struct RefreshRequest {
 
 /// A sign-in session (a device) in `GET /v1/auth/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthSessionView {
     pub id: uuid::Uuid,
     /// RFC 3339.
@@ -120,12 +132,14 @@ pub struct AuthSessionView {
 
 /// `DELETE /v1/auth/sessions`: how many other sessions were signed out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevokedSessions {
     pub revoked: u64,
 }
 
 /// A user as others may see them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserView {
     pub id: UserId,
     pub username: String,
@@ -134,6 +148,7 @@ pub struct UserView {
 
 /// Answer to register and login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthResponse {
     pub user: UserView,
     pub access_token: String,
@@ -148,12 +163,14 @@ pub struct AuthResponse {
 
 /// `GET /.well-known/jwks.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Jwks {
     pub keys: Vec<Jwk>,
 }
 
 /// One Ed25519 public key (RFC 8037).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Jwk {
     pub kid: String,
     /// Always `OKP`.
@@ -170,6 +187,7 @@ pub struct Jwk {
 
 /// `POST /v1/groups`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroupRequest {
     pub name: String,
@@ -177,6 +195,7 @@ pub struct CreateGroupRequest {
 
 /// A member's role in a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Admin,
@@ -203,6 +222,7 @@ impl Role {
 
 /// Who may see and join a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Privacy {
     /// Only through an invite; to anyone else the group does not exist.
@@ -213,6 +233,7 @@ pub enum Privacy {
 
 /// Who may create invites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JoinPermission {
     Admins,
@@ -221,6 +242,7 @@ pub enum JoinPermission {
 
 /// A group's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupSettings {
     pub privacy: Privacy,
     pub join_permission: JoinPermission,
@@ -243,6 +265,7 @@ impl Default for GroupSettings {
 
 /// A group as seen by one of its members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupView {
     pub id: GroupId,
     pub name: String,
@@ -260,12 +283,14 @@ pub struct GroupView {
 
 /// `GET /v1/groups`: the caller's groups, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupList {
     pub groups: Vec<GroupView>,
 }
 
 /// `PATCH /v1/groups/{id}` (admins): what to change; what is absent stays.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGroupRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,6 +306,7 @@ pub struct UpdateGroupRequest {
 
 /// The settings to change in `PATCH /v1/groups/{id}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGroupSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,6 +321,7 @@ pub struct UpdateGroupSettings {
 
 /// A member of a group as the other members see them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberView {
     pub user_id: UserId,
     pub username: String,
@@ -308,12 +335,14 @@ pub struct MemberView {
 
 /// `GET /v1/groups/{id}/members`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberList {
     pub members: Vec<MemberView>,
 }
 
 /// `PATCH /v1/groups/{id}/members/{user}` (admins): promote or demote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChangeRoleRequest {
     pub role: Role,
@@ -321,6 +350,7 @@ pub struct ChangeRoleRequest {
 
 /// `POST /v1/groups/{id}/messages`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SendMessageRequest {
     /// Chosen by the client, unique per sender and group (a UUID, say; 1 to 64 characters of
@@ -342,6 +372,7 @@ pub const MAX_MESSAGE_ATTACHMENTS: usize = 10;
 /// each of a message's `attachments`. Its bytes are at `GET /v1/attachments/{id}`, for the
 /// members of the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttachmentView {
     pub id: AttachmentId,
     pub group: GroupId,
@@ -362,6 +393,7 @@ pub struct AttachmentView {
 
 /// `PATCH /v1/groups/{id}/messages/{message}`: the sender edits their message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EditMessageRequest {
     pub body: String,
@@ -370,6 +402,7 @@ pub struct EditMessageRequest {
 /// How far a message of the caller's has got: stored, on every other member's device, or read
 /// by every other member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Sent,
@@ -380,6 +413,7 @@ pub enum DeliveryStatus {
 /// A message. Its id is the sequence number of the event that posted it: ids increase within
 /// a group, and a message's id is also a cursor in the group's event stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageView {
     pub id: u64,
     pub group: GroupId,
@@ -400,6 +434,7 @@ pub struct MessageView {
 
 /// `GET /v1/groups/{id}/messages?before=&after=&limit=`: oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessagePage {
     pub messages: Vec<MessageView>,
     /// More messages lie beyond this page in the direction asked (before `before`, or after
@@ -410,6 +445,7 @@ pub struct MessagePage {
 /// `POST /v1/groups/{id}/markers`: how far the caller has read and received. Markers only
 /// move forward; `read` implies `delivered`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MarkersRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -420,6 +456,7 @@ pub struct MarkersRequest {
 
 /// The caller's markers after `POST /v1/groups/{id}/markers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Markers {
     pub read_upto: u64,
     pub delivered_upto: u64,
@@ -427,6 +464,7 @@ pub struct Markers {
 
 /// `POST /v1/groups/{id}/invites` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InviteView {
     pub code: String,
     pub expires_at: String,
@@ -434,12 +472,14 @@ pub struct InviteView {
 
 /// `POST /v1/invites/{code}/accept` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AcceptInviteResponse {
     pub group: GroupView,
 }
 
 /// What a media session carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SessionKind {
     Audio,
@@ -466,6 +506,7 @@ impl SessionKind {
 
 /// `POST /v1/groups/{id}/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
     pub kind: SessionKind,
@@ -478,6 +519,7 @@ pub struct CreateSessionRequest {
 
 /// A media session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionView {
     pub id: SessionId,
     pub group_id: GroupId,
@@ -490,6 +532,7 @@ pub struct SessionView {
 
 /// A media node a client may join the session on, in the order to try them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Candidate {
     pub node_id: NodeId,
     pub region: String,
@@ -499,6 +542,7 @@ pub struct Candidate {
 /// `POST /v1/groups/{id}/sessions` answer: the session, where to join it, and a join token for the
 /// first candidate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionAllocation {
     pub session: SessionView,
     pub candidates: Vec<Candidate>,
@@ -507,6 +551,7 @@ pub struct SessionAllocation {
 
 /// Whether a participant's microphone and speaker are muted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MuteStatus {
     pub microphone: bool,
     pub speaker: bool,
@@ -514,6 +559,7 @@ pub struct MuteStatus {
 
 /// A participant of a session (`GET /v1/sessions/{id}/participants`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParticipantView {
     pub id: ParticipantId,
     pub user_id: UserId,
@@ -525,6 +571,7 @@ pub struct ParticipantView {
 
 /// `POST /v1/sessions/{id}/participants/{pid}/mute`: `None` leaves that side as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MuteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -535,6 +582,7 @@ pub struct MuteRequest {
 
 /// `POST /v1/sessions/{id}/participants/{pid}/speak`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SpeakRequest {
     pub allowed: bool,
@@ -543,6 +591,7 @@ pub struct SpeakRequest {
 /// What the control plane asks a media node to do to a participant (the node's moderation API,
 /// `POST {node}/v1/admin/sessions/{sid}/participants/{pid}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Moderation {
     Mute {
@@ -559,6 +608,7 @@ pub enum Moderation {
 
 /// RFC 9457 problem details, the body of every error answer (`application/problem+json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_: String,
@@ -612,6 +662,7 @@ mod tests {
 
 /// A member's presence in `GET /v1/groups/{id}/presence`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberPresence {
     pub user_id: UserId,
     pub status: crate::realtime::PresenceStatus,
@@ -620,6 +671,7 @@ pub struct MemberPresence {
 /// `GET /v1/groups/{id}/presence`: who of the group is connected and who is typing.
 /// `typing` is absent when the server cannot tell (its presence store does not answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupPresence {
     pub members: Vec<MemberPresence>,
     pub typing: Option<Vec<UserId>>,
@@ -627,6 +679,7 @@ pub struct GroupPresence {
 
 /// `POST /v1/calls`: start a 1:1 call with someone who shares a group with the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateCallRequest {
     pub to: UserId,
@@ -634,6 +687,7 @@ pub struct CreateCallRequest {
 
 /// The call's id (for the `call` signals over `/v1/events`) and the caller's ICE servers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CallView {
     pub call_id: uuid::Uuid,
     pub to: UserId,

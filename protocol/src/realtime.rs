@@ -125,6 +125,7 @@ pub enum ServerFrame {
 /// Whether a user is connected. `Unknown` when the server cannot tell (its presence store, Redis,
 /// does not answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     Online,
@@ -179,6 +180,7 @@ pub enum HangupReason {
 
 /// An ICE server for `RTCPeerConnection` (`RTCIceServer`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IceServer {
     pub urls: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

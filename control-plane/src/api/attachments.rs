@@ -10,6 +10,7 @@
 use super::error::AppError;
 use super::extract::{Caller, Json, Path};
 use super::groups::member_of;
+use super::openapi::FileBytes;
 use super::{AppState, Shared};
 use crate::attachments::{self as rules, RangeAnswer, Sniffer};
 use crate::blobs::{ObjectStore, Staging};
@@ -91,6 +92,7 @@ fn status(status: StatusCode, detail: impl Into<String>) -> AppError {
     }
 }
 
+#[utoipa::path(post, path = "/v1/groups/{id}/attachments", tag = "attachments", summary = "Upload a file (the body, streamed)", request_body(content((FileBytes = "image/png"), (FileBytes = "image/jpeg"), (FileBytes = "application/pdf"), (FileBytes = "text/plain")), description = "The file; Content-Type one of the allowed types"), params(("id" = protocol::ids::GroupId, Path, description = "The group"), ("name" = Option<String>, Query, description = "The file name")), responses((status = 201, description = "Stored", body = AttachmentView)))]
 pub(super) async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -228,6 +230,7 @@ pub(super) async fn upload(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/attachments/{id}", tag = "attachments", summary = "A file's bytes (members of its group)", params(("id" = protocol::ids::AttachmentId, Path, description = "The attachment")), responses((status = 200, description = "The file", content_type = "application/octet-stream", body = FileBytes), (status = 206, description = "Part of the file", content_type = "application/octet-stream", body = FileBytes), (status = 304, description = "Not modified (If-None-Match)")))]
 pub(super) async fn download(
     State(state): State<AppState>,
     caller: Caller,
@@ -324,6 +327,7 @@ fn etag_matches(list: &str, etag: &str) -> bool {
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
+#[utoipa::path(delete, path = "/v1/attachments/{id}", tag = "attachments", summary = "Delete an upload no message has", params(("id" = protocol::ids::AttachmentId, Path, description = "The attachment")), responses((status = 204, description = "Deleted")))]
 pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,

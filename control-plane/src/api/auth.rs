@@ -17,6 +17,7 @@
 use super::AppState;
 use super::error::AppError;
 use super::extract::{Caller, ClientAddr, Json, Path};
+use super::openapi::AnyJson;
 use crate::clock::{Now, rfc3339};
 use crate::domain::{Email, Password, Username};
 use crate::store::{Inserted, NewAuthSession, NewUser, Refreshed, UserRow};
@@ -36,6 +37,7 @@ use uuid::Uuid;
 /// Longest `User-Agent` kept for the device list.
 const MAX_USER_AGENT: usize = 256;
 
+#[utoipa::path(post, path = "/v1/auth/register", tag = "auth", summary = "Create an account", request_body = RegisterRequest, security(()), responses((status = 201, description = "Signed in", body = AuthResponse)))]
 pub(super) async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -76,6 +78,7 @@ pub(super) async fn register(
 /// `POST /v1/auth/login`. Budgets: the client address, then the account (or, for a device
 /// that signed in to it before, that device). A refusal (429) comes before any password work,
 /// and an unknown email is budgeted exactly like a known one.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", summary = "Sign in with email and password", request_body = LoginRequest, security(()), responses((status = 200, description = "Signed in", body = AuthResponse)))]
 pub(super) async fn login(
     State(state): State<AppState>,
     client: ClientAddr,
@@ -127,6 +130,7 @@ pub(super) async fn login(
 
 /// `POST /v1/auth/login/mfa`: the second step, with the login's `mfa_token` and a TOTP or
 /// recovery code (budgeted per account, see [`super::totp::spend_code`]).
+#[utoipa::path(post, path = "/v1/auth/login/mfa", tag = "auth", summary = "Finish a sign-in with the second factor", request_body = MfaLoginRequest, security(()), responses((status = 200, description = "Signed in", body = AuthResponse)))]
 pub(super) async fn login_mfa(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -173,6 +177,7 @@ async fn signed_in(
 
 /// `POST /v1/auth/password`: a new password over the current one; every other sign-in
 /// session is signed out unless the caller asks otherwise. Budgeted like codes, per account.
+#[utoipa::path(post, path = "/v1/auth/password", tag = "auth", summary = "Change the password (and sign other sessions out)", request_body = ChangePasswordRequest, responses((status = 200, description = "Changed", body = PasswordChanged)))]
 pub(super) async fn change_password(
     State(state): State<AppState>,
     caller: Caller,
@@ -248,6 +253,7 @@ fn short_digest(text: &str) -> String {
         .collect()
 }
 
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", summary = "The public keys tokens are signed with", security(()), responses((status = 200, description = "JWKS (RFC 7517)", body = AnyJson)))]
 pub(super) async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = Json(state.tokens.jwks()).into_response();
     response.headers_mut().insert(
@@ -300,6 +306,7 @@ fn user_agent(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `POST /v1/auth/refresh`: spends the refresh token and answers a new pair for its session.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", summary = "Rotate a refresh token", request_body = RefreshRequest, security(()), responses((status = 200, description = "New tokens", body = AuthResponse)))]
 pub(super) async fn refresh(
     State(state): State<AppState>,
     Json(req): Json<RefreshRequest>,
@@ -347,6 +354,7 @@ pub(super) async fn refresh(
 
 /// `POST /v1/auth/logout`: signs out the session of the access token (its refresh token stops
 /// working at once; the access token itself expires on its own).
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", summary = "End this sign-in session", responses((status = 204, description = "Signed out")))]
 pub(super) async fn logout(
     State(state): State<AppState>,
     caller: Caller,
@@ -364,6 +372,7 @@ pub(super) async fn logout(
 }
 
 /// `GET /v1/auth/sessions`: the caller's signed-in devices.
+#[utoipa::path(get, path = "/v1/auth/sessions", tag = "auth", summary = "Your sign-in sessions", responses((status = 200, description = "Sessions", body = Vec<AuthSessionView>)))]
 pub(super) async fn sessions(
     State(state): State<AppState>,
     caller: Caller,
@@ -386,6 +395,7 @@ pub(super) async fn sessions(
 }
 
 /// `DELETE /v1/auth/sessions/{id}`: signs one of the caller's devices out.
+#[utoipa::path(delete, path = "/v1/auth/sessions/{id}", tag = "auth", summary = "End one sign-in session", params(("id" = uuid::Uuid, Path, description = "The session")), responses((status = 204, description = "Ended")))]
 pub(super) async fn revoke_session(
     State(state): State<AppState>,
     caller: Caller,
@@ -403,6 +413,7 @@ pub(super) async fn revoke_session(
 }
 
 /// `DELETE /v1/auth/sessions`: signs out every device but the caller's.
+#[utoipa::path(delete, path = "/v1/auth/sessions", tag = "auth", summary = "End every other sign-in session", responses((status = 200, description = "Ended", body = RevokedSessions)))]
 pub(super) async fn revoke_other_sessions(
     State(state): State<AppState>,
     caller: Caller,

@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use protocol::api::{CallView, CreateCallRequest};
 use uuid::Uuid;
 
+#[utoipa::path(post, path = "/v1/calls", tag = "calls", summary = "Start a 1:1 call", request_body = CreateCallRequest, responses((status = 201, description = "Call id and ICE servers", body = CallView)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,

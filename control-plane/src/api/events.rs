@@ -21,6 +21,7 @@ use crate::clock::Now;
 use crate::fanout::{Delivery, Item, Subscription};
 use crate::presence::HEARTBEAT;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
@@ -50,11 +51,17 @@ const PAGE: i64 = 200;
 /// Typing starts passed on per connection and group, at most one per this interval.
 const TYPING_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", summary = "The realtime WebSocket (frames: protocol/src/realtime.rs)", security(()), responses((status = 101, description = "Switching to WebSocket")))]
 pub(super) async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    // Not a WebSocket handshake: say why as problem+json, like every other error.
+    let upgrade = upgrade.map_err(|e| AppError::BadRequest {
+        status: e.status(),
+        detail: e.body_text(),
+    })?;
     // A token in the upgrade request is checked before upgrading, so a bad one is a plain 401.
     let header_token = match headers.get(AUTHORIZATION) {
         Some(_) => Some(super::extract::bearer(&headers)?.to_owned()),

@@ -33,6 +33,7 @@ const INVITE_CODE_BYTES: usize = 18;
 const MAX_INVITE_CODE_LEN: usize = 64;
 const NO_GROUP: &str = "no such group";
 
+#[utoipa::path(post, path = "/v1/groups", tag = "groups", summary = "Create a group", request_body = CreateGroupRequest, responses((status = 201, description = "Group", body = GroupView)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -47,6 +48,7 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(view(&group))))
 }
 
+#[utoipa::path(get, path = "/v1/groups", tag = "groups", summary = "Your groups", responses((status = 200, description = "Groups", body = GroupList)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -57,6 +59,7 @@ pub(super) async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/groups/{id}", tag = "groups", summary = "A group of yours", params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 200, description = "Group", body = GroupView)))]
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -65,6 +68,7 @@ pub(super) async fn get(
     Ok(Json(view(&member_of(&state, group, caller).await?)))
 }
 
+#[utoipa::path(patch, path = "/v1/groups/{id}", tag = "groups", summary = "Change a group (admins)", request_body = UpdateGroupRequest, params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 200, description = "Group", body = GroupView)))]
 pub(super) async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -102,6 +106,7 @@ pub(super) async fn update(
     Ok(Json(view(&updated)))
 }
 
+#[utoipa::path(delete, path = "/v1/groups/{id}", tag = "groups", summary = "Delete a group (admins)", params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 204, description = "Deleted")))]
 pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,6 +121,7 @@ pub(super) async fn delete(
 }
 
 /// Joins a public group; a private one does not exist for non-members.
+#[utoipa::path(post, path = "/v1/groups/{id}/join", tag = "groups", summary = "Join a public group", params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 200, description = "Group", body = GroupView)))]
 pub(super) async fn join(
     State(state): State<AppState>,
     caller: Caller,
@@ -137,6 +143,7 @@ pub(super) async fn join(
     Ok(Json(view(&member_of(&state, group, caller).await?)))
 }
 
+#[utoipa::path(get, path = "/v1/groups/{id}/members", tag = "groups", summary = "Members, roles and markers", params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 200, description = "Members", body = MemberList)))]
 pub(super) async fn members(
     State(state): State<AppState>,
     caller: Caller,
@@ -161,6 +168,7 @@ pub(super) async fn members(
 
 /// Who of the group is connected and who is typing; "unknown" when the presence store does
 /// not answer. Members who hide their presence are shown offline.
+#[utoipa::path(get, path = "/v1/groups/{id}/presence", tag = "groups", summary = "Who is online and who is typing", params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 200, description = "Presence", body = GroupPresence)))]
 pub(super) async fn presence(
     State(state): State<AppState>,
     caller: Caller,
@@ -195,6 +203,7 @@ pub(super) async fn presence(
 }
 
 /// Promotes or demotes a member (admins).
+#[utoipa::path(patch, path = "/v1/groups/{id}/members/{user}", tag = "groups", summary = "Promote or demote (admins)", request_body = ChangeRoleRequest, params(("id" = protocol::ids::GroupId, Path, description = "The group"), ("user" = protocol::ids::UserId, Path, description = "The member")), responses((status = 204, description = "Changed")))]
 pub(super) async fn set_role(
     State(state): State<AppState>,
     caller: Caller,
@@ -210,6 +219,7 @@ pub(super) async fn set_role(
 }
 
 /// Leaves the group (the caller's own id) or removes a member (admins).
+#[utoipa::path(delete, path = "/v1/groups/{id}/members/{user}", tag = "groups", summary = "Leave, or remove a member (admins)", params(("id" = protocol::ids::GroupId, Path, description = "The group"), ("user" = protocol::ids::UserId, Path, description = "The member")), responses((status = 204, description = "Removed")))]
 pub(super) async fn remove_member(
     State(state): State<AppState>,
     caller: Caller,
@@ -223,6 +233,7 @@ pub(super) async fn remove_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/groups/{id}/invites", tag = "groups", summary = "Create an invite", params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 201, description = "Invite", body = InviteView)))]
 pub(super) async fn invite(
     State(state): State<AppState>,
     caller: Caller,
@@ -248,6 +259,7 @@ pub(super) async fn invite(
     Ok((StatusCode::CREATED, Json(invite)))
 }
 
+#[utoipa::path(post, path = "/v1/invites/{code}/accept", tag = "groups", summary = "Accept an invite", params(("code" = String, Path, description = "The invite code")), responses((status = 200, description = "Joined", body = AcceptInviteResponse)))]
 pub(super) async fn accept(
     State(state): State<AppState>,
     caller: Caller,

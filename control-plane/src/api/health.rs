@@ -5,6 +5,7 @@
 use super::AppState;
 use super::error::AppError;
 use super::extract::Json;
+use super::openapi::AnyJson;
 use crate::clock::Now;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,10 +15,12 @@ use std::time::Duration;
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(get, path = "/livez", tag = "operations", summary = "The process is up", security(()), responses((status = 200, description = "Alive")))]
 pub(super) async fn livez() -> StatusCode {
     StatusCode::OK
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "The database answers (and whether Redis does)", security(()), responses((status = 200, description = "Ready, or `degraded` without Redis", body = AnyJson)))]
 pub(super) async fn readyz(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, AppError> {

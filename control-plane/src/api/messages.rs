@@ -30,6 +30,7 @@ const DEFAULT_LIMIT: u64 = 50;
 const MAX_LIMIT: u64 = 200;
 const NO_MESSAGE: &str = "no such message";
 
+#[utoipa::path(post, path = "/v1/groups/{id}/messages", tag = "messages", summary = "Send a message", request_body = SendMessageRequest, params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 201, description = "Sent", body = MessageView), (status = 200, description = "Sent before with this client_msg_id: the original", body = MessageView)))]
 pub(super) async fn send(
     State(state): State<AppState>,
     caller: Caller,
@@ -96,6 +97,7 @@ pub(super) struct PageQuery {
     limit: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/groups/{id}/messages", tag = "messages", summary = "A page of messages, oldest first", params(("id" = protocol::ids::GroupId, Path, description = "The group"), ("before" = Option<u64>, Query, description = "Messages before this id"), ("after" = Option<u64>, Query, description = "Messages after this id"), ("limit" = Option<u64>, Query, description = "1 to 200 (default 50)")), responses((status = 200, description = "Page", body = MessagePage)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -125,6 +127,7 @@ pub(super) async fn list(
     Ok(Json(MessagePage { messages, has_more }))
 }
 
+#[utoipa::path(patch, path = "/v1/groups/{id}/messages/{message}", tag = "messages", summary = "Edit your message", request_body = EditMessageRequest, params(("id" = protocol::ids::GroupId, Path, description = "The group"), ("message" = u64, Path, description = "The message id")), responses((status = 200, description = "Edited", body = MessageView)))]
 pub(super) async fn edit(
     State(state): State<AppState>,
     caller: Caller,
@@ -150,6 +153,7 @@ pub(super) async fn edit(
         .ok_or(AppError::NotFound(NO_MESSAGE))
 }
 
+#[utoipa::path(delete, path = "/v1/groups/{id}/messages/{message}", tag = "messages", summary = "Delete a message (sender or admin)", params(("id" = protocol::ids::GroupId, Path, description = "The group"), ("message" = u64, Path, description = "The message id")), responses((status = 204, description = "Deleted")))]
 pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -168,6 +172,7 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/groups/{id}/markers", tag = "messages", summary = "Move your read and delivered markers", request_body = MarkersRequest, params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 200, description = "Markers", body = Markers)))]
 pub(super) async fn markers(
     State(state): State<AppState>,
     caller: Caller,

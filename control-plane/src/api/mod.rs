@@ -16,6 +16,7 @@ pub(crate) mod extract;
 mod groups;
 mod health;
 mod messages;
+mod openapi;
 mod participants;
 mod sessions;
 mod totp;
@@ -128,6 +129,7 @@ impl Deref for AppState {
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/livez", get(health::livez))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/readyz", get(health::readyz))
         .route("/.well-known/jwks.json", get(auth::jwks))
         .route("/v1/auth/register", post(auth::register))

@@ -51,6 +51,7 @@ async fn session_of(
     Ok((session, membership.role))
 }
 
+#[utoipa::path(get, path = "/v1/sessions/{id}/participants", tag = "sessions", summary = "Who is in a session", params(("id" = protocol::ids::SessionId, Path, description = "The session")), responses((status = 200, description = "Participants", body = Vec<ParticipantView>)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,6 +62,7 @@ pub(super) async fn list(
     Ok(Json(rows.into_iter().map(view).collect()))
 }
 
+#[utoipa::path(post, path = "/v1/sessions/{id}/participants/{pid}/mute", tag = "sessions", summary = "Mute or unmute (admins)", request_body = MuteRequest, params(("id" = protocol::ids::SessionId, Path, description = "The session"), ("pid" = protocol::ids::ParticipantId, Path, description = "The participant")), responses((status = 204, description = "Done")))]
 pub(super) async fn mute(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,6 +76,7 @@ pub(super) async fn mute(
     moderate(&state, caller, id, pid, action, true).await
 }
 
+#[utoipa::path(post, path = "/v1/sessions/{id}/participants/{pid}/speak", tag = "sessions", summary = "Let speak or not (admins)", request_body = SpeakRequest, params(("id" = protocol::ids::SessionId, Path, description = "The session"), ("pid" = protocol::ids::ParticipantId, Path, description = "The participant")), responses((status = 204, description = "Done")))]
 pub(super) async fn speak(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,6 +89,7 @@ pub(super) async fn speak(
     moderate(&state, caller, id, pid, action, false).await
 }
 
+#[utoipa::path(delete, path = "/v1/sessions/{id}/participants/{pid}", tag = "sessions", summary = "Remove from a session (admins)", params(("id" = protocol::ids::SessionId, Path, description = "The session"), ("pid" = protocol::ids::ParticipantId, Path, description = "The participant")), responses((status = 204, description = "Removed")))]
 pub(super) async fn remove(
     State(state): State<AppState>,
     caller: Caller,

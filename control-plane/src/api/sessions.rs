@@ -26,6 +26,7 @@ use uuid::Uuid;
 /// a race, so more than a few means something is wrong).
 const MAX_ROUNDS: usize = 4;
 
+#[utoipa::path(post, path = "/v1/groups/{id}/sessions", tag = "sessions", summary = "Open a voice session on a media node", request_body = CreateSessionRequest, params(("id" = protocol::ids::GroupId, Path, description = "The group")), responses((status = 201, description = "A new session and a join token", body = SessionAllocation), (status = 200, description = "The group's open session of that kind and a join token", body = SessionAllocation)))]
 pub(super) async fn allocate(
     State(state): State<AppState>,
     caller: Caller,

@@ -24,6 +24,7 @@ fn secret_context(user: UserId) -> String {
 }
 
 /// `GET /v1/auth/totp`.
+#[utoipa::path(get, path = "/v1/auth/totp", tag = "auth", summary = "Whether TOTP is on", responses((status = 200, description = "Status", body = TotpStatus)))]
 pub(super) async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -45,6 +46,7 @@ pub(super) async fn status(
 }
 
 /// `POST /v1/auth/totp`: a new secret, not active until confirmed with a code from it.
+#[utoipa::path(post, path = "/v1/auth/totp", tag = "auth", summary = "Start TOTP enrolment", request_body = PasswordConfirmation, responses((status = 201, description = "Secret and otpauth URI", body = TotpEnrollment)))]
 pub(super) async fn enroll(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,6 +76,7 @@ pub(super) async fn enroll(
 
 /// `POST /v1/auth/totp/confirm`: the first code from the new secret turns TOTP on; answers a
 /// fresh set of recovery codes, shown this once.
+#[utoipa::path(post, path = "/v1/auth/totp/confirm", tag = "auth", summary = "Confirm TOTP with a first code", request_body = TotpCode, responses((status = 200, description = "Recovery codes", body = RecoveryCodes)))]
 pub(super) async fn confirm(
     State(state): State<AppState>,
     caller: Caller,
@@ -107,6 +110,7 @@ pub(super) async fn confirm(
 }
 
 /// `POST /v1/auth/totp/disable`: with a TOTP or recovery code.
+#[utoipa::path(post, path = "/v1/auth/totp/disable", tag = "auth", summary = "Turn TOTP off", request_body = TotpCode, responses((status = 204, description = "Off")))]
 pub(super) async fn disable(
     State(state): State<AppState>,
     caller: Caller,
@@ -120,6 +124,7 @@ pub(super) async fn disable(
 }
 
 /// `POST /v1/auth/totp/recovery-codes`: with a TOTP code, a new set replacing the old one.
+#[utoipa::path(post, path = "/v1/auth/totp/recovery-codes", tag = "auth", summary = "New recovery codes", request_body = TotpCode, responses((status = 200, description = "Recovery codes", body = RecoveryCodes)))]
 pub(super) async fn renew_recovery_codes(
     State(state): State<AppState>,
     caller: Caller,

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 const NO_USER: &str = "no such user";
 
+#[utoipa::path(get, path = "/v1/users/me", tag = "users", summary = "Your account", responses((status = 200, description = "Account", body = AccountView)))]
 pub(super) async fn me(
     State(state): State<AppState>,
     caller: Caller,
@@ -29,6 +30,7 @@ pub(super) async fn me(
     Ok(Json(view(&account(&state, caller.user).await?)))
 }
 
+#[utoipa::path(patch, path = "/v1/users/me", tag = "users", summary = "Change your profile", request_body = UpdateAccountRequest, responses((status = 200, description = "Account", body = AccountView)))]
 pub(super) async fn update_me(
     State(state): State<AppState>,
     caller: Caller,
@@ -67,6 +69,7 @@ pub(super) async fn update_me(
     Ok(Json(view(&account(&state, caller.user).await?)))
 }
 
+#[utoipa::path(patch, path = "/v1/users/me/settings", tag = "users", summary = "Change your settings", request_body = UpdateSettingsRequest, responses((status = 200, description = "Settings", body = UserSettings)))]
 pub(super) async fn update_settings(
     State(state): State<AppState>,
     caller: Caller,
@@ -88,6 +91,7 @@ pub(super) async fn update_settings(
     Ok(Json(account(&state, caller.user).await?.settings))
 }
 
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", summary = "Someone who shares a group with you", params(("id" = protocol::ids::UserId, Path, description = "The user")), responses((status = 200, description = "Profile", body = ProfileView)))]
 pub(super) async fn profile(
     State(state): State<AppState>,
     caller: Caller,
@@ -106,6 +110,7 @@ pub(super) async fn profile(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/users/me/devices", tag = "users", summary = "Register a device to notify", request_body = RegisterDeviceRequest, responses((status = 200, description = "Device", body = DeviceView)))]
 pub(super) async fn register_device(
     State(state): State<AppState>,
     caller: Caller,
@@ -151,6 +156,7 @@ pub(super) async fn register_device(
     Ok(Json(device_view(&row)))
 }
 
+#[utoipa::path(get, path = "/v1/users/me/devices", tag = "users", summary = "Your devices", responses((status = 200, description = "Devices", body = DeviceList)))]
 pub(super) async fn devices(
     State(state): State<AppState>,
     caller: Caller,
@@ -161,6 +167,7 @@ pub(super) async fn devices(
     }))
 }
 
+#[utoipa::path(delete, path = "/v1/users/me/devices/{id}", tag = "users", summary = "Forget a device", params(("id" = uuid::Uuid, Path, description = "The device")), responses((status = 204, description = "Forgotten")))]
 pub(super) async fn delete_device(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,6 +182,7 @@ pub(super) async fn delete_device(
 
 /// `GET /v1/push/vapid-public-key`: the `applicationServerKey` for
 /// `PushManager.subscribe()` (public; the same on every replica).
+#[utoipa::path(get, path = "/v1/push/vapid-public-key", tag = "users", summary = "The key browsers subscribe to Web Push with", security(()), responses((status = 200, description = "Key", body = VapidPublicKey)))]
 pub(super) async fn vapid_public_key(State(state): State<AppState>) -> Json<VapidPublicKey> {
     Json(VapidPublicKey {
         public_key: state.vapid_public.clone(),
