@@ -33,6 +33,11 @@ use tokio::io::AsyncWriteExt as _;
 /// How long an upload may send nothing before it is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const NO_ATTACHMENT: &str = "no such attachment";
+/// The longest an upload may take, however steadily it trickles.
+const UPLOAD_DEADLINE: Duration = Duration::from_secs(3600);
+/// A staged file this old belongs to an upload cut off by a crash (no live upload lasts longer
+/// than [`UPLOAD_DEADLINE`]).
+const STAGED_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// The object store and the upload rules, shared by the handlers.
 #[derive(Debug, Clone)]
@@ -144,12 +149,15 @@ pub(super) async fn upload(
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut stream = body.into_data_stream();
+    let deadline = tokio::time::Instant::now() + UPLOAD_DEADLINE;
     loop {
-        let chunk = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+        let wait =
+            IDLE_TIMEOUT.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let chunk = match tokio::time::timeout(wait, stream.next()).await {
             Err(_) => {
                 return Err(status(
                     StatusCode::REQUEST_TIMEOUT,
-                    "the upload stalled: nothing arrived for 30 s",
+                    "the upload stalled (nothing for 30 s) or took over an hour",
                 ));
             }
             Ok(None) => break,
@@ -410,7 +418,7 @@ async fn sweep(shared: &Shared) -> anyhow::Result<()> {
             break;
         }
     }
-    attachments.staging.sweep(attachments.unsent_ttl).await?;
+    attachments.staging.sweep(STAGED_MAX_AGE).await?;
     Ok(())
 }
 
