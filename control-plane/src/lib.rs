@@ -292,7 +292,10 @@ impl ControlPlane {
             fanout,
             closing: api::Closing::default(),
         };
-        let events = session_events::spawn_ingest(shared.store.clone());
+        let events = session_events::spawn_ingest(session_events::Sink {
+            store: shared.store.clone(),
+            fanout: shared.fanout.clone(),
+        });
         let state = api::AppState(Arc::new(shared));
         spawn_key_refresh(Arc::downgrade(&state.0), key_source.clone());
         notify::spawn(Arc::downgrade(&state.0), push_queue, vapid);
@@ -325,7 +328,10 @@ impl ControlPlane {
         reclaim_idle: std::time::Duration,
     ) -> anyhow::Result<()> {
         session_events::consume_redis(
-            self.state.store.clone(),
+            session_events::Sink {
+                store: self.state.store.clone(),
+                fanout: self.state.fanout.clone(),
+            },
             url.to_string(),
             prefix.to_string(),
             reclaim_idle,

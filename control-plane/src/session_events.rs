@@ -8,6 +8,7 @@
 //! is logged and acknowledged: one bad entry never blocks the stream. Entries a consumer read and
 //! never acknowledged (it died) are taken over by another after [`RECLAIM_IDLE`] (`XAUTOCLAIM`).
 
+use crate::fanout::Fanout;
 use crate::store::Store;
 use protocol::events::{REDIS_EVENT_FIELD, SessionEvent, redis_stream_key};
 use redis::streams::{
@@ -15,6 +16,13 @@ use redis::streams::{
 };
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Where applied events go: SQL, and the group's log events to the realtime fan-out.
+#[derive(Debug, Clone)]
+pub(crate) struct Sink {
+    pub store: Store,
+    pub fanout: Fanout,
+}
 
 /// The consumer group of every control plane on the session-event stream.
 pub const CONSUMER_GROUP: &str = "control-plane";
@@ -33,20 +41,24 @@ impl EventIngest {
 }
 
 /// Starts the task that applies submitted events. Call within a tokio runtime.
-pub(crate) fn spawn_ingest(store: Store) -> EventIngest {
+pub(crate) fn spawn_ingest(sink: Sink) -> EventIngest {
     let (tx, mut rx) = mpsc::unbounded_channel::<SessionEvent>();
     tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
-            apply(&store, &event).await;
+            apply(&sink, &event).await;
         }
     });
     EventIngest { tx }
 }
 
-async fn apply(store: &Store, event: &SessionEvent) {
-    match store.apply_session_event(event).await {
-        Ok(true) => {}
-        Ok(false) => tracing::debug!(?event, "session event changed nothing"),
+async fn apply(sink: &Sink, event: &SessionEvent) {
+    match sink.store.apply_session_event(event).await {
+        Ok((true, logged)) => {
+            if let Some(logged) = logged {
+                sink.fanout.event(logged);
+            }
+        }
+        Ok((false, _)) => tracing::debug!(?event, "session event changed nothing"),
         Err(e) => tracing::warn!(error = %e, ?event, "session event not applied"),
     }
 }
@@ -61,7 +73,7 @@ pub const RECLAIM_IDLE: Duration = Duration::from_secs(30);
 /// Entries left pending for `reclaim_idle` by a consumer that went away are taken over at start
 /// and then every `reclaim_idle`.
 pub(crate) async fn consume_redis(
-    store: Store,
+    sink: Sink,
     url: String,
     prefix: String,
     reclaim_idle: Duration,
@@ -79,7 +91,7 @@ pub(crate) async fn consume_redis(
         let mut reclaim_at = tokio::time::Instant::now();
         loop {
             if tokio::time::Instant::now() >= reclaim_at {
-                reclaim(&store, &mut conn, &key, &consumer, reclaim_idle).await;
+                reclaim(&sink, &mut conn, &key, &consumer, reclaim_idle).await;
                 reclaim_at = tokio::time::Instant::now() + reclaim_idle;
             }
             let reply: Result<StreamReadReply, _> =
@@ -99,7 +111,7 @@ pub(crate) async fn consume_redis(
                 }
             };
             for stream in reply.keys {
-                apply_and_ack(&store, &mut conn, &key, stream.ids).await;
+                apply_and_ack(&sink, &mut conn, &key, stream.ids).await;
             }
         }
     });
@@ -109,7 +121,7 @@ pub(crate) async fn consume_redis(
 /// Takes over the entries other consumers left pending for at least `idle`, applies and
 /// acknowledges them (`XAUTOCLAIM`, walking the whole pending list a page at a time).
 async fn reclaim(
-    store: &Store,
+    sink: &Sink,
     conn: &mut redis::aio::ConnectionManager,
     key: &str,
     consumer: &str,
@@ -143,7 +155,7 @@ async fn reclaim(
                 "took over session events another consumer left pending"
             );
         }
-        apply_and_ack(store, conn, key, reply.claimed).await;
+        apply_and_ack(sink, conn, key, reply.claimed).await;
         if reply.next_stream_id == "0-0" {
             return;
         }
@@ -153,7 +165,7 @@ async fn reclaim(
 
 /// Applies entries in order and acknowledges each, readable or not.
 async fn apply_and_ack(
-    store: &Store,
+    sink: &Sink,
     conn: &mut redis::aio::ConnectionManager,
     key: &str,
     entries: Vec<StreamId>,
@@ -163,7 +175,7 @@ async fn apply_and_ack(
             .get::<String>(REDIS_EVENT_FIELD)
             .and_then(|json| serde_json::from_str::<SessionEvent>(&json).ok());
         match event {
-            Some(event) => apply(store, &event).await,
+            Some(event) => apply(sink, &event).await,
             None => tracing::warn!(id = %entry.id, "unreadable session event"),
         }
         let acked: Result<i64, _> =

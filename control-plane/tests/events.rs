@@ -274,6 +274,77 @@ async fn joining_removal_and_deletion_reach_an_open_connection() {
 }
 
 #[tokio::test]
+async fn voice_sessions_and_who_joins_them_reach_the_group_stream() {
+    use control_plane::NodeRegistry as _;
+    use protocol::api::SessionAllocation;
+    use protocol::events::{ParticipantChange, SessionEvent};
+    use protocol::node::NodeState;
+    use protocol::{NodeId, ParticipantId};
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let addr = app.serve().await;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let g = app.group(&ann).await;
+        app.join(&g, &ann, &bob).await;
+        let (mut ws, _, start) = Client::connect(addr, &bob, &BTreeMap::new()).await;
+        app.registry
+            .heartbeat(support::node("eu-1", "eu", 0.1, NodeState::Serving));
+
+        let alloc: SessionAllocation = app.allocate(&g, &ann).await.parse(StatusCode::CREATED);
+        let session = alloc.session.id;
+        let started = ws.event().await;
+        assert!(
+            matches!(&started.data, EventData::SessionStarted { session: s } if s.id == session && s.node_id.as_str() == "eu-1"),
+            "{started:?}"
+        );
+        assert_eq!(started.actor, ann.user.id);
+        // Joining the open session starts nothing new.
+        app.allocate(&g, &bob).await.parse::<SessionAllocation>(StatusCode::OK);
+
+        // The node reports ann joining (twice: a redelivery), muting, and leaving.
+        let participant = ParticipantId::from_uuid(uuid::Uuid::now_v7());
+        let report = |change| SessionEvent {
+            node: NodeId::new("eu-1").unwrap(),
+            session,
+            participant,
+            user: ann.user.id,
+            at_ms: 1_700_000_000_000,
+            change,
+        };
+        app.events.submit(report(ParticipantChange::Joined));
+        app.events.submit(report(ParticipantChange::Joined));
+        app.events.submit(report(ParticipantChange::Muted {
+            microphone: true,
+            speaker: false,
+        }));
+        app.events.submit(report(ParticipantChange::Left {
+            reason: "hung up".into(),
+        }));
+        let joined = ws.event().await;
+        assert!(matches!(joined.data, EventData::ParticipantJoined { session: s, participant: p, user } if s == session && p == participant && user == ann.user.id));
+        let left = ws.event().await;
+        assert!(matches!(left.data, EventData::ParticipantLeft { session: s, participant: p, user } if s == session && p == participant && user == ann.user.id));
+        assert_eq!(
+            (joined.seq, left.seq),
+            (started.seq + 1, started.seq + 2),
+            "one event per change: the repeated join and the mute add none"
+        );
+
+        // They are in the log: a client that reconnects from before them reads them back.
+        let (_ws, replay, _) = Client::connect(addr, &bob, &start).await;
+        let kinds: Vec<&str> = replay
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::Event(e) => Some(e.data.kind()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, ["session_started", "participant_joined", "participant_left"]);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn bad_tokens_and_frames_get_close_codes_and_never_a_hang() {
     with_each_backend(InProcessRegistry::new, |app| async move {
         let addr = app.serve().await;

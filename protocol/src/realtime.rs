@@ -243,6 +243,26 @@ pub enum EventData {
     },
     /// The group is gone; no event follows.
     GroupDeleted,
+    /// A voice or music session of the group opened on a media node.
+    SessionStarted {
+        session: crate::api::SessionView,
+    },
+    /// The session closed (its media node went away); a new one opens on the next join.
+    SessionEnded {
+        session: crate::ids::SessionId,
+    },
+    /// Someone joined a session of the group (reported by its media node).
+    ParticipantJoined {
+        session: crate::ids::SessionId,
+        participant: crate::ids::ParticipantId,
+        user: UserId,
+    },
+    /// Someone left a session of the group, or was removed.
+    ParticipantLeft {
+        session: crate::ids::SessionId,
+        participant: crate::ids::ParticipantId,
+        user: UserId,
+    },
 }
 
 impl EventData {
@@ -257,6 +277,10 @@ impl EventData {
             EventData::RoleChanged { .. } => "role_changed",
             EventData::GroupUpdated { .. } => "group_updated",
             EventData::GroupDeleted => "group_deleted",
+            EventData::SessionStarted { .. } => "session_started",
+            EventData::SessionEnded { .. } => "session_ended",
+            EventData::ParticipantJoined { .. } => "participant_joined",
+            EventData::ParticipantLeft { .. } => "participant_left",
         }
     }
 }

@@ -60,7 +60,13 @@ pub(super) async fn allocate(
                         node = %active.node,
                         "ending a session whose node is gone"
                     );
-                    state.store.end_session(active.id, now.ms).await?;
+                    if let Some(event) = state
+                        .store
+                        .end_session(&active, caller.user, now.ms)
+                        .await?
+                    {
+                        state.fanout.event(event);
+                    }
                 }
             }
         }
@@ -81,7 +87,12 @@ pub(super) async fn allocate(
             created_at_ms: now.ms,
             e2ee: req.e2ee,
         };
-        if state.store.insert_active_session(&session).await? {
+        if let Some(event) = state
+            .store
+            .insert_active_session(&session, caller.user)
+            .await?
+        {
+            state.fanout.event(event);
             tracing::info!(session = %session.id, node = %session.node, "session created");
             let answer = answer(&state, caller, admin, &session, candidates, now);
             return Ok((StatusCode::CREATED, Json(answer)));

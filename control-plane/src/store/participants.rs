@@ -4,9 +4,13 @@
 //! the session's `node_id` against the event's node. Events are idempotent (a repeated `joined`
 //! changes nothing, `left` only closes an open row).
 
+use super::group_log::{GroupTx, NewEvent};
 use super::{SessionRow, Store, uuid_column};
 use protocol::events::{ParticipantChange, SessionEvent};
+use protocol::ids::GroupId;
 use protocol::ids::{ParticipantId, SessionId, UserId};
+use protocol::realtime::{EventData, GroupEvent};
+use sqlx::AnyConnection;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
@@ -39,72 +43,49 @@ impl ParticipantRow {
 const COLUMNS: &str = "id, session_id, user_id, joined_at, left_at, mute_microphone, mute_speaker";
 
 impl Store {
-    /// Applies one session event. Returns whether a row changed.
-    pub(crate) async fn apply_session_event(&self, e: &SessionEvent) -> Result<bool, sqlx::Error> {
-        let at = i64::try_from(e.at_ms).unwrap_or(i64::MAX);
-        let result = match &e.change {
-            ParticipantChange::Joined => {
-                sqlx::query(
-                    "INSERT INTO participants (id, session_id, user_id, joined_at) \
-                     SELECT $1, $2, $3, $4 WHERE EXISTS \
-                     (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(e.participant.to_string())
-                .bind(e.session.to_string())
-                .bind(e.user.to_string())
-                .bind(at)
-                .bind(e.node.as_str())
-                .execute(&self.pool)
-                .await?
-            }
-            ParticipantChange::Left { .. } => {
-                // Upsert: a `left` applied before its `joined` (another control plane of the
-                // consumer group took that one) still closes the row.
-                sqlx::query(
-                    "INSERT INTO participants (id, session_id, user_id, joined_at, left_at) \
-                     SELECT $1, $2, $3, $4, $4 WHERE EXISTS \
-                     (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
-                     ON CONFLICT (id) DO UPDATE SET left_at = excluded.left_at \
-                     WHERE participants.left_at IS NULL",
-                )
-                .bind(e.participant.to_string())
-                .bind(e.session.to_string())
-                .bind(e.user.to_string())
-                .bind(at)
-                .bind(e.node.as_str())
-                .execute(&self.pool)
-                .await?
-            }
-            ParticipantChange::Muted {
-                microphone,
-                speaker,
-            } => {
-                // Upsert for the same reason as `left`; the latest change wins whatever the
-                // order it arrives in (the node's times are strictly increasing).
-                sqlx::query(
-                    "INSERT INTO participants \
-                     (id, session_id, user_id, joined_at, mute_microphone, mute_speaker, \
-                     mute_changed_at) \
-                     SELECT $1, $2, $3, $4, $6, $7, $4 WHERE EXISTS \
-                     (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
-                     ON CONFLICT (id) DO UPDATE SET mute_microphone = excluded.mute_microphone, \
-                     mute_speaker = excluded.mute_speaker, \
-                     mute_changed_at = excluded.mute_changed_at \
-                     WHERE participants.mute_changed_at < excluded.mute_changed_at",
-                )
-                .bind(e.participant.to_string())
-                .bind(e.session.to_string())
-                .bind(e.user.to_string())
-                .bind(at)
-                .bind(e.node.as_str())
-                .bind(i64::from(*microphone))
-                .bind(i64::from(*speaker))
-                .execute(&self.pool)
-                .await?
-            }
+    /// Applies one session event: whether a row changed, and for a join or a leave that did,
+    /// the `participant_joined`/`participant_left` event appended to the group's log in the
+    /// same transaction (the group is locked first, as every change to a group does).
+    pub(crate) async fn apply_session_event(
+        &self,
+        e: &SessionEvent,
+    ) -> Result<(bool, Option<GroupEvent>), sqlx::Error> {
+        let logged = match e.change {
+            ParticipantChange::Joined => Some(EventData::ParticipantJoined {
+                session: e.session,
+                participant: e.participant,
+                user: e.user,
+            }),
+            ParticipantChange::Left { .. } => Some(EventData::ParticipantLeft {
+                session: e.session,
+                participant: e.participant,
+                user: e.user,
+            }),
+            ParticipantChange::Muted { .. } => None,
         };
-        Ok(result.rows_affected() > 0)
+        let Some(data) = logged else {
+            let mut conn = self.pool.acquire().await?;
+            return Ok((apply_change(&mut conn, e).await?, None));
+        };
+        let group = sqlx::query("SELECT group_id FROM sessions WHERE id = $1 AND node_id = $2")
+            .bind(e.session.to_string())
+            .bind(e.node.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(group) = group else {
+            return Ok((false, None));
+        };
+        let group = uuid_column(&group, "group_id", GroupId::from_uuid)?;
+        let Some(mut gtx) = GroupTx::begin(&self.pool, group).await? else {
+            return Ok((false, None));
+        };
+        if !apply_change(gtx.conn(), e).await? {
+            return Ok((false, None));
+        }
+        let at = i64::try_from(e.at_ms).unwrap_or(i64::MAX);
+        let event = gtx.append(NewEvent::data(e.user, at, data)).await?;
+        gtx.commit().await?;
+        Ok((true, Some(event)))
     }
 
     /// The participants of a session who have not left, in join order.
@@ -155,4 +136,72 @@ impl Store {
         .map(SessionRow::from_row)
         .transpose()
     }
+}
+
+/// Writes one session event to the participants table; whether a row changed.
+async fn apply_change(conn: &mut AnyConnection, e: &SessionEvent) -> Result<bool, sqlx::Error> {
+    let at = i64::try_from(e.at_ms).unwrap_or(i64::MAX);
+    let result = match &e.change {
+        ParticipantChange::Joined => {
+            sqlx::query(
+                "INSERT INTO participants (id, session_id, user_id, joined_at) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS \
+                 (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(e.participant.to_string())
+            .bind(e.session.to_string())
+            .bind(e.user.to_string())
+            .bind(at)
+            .bind(e.node.as_str())
+            .execute(&mut *conn)
+            .await?
+        }
+        ParticipantChange::Left { .. } => {
+            // Upsert: a `left` applied before its `joined` (another control plane of the
+            // consumer group took that one) still closes the row.
+            sqlx::query(
+                "INSERT INTO participants (id, session_id, user_id, joined_at, left_at) \
+                 SELECT $1, $2, $3, $4, $4 WHERE EXISTS \
+                 (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
+                 ON CONFLICT (id) DO UPDATE SET left_at = excluded.left_at \
+                 WHERE participants.left_at IS NULL",
+            )
+            .bind(e.participant.to_string())
+            .bind(e.session.to_string())
+            .bind(e.user.to_string())
+            .bind(at)
+            .bind(e.node.as_str())
+            .execute(&mut *conn)
+            .await?
+        }
+        ParticipantChange::Muted {
+            microphone,
+            speaker,
+        } => {
+            // Upsert for the same reason as `left`; the latest change wins whatever the
+            // order it arrives in (the node's times are strictly increasing).
+            sqlx::query(
+                "INSERT INTO participants \
+                 (id, session_id, user_id, joined_at, mute_microphone, mute_speaker, \
+                 mute_changed_at) \
+                 SELECT $1, $2, $3, $4, $6, $7, $4 WHERE EXISTS \
+                 (SELECT 1 FROM sessions WHERE id = $2 AND node_id = $5) \
+                 ON CONFLICT (id) DO UPDATE SET mute_microphone = excluded.mute_microphone, \
+                 mute_speaker = excluded.mute_speaker, \
+                 mute_changed_at = excluded.mute_changed_at \
+                 WHERE participants.mute_changed_at < excluded.mute_changed_at",
+            )
+            .bind(e.participant.to_string())
+            .bind(e.session.to_string())
+            .bind(e.user.to_string())
+            .bind(at)
+            .bind(e.node.as_str())
+            .bind(i64::from(*microphone))
+            .bind(i64::from(*speaker))
+            .execute(&mut *conn)
+            .await?
+        }
+    };
+    Ok(result.rows_affected() > 0)
 }

@@ -1,9 +1,11 @@
 //! Media sessions. At most one session of each kind is active per group, enforced by the
 //! partial unique index `sessions_one_active`; allocation is insert-or-fetch around it.
 
+use super::group_log::{GroupTx, NewEvent};
 use super::{Store, parsed_column, uuid_column};
-use protocol::api::SessionKind;
-use protocol::ids::{GroupId, NodeId, SessionId};
+use protocol::api::{SessionKind, SessionView};
+use protocol::ids::{GroupId, NodeId, SessionId, UserId};
+use protocol::realtime::{EventData, GroupEvent};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
@@ -56,11 +58,16 @@ impl Store {
     }
 
     /// Inserts `session` as the group's active session of its kind, unless one is active already
-    /// (then nothing changes and the answer is `false`).
+    /// (then nothing changes and the answer is `None`); with it, `by` appends `session_started`
+    /// to the group's log. `None` too if the group is gone.
     pub(crate) async fn insert_active_session(
         &self,
         session: &SessionRow,
-    ) -> Result<bool, sqlx::Error> {
+        by: UserId,
+    ) -> Result<Option<GroupEvent>, sqlx::Error> {
+        let Some(mut gtx) = GroupTx::begin(&self.pool, session.group).await? else {
+            return Ok(None);
+        };
         let result = sqlx::query(
             "INSERT INTO sessions (id, group_id, kind, node_id, state, created_at, e2ee) \
              VALUES ($1, $2, $3, $4, 'active', $5, $6) ON CONFLICT DO NOTHING",
@@ -71,20 +78,59 @@ impl Store {
         .bind(session.node.as_str())
         .bind(session.created_at_ms)
         .bind(i64::from(session.e2ee))
-        .execute(&self.pool)
+        .execute(gtx.conn())
         .await?;
-        Ok(result.rows_affected() == 1)
+        if result.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let view = SessionView {
+            id: session.id,
+            group_id: session.group,
+            kind: session.kind,
+            node_id: session.node.clone(),
+            e2ee: session.e2ee,
+        };
+        let event = gtx
+            .append(NewEvent::data(
+                by,
+                session.created_at_ms,
+                EventData::SessionStarted { session: view },
+            ))
+            .await?;
+        gtx.commit().await?;
+        Ok(Some(event))
     }
 
-    /// Ends a session if it is still active.
-    pub(crate) async fn end_session(&self, id: SessionId, now_ms: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    /// Ends a session if it is still active; `by` appends `session_ended` to its group's log.
+    pub(crate) async fn end_session(
+        &self,
+        session: &SessionRow,
+        by: UserId,
+        now_ms: i64,
+    ) -> Result<Option<GroupEvent>, sqlx::Error> {
+        let Some(mut gtx) = GroupTx::begin(&self.pool, session.group).await? else {
+            return Ok(None);
+        };
+        let result = sqlx::query(
             "UPDATE sessions SET state = 'ended', ended_at = $1 WHERE id = $2 AND state = 'active'",
         )
         .bind(now_ms)
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await
-        .map(drop)
+        .bind(session.id.to_string())
+        .execute(gtx.conn())
+        .await?;
+        if result.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let event = gtx
+            .append(NewEvent::data(
+                by,
+                now_ms,
+                EventData::SessionEnded {
+                    session: session.id,
+                },
+            ))
+            .await?;
+        gtx.commit().await?;
+        Ok(Some(event))
     }
 }
