@@ -60,6 +60,14 @@ pub(crate) const ADDRESS: Policy = Policy {
     cap_ms: 600_000,
     window_ms: 3_600_000,
 };
+/// Accounts created from one client address: generous for a household or an office, but
+/// probing which emails exist (409) or mass sign-ups slow down to a few an hour.
+pub(crate) const REGISTRATIONS: Policy = Policy {
+    free: 100,
+    base_ms: 1_000,
+    cap_ms: 600_000,
+    window_ms: 3_600_000,
+};
 /// Second-factor and re-authentication codes for one user.
 pub(crate) const CODES: Policy = Policy {
     free: 5,

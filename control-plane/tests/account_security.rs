@@ -538,3 +538,28 @@ async fn signing_keys_rotate_in_step_across_replicas_published_before_use_kept_u
     })
     .await;
 }
+
+#[tokio::test]
+async fn one_address_cannot_create_accounts_without_end() {
+    with_each_backend(SimulatedRegistry::default, |app| async move {
+        let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
+            ("203.0.113.7:5000".parse().unwrap(), "198.51.100.9:5000".parse().unwrap());
+        // Attempts count whatever becomes of them (these fail the password rule cheaply).
+        let attempt = |n: usize| {
+            json!({"username": format!("probe{n}"), "email": format!("p{n}@example.org"), "password": "short"})
+        };
+        // 100 free, and the first beyond them, which starts the delay.
+        for n in 0..101 {
+            app.post_from(a, "/v1/auth/register", attempt(n))
+                .await
+                .problem(StatusCode::BAD_REQUEST);
+        }
+        let refused = app.post_from(a, "/v1/auth/register", attempt(101)).await;
+        refused.problem(StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.headers.contains_key("retry-after"));
+        app.post_from(b, "/v1/auth/register", attempt(102))
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+    })
+    .await;
+}

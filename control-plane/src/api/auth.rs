@@ -40,9 +40,13 @@ const MAX_USER_AGENT: usize = 256;
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", summary = "Create an account", request_body = RegisterRequest, security(()), responses((status = 201, description = "Signed in", body = AuthResponse)))]
 pub(super) async fn register(
     State(state): State<AppState>,
+    client: ClientAddr,
     headers: HeaderMap,
     Json(req): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<AuthResponse>), AppError> {
+    // Every attempt counts, before any check or password work.
+    let address = format!("register:{}", client.0);
+    admit(&state, &address, throttle::REGISTRATIONS, Now::read()).await?;
     let username = Username::parse(&req.username)?;
     let email = Email::parse(&req.email)?;
     let password = Password::parse(&req.password)?;
