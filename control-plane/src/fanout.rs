@@ -49,12 +49,15 @@ pub(crate) enum Item {
         user: UserId,
         typing: bool,
     },
-    /// A 1:1 call signal for every connection of `to` (ephemeral).
+    /// A 1:1 call signal for every connection of `to` but `except` (ephemeral).
     Call {
         to: UserId,
         from: UserId,
         call: Uuid,
         signal: CallSignal,
+        /// The connection that sent it, when it goes to the sender's own other devices.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except: Option<Uuid>,
     },
     /// A user came online or went offline; goes to the connections of the groups named
     /// (ephemeral, like typing).
@@ -579,6 +582,7 @@ mod tests {
             signal: CallSignal::Hangup {
                 reason: protocol::realtime::HangupReason::Busy,
             },
+            except: None,
         };
         hub.dispatch(item.clone());
         assert_eq!(phone.try_recv().unwrap().item, item);

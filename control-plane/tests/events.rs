@@ -633,6 +633,20 @@ async fn call_signals_go_between_two_members_with_turn_credentials_for_each() {
                 ice_servers: None,
             }
         );
+        // The laptop stops ringing; the phone that answered hears nothing of it.
+        assert_eq!(
+            laptop.next().await,
+            ServerFrame::Call {
+                from: ann.user.id,
+                call: id,
+                signal: CallSignal::Hangup {
+                    reason: HangupReason::AnsweredElsewhere
+                },
+                ice_servers: None,
+            }
+        );
+        phone.send(json!({"type": "ping"})).await;
+        assert_eq!(phone.next().await, ServerFrame::Pong, "nothing came before the pong");
         on_a.send(json!({"type": "call", "to": bob.user.id, "call": id,
             "signal": {"kind": "candidate", "candidate": "candidate:1 1 udp 2122260223 192.0.2.1 50000 typ host",
                 "sdpMid": "0", "sdpMLineIndex": 0}}))

@@ -176,6 +176,9 @@ pub enum HangupReason {
     Failed,
     /// The callee has no live connection (sent by the server).
     Offline,
+    /// Another device of the callee answered (sent by the server to the callee's other
+    /// devices, so they stop ringing).
+    AnsweredElsewhere,
 }
 
 /// An ICE server for `RTCPeerConnection` (`RTCIceServer`).

@@ -408,8 +408,15 @@ impl Conn {
                 Ok(())
             }
             Item::Call {
-                from, call, signal, ..
+                from,
+                call,
+                signal,
+                except,
+                ..
             } => {
+                if *except == Some(self.id) {
+                    return Ok(());
+                }
                 // An offer brings the callee's own ICE servers.
                 let ice_servers = matches!(signal, CallSignal::Offer { .. })
                     .then(|| self.state.ice.servers_for(user, Now::read().secs()).0);
@@ -504,12 +511,30 @@ impl Conn {
                 })
                 .await;
         }
+        // The sender's other devices stop ringing once one of them answers or hangs up.
+        let elsewhere = match &signal {
+            CallSignal::Answer { .. } => Some(CallSignal::Hangup {
+                reason: HangupReason::AnsweredElsewhere,
+            }),
+            CallSignal::Hangup { reason } => Some(CallSignal::Hangup { reason: *reason }),
+            _ => None,
+        };
         self.state.fanout.publish(Item::Call {
             to,
             from: user,
             call,
             signal,
+            except: None,
         });
+        if let Some(signal) = elsewhere {
+            self.state.fanout.publish(Item::Call {
+                to: user,
+                from: to,
+                call,
+                signal,
+                except: Some(self.id),
+            });
+        }
         Ok(())
     }
 
