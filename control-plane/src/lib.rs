@@ -36,6 +36,7 @@ mod passwords;
 mod presence;
 pub mod registry;
 pub mod registry_redis;
+mod revocations;
 mod sealed;
 pub mod session_events;
 mod signing;
@@ -291,6 +292,7 @@ impl ControlPlane {
             writer: writer::MessageWriter::spawn(store_for_writer, fanout.clone()),
             fanout,
             closing: api::Closing::default(),
+            revocations: revocations::Revocations::default(),
         };
         let events = session_events::spawn_ingest(session_events::Sink {
             store: shared.store.clone(),

@@ -563,3 +563,66 @@ async fn one_address_cannot_create_accounts_without_end() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_signed_out_session_s_access_tokens_stop_working_before_they_expire() {
+    with_each_backend(SimulatedRegistry::default, |app| async move {
+        let ann = app.register("ann").await;
+        let phone: AuthResponse = login(&app, addr(1), credentials("ann", PASSWORD))
+            .await
+            .parse(StatusCode::OK);
+        let me = "/v1/users/me";
+        assert_eq!(
+            app.get(me, &phone.access_token).await.status,
+            StatusCode::OK
+        );
+
+        // The first device signs the phone out: its token is refused here at once, and by a
+        // replica on the same database that never saw it.
+        let sessions: Vec<protocol::api::AuthSessionView> = app
+            .get("/v1/auth/sessions", &ann.access_token)
+            .await
+            .parse(StatusCode::OK);
+        let phone_session = sessions.iter().find(|s| !s.current).unwrap().id;
+        let revoked = app
+            .delete(
+                &format!("/v1/auth/sessions/{phone_session}"),
+                &ann.access_token,
+            )
+            .await;
+        assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+        app.get(me, &phone.access_token)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        let replica = support::serve_replica(&support::config(&app.database_url)).await;
+        let status = |token: String| async move {
+            reqwest::Client::new()
+                .get(format!("http://{replica}{me}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        };
+        assert_eq!(
+            status(phone.access_token.clone()).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(status(ann.access_token.clone()).await, StatusCode::OK);
+
+        // Logging out ends the caller's own token too.
+        let out = app
+            .call(
+                Method::POST,
+                "/v1/auth/logout",
+                Some(&ann.access_token),
+                None,
+            )
+            .await;
+        assert_eq!(out.status, StatusCode::NO_CONTENT);
+        app.get(me, &ann.access_token)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+    })
+    .await;
+}

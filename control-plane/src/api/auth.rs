@@ -205,7 +205,12 @@ pub(super) async fn change_password(
         state
             .store
             .revoke_other_auth_sessions(caller.user, caller.session, now.ms, "password-changed")
-            .await?
+            .await
+            .inspect(|_| {
+                state
+                    .revocations
+                    .revoked_all_but(caller.user, caller.session)
+            })?
     } else {
         0
     };
@@ -336,6 +341,10 @@ pub(super) async fn refresh(
         }
         Refreshed::Reused { session } => {
             tracing::warn!(%session, "a spent refresh token came back: session signed out");
+            // Its access tokens stop here at once (the user is not needed to refuse them).
+            state
+                .revocations
+                .revoked(session, UserId::from_uuid(Uuid::nil()), Now::read().ms);
             return Err(AppError::InvalidToken(
                 "the refresh token was already used: its session is signed out; sign in again"
                     .into(),
@@ -368,10 +377,12 @@ pub(super) async fn logout(
             "this access token belongs to no sign-in session".into(),
         ));
     };
+    let now = Now::read();
     state
         .store
-        .revoke_auth_session(caller.user, session, Now::read().ms, "logout")
+        .revoke_auth_session(caller.user, session, now.ms, "logout")
         .await?;
+    state.revocations.revoked(session, caller.user, now.ms);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -405,11 +416,13 @@ pub(super) async fn revoke_session(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, AppError> {
+    let now = Now::read();
     let revoked = state
         .store
-        .revoke_auth_session(caller.user, id, Now::read().ms, "revoked")
+        .revoke_auth_session(caller.user, id, now.ms, "revoked")
         .await?;
     if revoked {
+        state.revocations.revoked(id, caller.user, now.ms);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(AppError::NotFound("no such signed-in session"))
@@ -426,5 +439,8 @@ pub(super) async fn revoke_other_sessions(
         .store
         .revoke_other_auth_sessions(caller.user, caller.session, Now::read().ms, "revoked")
         .await?;
+    state
+        .revocations
+        .revoked_all_but(caller.user, caller.session);
     Ok(Json(RevokedSessions { revoked }))
 }

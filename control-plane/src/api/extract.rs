@@ -84,10 +84,31 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let token = bearer(&parts.headers)?;
+        let now = Now::read();
         let claims = state
             .tokens
-            .verify_access(token, Now::read().secs())
+            .verify_access(token, now.secs())
             .map_err(|e| AppError::InvalidToken(e.to_string()))?;
+        if let Some(session) = claims.sid {
+            let revoked = match state.revocations.known(session, now.ms) {
+                Some(revoked) => revoked,
+                None => {
+                    let revoked = state
+                        .store
+                        .auth_session_revoked(session, claims.sub, now.ms)
+                        .await?;
+                    state
+                        .revocations
+                        .record(session, claims.sub, revoked, now.ms);
+                    revoked
+                }
+            };
+            if revoked {
+                return Err(AppError::InvalidToken(
+                    "this access token's session is signed out; sign in again".into(),
+                ));
+            }
+        }
         Ok(Caller {
             user: claims.sub,
             session: claims.sid,

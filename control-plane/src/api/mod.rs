@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub fanout: Fanout,
     /// Batches message sends into shared transactions.
     pub writer: MessageWriter,
+    /// Which sign-in sessions are signed out (their access tokens refused).
+    pub revocations: crate::revocations::Revocations,
     /// Set when the server shuts down: long-lived connections close.
     pub closing: Closing,
 }

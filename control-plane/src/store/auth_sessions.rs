@@ -262,6 +262,26 @@ impl Store {
         .collect()
     }
 
+    /// Whether access tokens of `session` (of `user`) must be refused: it was signed out, has
+    /// expired, or does not exist.
+    pub(crate) async fn auth_session_revoked(
+        &self,
+        session: uuid::Uuid,
+        user: UserId,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let live = sqlx::query(
+            "SELECT 1 AS live FROM auth_sessions \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3",
+        )
+        .bind(session.to_string())
+        .bind(user.to_string())
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(live.is_none())
+    }
+
     /// Signs one of the user's sessions out. Returns whether it was live.
     pub(crate) async fn revoke_auth_session(
         &self,
