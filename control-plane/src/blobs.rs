@@ -68,7 +68,8 @@ pub(crate) fn valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'/')
 }
 
-fn bad_key(key: &str) -> io::Error {
+/// The error for a key that [`valid_key`] refuses.
+pub(crate) fn bad_key(key: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!("not an object key: {key:?}"),

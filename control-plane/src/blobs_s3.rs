@@ -4,7 +4,7 @@
 //! [`sign`] is sans-IO (the time is an argument) and checked against the example in the
 //! S3 API reference; [`S3Store`] is the thin shell that sends requests with reqwest.
 
-use crate::blobs::{ByteRange, ByteStream, ObjectStore, valid_key};
+use crate::blobs::{ByteRange, ByteStream, ObjectStore, bad_key, valid_key};
 use futures_util::TryStreamExt as _;
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac as _};
@@ -317,13 +317,6 @@ fn xml_values(xml: &str, tag: &str) -> Vec<String> {
         rest = &rest[end + close.len()..];
     }
     out
-}
-
-fn bad_key(key: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("not an object key: {key:?}"),
-    )
 }
 
 impl ObjectStore for S3Store {
