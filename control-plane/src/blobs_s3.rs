@@ -298,7 +298,7 @@ async fn checked(response: reqwest::Response) -> io::Result<reqwest::Response> {
 }
 
 /// The text of each `<tag>…</tag>` in `xml`, entities decoded (S3 listings are flat).
-fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+pub(crate) fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
     let mut out = Vec::new();

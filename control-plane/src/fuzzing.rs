@@ -32,6 +32,11 @@ pub fn client_key(peer: Option<IpAddr>, forwarded: &[&[u8]], trusted: &[IpAddr])
     crate::api::extract::client_key(peer, &headers, trusted)
 }
 
+/// The `<tag>` values of an S3 listing as read from the bucket's answer.
+pub fn s3_listing_values(xml: &str, tag: &str) -> Vec<String> {
+    crate::blobs_s3::xml_values(xml, tag)
+}
+
 /// Seals `plaintext` under `key` for `context`.
 pub fn seal(key: &[u8; 32], plaintext: &[u8], context: &str) -> String {
     DataKey::from_bytes(key).seal(plaintext, context)

@@ -3,7 +3,8 @@
 //! from the environment. None may panic; a code that parses is six digits; a recovery-code hash
 //! is 64 hex digits; a sealed value opens only as what was sealed, and never after a change.
 //! Attachment inputs: a byte range lies inside the file, a kept file name is tidy, and the
-//! type check of an upload does not depend on how its bytes are chunked.
+//! type check of an upload does not depend on how its bytes are chunked; an S3 listing never
+//! yields more keys than it has.
 #![no_main]
 
 use control_plane::attachments::{self, RangeAnswer, Sniffer};
@@ -55,6 +56,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(cp::open(&KEY, &sealed, "other"), None);
 
     let _ = cp::data_key_parses(&text);
+
+    // An S3 listing answer: every value read lies between its tags, and no more are read
+    // than there are opening tags.
+    let keys = cp::s3_listing_values(&text, "Key");
+    assert!(keys.len() <= text.matches("<Key>").count());
 
     // Attachments: a Range header against a size, a file name, an upload's bytes.
     let size = u64::from(data.first().copied().unwrap_or(0)) * 37;
