@@ -20,6 +20,9 @@ cargo build --release --quiet --bin convoy
 cargo build --release --quiet -p loadtest --bin loadtest
 db="convoy_loadtest_$(date +%s)_$$"
 psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $db"
+if [ -n "${SYNCHRONOUS_COMMIT:-}" ]; then
+  psql "$PG_ADMIN_URL" -qc "ALTER DATABASE $db SET synchronous_commit = $SYNCHRONOUS_COMMIT"
+fi
 database_url="${PG_ADMIN_URL%/*}/$db"
 data=$(mktemp -d)
 log="$data/control-plane.log"

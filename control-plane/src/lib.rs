@@ -49,6 +49,7 @@ mod writer;
 
 pub use api::error::PROBLEM_TYPE_PREFIX;
 pub use attachments::{AttachmentConfig, AttachmentStore};
+use axum::serve::ListenerExt as _;
 pub use blobs_s3::S3Config;
 pub use ice::{DEFAULT_TURN_TTL_SECS, IceConfig};
 pub use notify::PushConfig;
@@ -424,6 +425,14 @@ pub async fn serve(
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
     let state = Arc::clone(&cp.state.0);
+    // Without TCP_NODELAY a small WebSocket frame written while an earlier one is unacknowledged
+    // waits for the peer's delayed ACK (up to 40 ms on Linux): measured, it set the delivery
+    // p90-p99 of the message loadtest at 35-50 ms even at half the rate.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -308,7 +308,8 @@ async fn concurrent_retries_store_one_message_and_concurrent_sends_get_distinct_
             .collect();
         assert_eq!(ids.len(), 1);
 
-        let client_ids: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+        // Enough at once that a batch outgrows one multi-row INSERT.
+        let client_ids: Vec<String> = (0..150).map(|i| format!("m{i}")).collect();
         let sends = join_all(client_ids.iter().map(|id| app.say(&g, &ann, id, "hi"))).await;
         let mut ids: Vec<u64> = sends
             .iter()
@@ -319,14 +320,28 @@ async fn concurrent_retries_store_one_message_and_concurrent_sends_get_distinct_
             .collect();
         ids.sort_unstable();
         let first = ids[0];
-        assert_eq!(ids, (first..first + 40).collect::<Vec<_>>());
+        assert_eq!(ids, (first..first + 150).collect::<Vec<_>>());
+
+        // A client id is the sender's own: another member's "same", sent alongside a retry of
+        // ann's, is a new message, and the retry still answers ann's original.
+        let bob = app.register("bob").await;
+        app.join(&g, &ann, &bob).await;
+        let (theirs, again) = tokio::join!(
+            app.say(&g, &bob, "same", "bob's"),
+            app.say(&g, &ann, "same", "once")
+        );
+        assert_eq!(theirs.status, StatusCode::CREATED, "{theirs:?}");
+        assert_eq!(theirs.json["body"], "bob's");
+        assert_eq!(again.status, StatusCode::OK, "{again:?}");
+        assert_eq!(again.json["body"], "once");
+        assert_eq!(again.json["id"], retries[0].json["id"]);
         let pool = app.db().await;
         let stored: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM group_events WHERE kind = 'message'")
                 .fetch_one(&pool)
                 .await
                 .unwrap();
-        assert_eq!(stored, 41);
+        assert_eq!(stored, 152);
     })
     .await;
 }

@@ -38,6 +38,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// The socket's read buffer. Clients send small frames (hello, pings, typing, call signals);
+/// a bigger frame grows the buffer as it arrives. (tungstenite zeroes the whole buffer before
+/// every read, so its 128 KiB default cost a memset of that size per wake-up.)
+const READ_BUFFER: usize = 4096;
 /// How long a client has to send `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one frame may take to go out before the client counts as not reading.
@@ -74,6 +78,7 @@ pub(super) async fn events(
     Ok(upgrade
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let mut conn = Conn {
                 socket,

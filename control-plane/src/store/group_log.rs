@@ -22,7 +22,24 @@ pub(crate) struct GroupTx {
     group: GroupId,
     last_seq: i64,
     appended: bool,
+    /// Events given their seq but not inserted yet ([`GroupTx::stage`]): written together.
+    staged: Vec<EventRow>,
 }
+
+/// The columns of one `group_events` row to insert.
+struct EventRow {
+    seq: i64,
+    kind: &'static str,
+    actor: String,
+    at_ms: i64,
+    data: String,
+    ref_seq: Option<i64>,
+    client_msg_id: Option<String>,
+    body: Option<String>,
+}
+
+/// The most rows one `INSERT` writes (9 values each; SQLite takes 32,766 a statement).
+const INSERT_CHUNK: usize = 64;
 
 /// An event to append.
 #[derive(Debug, Clone)]
@@ -85,6 +102,7 @@ impl GroupTx {
             group,
             last_seq: row.try_get("last_seq")?,
             appended: false,
+            staged: Vec::new(),
         }))
     }
 
@@ -126,8 +144,18 @@ impl GroupTx {
         Ok((row.try_get("members")?, row.try_get("admins")?))
     }
 
-    /// Appends an event at the next seq.
+    /// Appends an event at the next seq (and writes any staged before it).
     pub(crate) async fn append(&mut self, event: NewEvent) -> Result<GroupEvent, sqlx::Error> {
+        let event = self.stage(event)?;
+        self.flush().await?;
+        Ok(event)
+    }
+
+    /// Gives an event the next seq and keeps its row to be written with the others staged, by
+    /// the next [`Self::flush`], [`Self::append`] or [`Self::commit`]: a batch of messages is a
+    /// few multi-row `INSERT`s, not one round trip each. Nothing in this transaction reads
+    /// `group_events` between staging and flushing.
+    fn stage(&mut self, event: NewEvent) -> Result<GroupEvent, sqlx::Error> {
         let seq = self.last_seq + 1;
         let (kind, data, ref_seq, client_msg_id, body) = match &event.what {
             What::Data(data) => (
@@ -163,25 +191,53 @@ impl GroupTx {
                 None,
             ),
         };
-        sqlx::query(
-            "INSERT INTO group_events \
-             (group_id, seq, kind, actor_id, created_at, data, ref_seq, client_msg_id, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(self.group.to_string())
-        .bind(seq)
-        .bind(kind)
-        .bind(event.actor.to_string())
-        .bind(event.at_ms)
-        .bind(data)
-        .bind(ref_seq)
-        .bind(client_msg_id)
-        .bind(body)
-        .execute(&mut *self.tx)
-        .await?;
+        self.staged.push(EventRow {
+            seq,
+            kind,
+            actor: event.actor.to_string(),
+            at_ms: event.at_ms,
+            data,
+            ref_seq,
+            client_msg_id,
+            body,
+        });
         self.last_seq = seq;
         self.appended = true;
         Ok(self.event(seq, event))
+    }
+
+    /// Inserts the staged rows, in seq order, in chunks whose sizes are powers of two (so
+    /// each connection prepares a handful of statements, not one per batch size).
+    async fn flush(&mut self) -> Result<(), sqlx::Error> {
+        let mut rows = std::mem::take(&mut self.staged).into_iter();
+        let group = self.group.to_string();
+        while rows.len() > 0 {
+            let n = chunk_len(rows.len());
+            let values = (0..n)
+                .map(|i| format!("({})", placeholders(1 + 9 * i, 9)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO group_events \
+                 (group_id, seq, kind, actor_id, created_at, data, ref_seq, client_msg_id, body) \
+                 VALUES {values}"
+            );
+            let mut query = sqlx::query(&sql);
+            for row in rows.by_ref().take(n) {
+                query = query
+                    .bind(group.clone())
+                    .bind(row.seq)
+                    .bind(row.kind)
+                    .bind(row.actor)
+                    .bind(row.at_ms)
+                    .bind(row.data)
+                    .bind(row.ref_seq)
+                    .bind(row.client_msg_id)
+                    .bind(row.body);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
     }
 
     fn event(&self, seq: i64, event: NewEvent) -> GroupEvent {
@@ -226,6 +282,7 @@ impl GroupTx {
 
     /// Records the new seq (if anything was appended) and commits.
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.flush().await?;
         if self.appended {
             sqlx::query("UPDATE groups SET last_seq = $2 WHERE id = $1")
                 .bind(self.group.to_string())
@@ -295,13 +352,14 @@ impl Store {
         };
         let senders: HashSet<UserId> = batch.iter().map(|m| m.sender).collect();
         // QueryBuilder would write `?` placeholders, which PostgreSQL does not take.
+        let senders = padded(senders.iter().map(UserId::to_string).collect());
         let sql = format!(
             "SELECT user_id FROM group_members WHERE group_id = $1 AND user_id IN ({})",
             placeholders(2, senders.len())
         );
         let mut query = sqlx::query(&sql).bind(group.to_string());
-        for sender in &senders {
-            query = query.bind(sender.to_string());
+        for sender in senders {
+            query = query.bind(sender);
         }
         let members: HashSet<UserId> = query
             .fetch_all(gtx.conn())
@@ -310,14 +368,17 @@ impl Store {
             .map(|row| uuid_column(row, "user_id", UserId::from_uuid))
             .collect::<Result<_, _>>()?;
 
+        // One probe of the unique index on (group, client id, sender) per id; a row of another
+        // sender with the same client id is harmless (looked up by the pair below).
+        let ids = padded(batch.iter().map(|m| m.client_msg_id.clone()).collect());
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM group_events \
              WHERE kind = 'message' AND group_id = $1 AND client_msg_id IN ({})",
-            placeholders(2, batch.len())
+            placeholders(2, ids.len())
         );
         let mut query = sqlx::query(&sql).bind(group.to_string());
-        for m in batch {
-            query = query.bind(m.client_msg_id.clone());
+        for id in ids {
+            query = query.bind(id);
         }
         let mut known: HashMap<(UserId, String), MessageView> = HashMap::new();
         for row in query.fetch_all(gtx.conn()).await? {
@@ -350,17 +411,15 @@ impl Store {
                     }
                 }
             };
-            let event = gtx
-                .append(NewEvent {
-                    actor: m.sender,
-                    at_ms: m.now_ms,
-                    what: What::Message {
-                        client_msg_id: m.client_msg_id.clone(),
-                        body: m.body.clone(),
-                        attachments,
-                    },
-                })
-                .await?;
+            let event = gtx.stage(NewEvent {
+                actor: m.sender,
+                at_ms: m.now_ms,
+                what: What::Message {
+                    client_msg_id: m.client_msg_id.clone(),
+                    body: m.body.clone(),
+                    attachments,
+                },
+            })?;
             if let EventData::Message { message } = &event.data {
                 known.insert(key, message.clone());
             }
@@ -592,6 +651,21 @@ async fn message_in(gtx: &mut GroupTx, message: i64) -> Result<Option<MessageVie
 }
 
 /// `$start, $start+1, ...`: `count` numbered placeholders.
+/// `items` (not empty) with its last repeated up to a power of two: the same `IN (...)` list,
+/// from a handful of statement texts instead of one per length.
+fn padded<T: Clone>(mut items: Vec<T>) -> Vec<T> {
+    if let Some(last) = items.last().cloned() {
+        items.resize(items.len().next_power_of_two(), last);
+    }
+    items
+}
+
+/// The largest power of two that is at most `len` and [`INSERT_CHUNK`].
+fn chunk_len(len: usize) -> usize {
+    let n = len.min(INSERT_CHUNK);
+    1 << n.ilog2()
+}
+
 pub(super) fn placeholders(start: usize, count: usize) -> String {
     (start..start + count)
         .map(|n| format!("${n}"))
@@ -690,4 +764,36 @@ fn event_from_row(row: &AnyRow) -> Result<GroupEvent, sqlx::Error> {
         actor: uuid_column(row, "actor_id", UserId::from_uuid)?,
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_chunks_are_powers_of_two_that_add_up() {
+        for len in 1..=300 {
+            let (mut rest, mut sizes) = (len, Vec::new());
+            while rest > 0 {
+                let n = chunk_len(rest);
+                assert!(
+                    n.is_power_of_two() && n <= INSERT_CHUNK && n <= rest,
+                    "{len}: {n}"
+                );
+                sizes.push(n);
+                rest -= n;
+            }
+            assert_eq!(sizes.iter().sum::<usize>(), len);
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{len}: {sizes:?}");
+        }
+    }
+
+    #[test]
+    fn padded_lists_repeat_the_last_item_up_to_a_power_of_two() {
+        assert_eq!(padded(vec![1]), vec![1]);
+        assert_eq!(padded(vec![1, 2, 3]), vec![1, 2, 3, 3]);
+        assert_eq!(padded(vec![1, 2, 3, 4]), vec![1, 2, 3, 4]);
+        assert_eq!(padded((0..9).collect()).len(), 16);
+        assert_eq!(padded(Vec::<u8>::new()), Vec::<u8>::new());
+    }
 }
