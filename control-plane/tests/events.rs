@@ -413,6 +413,36 @@ async fn bad_tokens_and_frames_get_close_codes_and_never_a_hang() {
         let mut ws = Client { ws };
         ws.send(json!({"type": "hello"})).await;
         assert!(matches!(ws.next().await, ServerFrame::Ready { .. }));
+
+        // A signed-out session's access token opens no socket, in the hello or the header.
+        let bye = app
+            .call(
+                axum::http::Method::POST,
+                "/v1/auth/logout",
+                Some(&ann.access_token),
+                None,
+            )
+            .await;
+        assert_eq!(bye.status, StatusCode::NO_CONTENT, "{bye:?}");
+        let mut ws = Client::open(addr).await;
+        ws.send(json!({"type": "hello", "access_token": ann.access_token}))
+            .await;
+        assert_eq!(ws.close_code().await, CloseCode::from(4001));
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{addr}/v1/events"),
+            )
+            .unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", ann.access_token).parse().unwrap(),
+        );
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            }
+            other => panic!("expected a 401, got {other:?}"),
+        }
     })
     .await;
 }

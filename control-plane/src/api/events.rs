@@ -72,7 +72,7 @@ pub(super) async fn events(
         None => None,
     };
     let pre = match &header_token {
-        Some(token) => Some(verify(&state, token)?),
+        Some(token) => Some(verify(&state, token).await?),
         None => None,
     };
     Ok(upgrade
@@ -97,12 +97,10 @@ pub(super) async fn events(
 }
 
 /// Who the token is for and when it expires (Unix seconds).
-fn verify(state: &AppState, token: &str) -> Result<(UserId, u64), AppError> {
-    state
-        .tokens
-        .verify_access(token, Now::read().secs())
+async fn verify(state: &AppState, token: &str) -> Result<(UserId, u64), AppError> {
+    super::extract::authenticate(state, token, Now::read())
+        .await
         .map(|claims| (claims.sub, claims.exp))
-        .map_err(|e| AppError::InvalidToken(e.to_string()))
 }
 
 /// Why a connection ends from our side.
@@ -157,6 +155,7 @@ impl Conn {
         };
         let (user, expires) = match (pre, token) {
             (_, Some(token)) => verify(&self.state, &token)
+                .await
                 .map_err(|_| End::Close(CLOSE_UNAUTHORIZED, "invalid access token"))?,
             (Some(pre), None) => pre,
             (None, None) => return Err(End::Close(CLOSE_UNAUTHORIZED, "no access token")),

@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use protocol::ids::UserId;
+use protocol::token::AccessClaims;
 use std::net::{IpAddr, SocketAddr};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -84,36 +85,46 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let token = bearer(&parts.headers)?;
-        let now = Now::read();
-        let claims = state
-            .tokens
-            .verify_access(token, now.secs())
-            .map_err(|e| AppError::InvalidToken(e.to_string()))?;
-        if let Some(session) = claims.sid {
-            let revoked = match state.revocations.known(session, now.ms) {
-                Some(revoked) => revoked,
-                None => {
-                    let revoked = state
-                        .store
-                        .auth_session_revoked(session, claims.sub, now.ms)
-                        .await?;
-                    state
-                        .revocations
-                        .record(session, claims.sub, revoked, now.ms);
-                    revoked
-                }
-            };
-            if revoked {
-                return Err(AppError::InvalidToken(
-                    "this access token's session is signed out; sign in again".into(),
-                ));
-            }
-        }
+        let claims = authenticate(state, token, Now::read()).await?;
         Ok(Caller {
             user: claims.sub,
             session: claims.sid,
         })
     }
+}
+
+/// Checks an access token (signature, kind, audience, time, issuer) and that the sign-in
+/// session it names is not signed out (see `revocations`).
+pub(super) async fn authenticate(
+    state: &AppState,
+    token: &str,
+    now: Now,
+) -> Result<AccessClaims, AppError> {
+    let claims = state
+        .tokens
+        .verify_access(token, now.secs())
+        .map_err(|e| AppError::InvalidToken(e.to_string()))?;
+    if let Some(session) = claims.sid {
+        let revoked = match state.revocations.known(session, now.ms) {
+            Some(revoked) => revoked,
+            None => {
+                let revoked = state
+                    .store
+                    .auth_session_revoked(session, claims.sub, now.ms)
+                    .await?;
+                state
+                    .revocations
+                    .record(session, claims.sub, revoked, now.ms);
+                revoked
+            }
+        };
+        if revoked {
+            return Err(AppError::InvalidToken(
+                "this access token's session is signed out; sign in again".into(),
+            ));
+        }
+    }
+    Ok(claims)
 }
 
 /// The client an attempt budget is kept for: the connection's peer address or, when the peer
