@@ -66,6 +66,35 @@ pub(crate) enum Item {
         online: bool,
         groups: Vec<GroupId>,
     },
+    /// Sign-in sessions of `user` ended: `session` alone, or (without it) every one but
+    /// `keep`. Their connections close. Never dropped: a full mailbox flags a resync, and a
+    /// resync checks the connection's session again.
+    SignedOut {
+        user: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep: Option<Uuid>,
+    },
+}
+
+impl Item {
+    /// Whether a [`Item::SignedOut`] ends the connection of `user` in sign-in session `sid`.
+    pub(crate) fn signs_out(&self, user: UserId, sid: Option<Uuid>) -> bool {
+        match self {
+            Item::SignedOut {
+                user: who,
+                session: Some(session),
+                ..
+            } => *who == user && sid == Some(*session),
+            Item::SignedOut {
+                user: who,
+                session: None,
+                keep,
+            } => *who == user && (keep.is_none() || sid != *keep),
+            _ => false,
+        }
+    }
 }
 
 /// An item as handed to connections: an event is encoded as a frame once, by the first
@@ -103,7 +132,9 @@ impl Delivery {
                     PresenceStatus::Offline
                 },
             },
-            Item::Markers { .. } | Item::Resync | Item::Call { .. } => return None,
+            Item::Markers { .. } | Item::Resync | Item::Call { .. } | Item::SignedOut { .. } => {
+                return None;
+            }
         };
         Some(self.frame.get_or_init(|| frame.encode()))
     }
@@ -248,6 +279,16 @@ impl Hub {
             Item::Call { to, .. } => {
                 for mailbox in routes.by_user.get(to).into_iter().flat_map(HashMap::values) {
                     mailbox.offer(&item);
+                }
+            }
+            Item::SignedOut { user, .. } => {
+                for mailbox in routes
+                    .by_user
+                    .get(user)
+                    .into_iter()
+                    .flat_map(HashMap::values)
+                {
+                    mailbox.deliver(&item);
                 }
             }
             Item::Presence { groups, .. } => {
@@ -596,6 +637,61 @@ mod tests {
         .unwrap();
         assert_eq!(decode(text.as_bytes()).unwrap(), (origin, item));
         let seed = include_bytes!("../../fuzz/corpus/realtime_frames/seed-bus_call");
+        assert!(decode(seed).is_ok(), "the fuzz seed is a real bus message");
+    }
+
+    #[test]
+    fn sign_outs_reach_the_users_connections_name_the_right_sessions_and_cross_the_bus() {
+        let hub = Arc::new(Hub::default());
+        let (ann, bob) = (
+            UserId::from_uuid(Uuid::from_u128(1)),
+            UserId::from_uuid(Uuid::from_u128(2)),
+        );
+        let (phone, laptop) = (Uuid::from_u128(3), Uuid::from_u128(4));
+        let one = Item::SignedOut {
+            user: ann,
+            session: Some(phone),
+            keep: None,
+        };
+        assert!(one.signs_out(ann, Some(phone)));
+        assert!(!one.signs_out(ann, Some(laptop)), "another session of ann");
+        assert!(!one.signs_out(ann, None), "a token of no session");
+        assert!(!one.signs_out(bob, Some(phone)), "another user");
+        let others = Item::SignedOut {
+            user: ann,
+            session: None,
+            keep: Some(laptop),
+        };
+        assert!(others.signs_out(ann, Some(phone)));
+        assert!(others.signs_out(ann, None));
+        assert!(!others.signs_out(ann, Some(laptop)), "the one kept");
+        assert!(!others.signs_out(bob, Some(phone)));
+        let all = Item::SignedOut {
+            user: ann,
+            session: None,
+            keep: None,
+        };
+        assert!(all.signs_out(ann, Some(laptop)));
+        assert!(!Item::Resync.signs_out(ann, Some(phone)));
+
+        let (a, mut a_rx) = hub.register(ann);
+        let (_b, mut b_rx) = hub.register(bob);
+        hub.dispatch(one.clone());
+        assert_eq!(a_rx.try_recv().unwrap().item, one);
+        assert!(b_rx.try_recv().is_err());
+        // Never dropped: with the mailbox full, the connection is told to resync.
+        for _ in 0..=MAILBOX {
+            hub.dispatch(others.clone());
+        }
+        assert!(a.mailbox().take_lagged());
+        let origin = Uuid::from_u128(9);
+        let text = serde_json::to_string(&Envelope {
+            origin,
+            item: others.clone(),
+        })
+        .unwrap();
+        assert_eq!(decode(text.as_bytes()).unwrap(), (origin, others));
+        let seed = include_bytes!("../../fuzz/corpus/realtime_frames/seed-bus_signed_out");
         assert!(decode(seed).is_ok(), "the fuzz seed is a real bus message");
     }
 

@@ -447,6 +447,63 @@ async fn bad_tokens_and_frames_get_close_codes_and_never_a_hang() {
     .await;
 }
 
+/// Signs `user` in again: another device, another sign-in session.
+async fn another_device(app: &TestApp, user: &AuthResponse) -> AuthResponse {
+    let body = json!({"email": user.user.email, "password": support::PASSWORD});
+    app.call(axum::http::Method::POST, "/v1/auth/login", None, Some(body))
+        .await
+        .parse(StatusCode::OK)
+}
+
+#[tokio::test]
+async fn signing_a_session_out_closes_its_open_connections_and_no_others() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let addr = app.serve().await;
+        let laptop = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let g = app.group(&laptop).await;
+        app.join(&g, &laptop, &bob).await;
+        let phone = another_device(&app, &laptop).await;
+        let tablet = another_device(&app, &laptop).await;
+        let none = BTreeMap::new();
+        let (mut on_laptop, _, _) = Client::connect(addr, &laptop, &none).await;
+        let (mut on_phone, _, _) = Client::connect(addr, &phone, &none).await;
+        let (mut on_tablet, _, _) = Client::connect(addr, &tablet, &none).await;
+        let (mut on_bob, _, _) = Client::connect(addr, &bob, &none).await;
+
+        // The phone signs itself out: its connection ends now, not at the token's expiry.
+        let bye = app
+            .call(
+                axum::http::Method::POST,
+                "/v1/auth/logout",
+                Some(&phone.access_token),
+                None,
+            )
+            .await;
+        assert_eq!(bye.status, StatusCode::NO_CONTENT, "{bye:?}");
+        assert_eq!(on_phone.close_code().await, CloseCode::from(4001));
+        // The laptop ends every other session: the tablet's connection ends, its own stays.
+        let ended: Value = app
+            .delete("/v1/auth/sessions", &laptop.access_token)
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(ended["revoked"], 1, "{ended}");
+        assert_eq!(on_tablet.close_code().await, CloseCode::from(4001));
+        let m = say(&app, &g, &bob, "b1", "still there?").await;
+        let event = on_laptop.event().await;
+        assert_eq!(
+            (event.seq, message_body(&event)),
+            (m.id, Some("still there?"))
+        );
+        assert_eq!(
+            on_bob.event().await.seq,
+            m.id,
+            "another user's connection stays"
+        );
+    })
+    .await;
+}
+
 async fn presence(app: &TestApp, g: &str, user: &AuthResponse) -> GroupPresence {
     app.get(&format!("/v1/groups/{g}/presence"), &user.access_token)
         .await
@@ -777,6 +834,15 @@ async fn replicas_fan_out_through_redis() {
                 let event = ws.event().await;
                 assert_eq!(message_body(&event), Some(format!("#{i}").as_str()));
             }
+            // Signing out on b closes ann's connection on a.
+            let bye = reqwest::Client::new()
+                .post(format!("http://{b}/v1/auth/logout"))
+                .bearer_auth(&ann.access_token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(bye.status(), StatusCode::NO_CONTENT);
+            assert_eq!(ws.close_code().await, CloseCode::from(4001));
         }
     })
     .await;
@@ -857,6 +923,8 @@ async fn with_redis_gone_a_replica_fans_out_locally_and_the_others_catch_up_when
         app.join(&g, &ann, &bob).await;
         let (mut on_a, _, _) = Client::connect(a, &ann, &BTreeMap::new()).await;
         let (mut on_b, _, _) = Client::connect(b, &bob, &BTreeMap::new()).await;
+        let phone = another_device(&app, &ann).await;
+        let (mut phone_on_a, _, _) = Client::connect(a, &phone, &BTreeMap::new()).await;
         let post = |i: u32| {
             let token = bob.access_token.clone();
             let g = g.clone();
@@ -932,6 +1000,14 @@ async fn with_redis_gone_a_replica_fans_out_locally_and_the_others_catch_up_when
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(degraded, "readyz never reported Redis degraded");
+        // The phone signs out on b meanwhile: a cannot hear of it on the bus.
+        let bye = reqwest::Client::new()
+            .post(format!("http://{b}/v1/auth/logout"))
+            .bearer_auth(&phone.access_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bye.status(), StatusCode::NO_CONTENT);
 
         // Redis returns (empty, as Redis keeps nothing here): a resubscribes, resyncs from
         // SQL and ann gets both messages, in order, with nothing published again.
@@ -940,6 +1016,8 @@ async fn with_redis_gone_a_replica_fans_out_locally_and_the_others_catch_up_when
         let second = on_a.event().await;
         assert_eq!((first.seq, second.seq), (m1.id, m2.id));
         assert_eq!(message_body(&second), Some("#2"));
+        // The resync looked at the phone's session too: its connection on a is closed.
+        assert_eq!(phone_on_a.close_code().await, CloseCode::from(4001));
         // And live fan-out works again.
         let m3 = post(3).await;
         assert_eq!(on_a.event().await.seq, m3.id);

@@ -1,5 +1,5 @@
 //! What `/v1/events` and the fan-out read from the network: client frames, Redis fan-out
-//! messages (typing, presence, call signals), and the message, group and account fields of the
+//! messages (typing, presence, call signals, sign-outs), and the message, group and account fields of the
 //! REST API. None may panic; a frame that
 //! parses re-encodes to one that parses the same; an accepted body is 1 to 4,000 characters;
 //! an accepted client message id is 1 to 64 bytes.

@@ -77,6 +77,9 @@ pub struct ApiReport {
     pub logins_per_second: f64,
     /// `/livez` while the sign-ins ran, µs.
     pub livez_us: Option<Percentiles>,
+    /// CPU time of this load generator over wall time while the messages were measured: near
+    /// 1.0 means the generator, not the server, may be setting the latencies.
+    pub generator_busy_ratio: f64,
     pub pass: bool,
 }
 
@@ -167,11 +170,13 @@ async fn scenario(args: ApiArgs) -> anyhow::Result<bool> {
     let mut in_flight = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let loop_start = Instant::now();
     let mut measure_start = None;
+    let mut cpu_start = Duration::ZERO;
     for i in 0..total {
         ticker.tick().await;
         if measure_start.is_none() && loop_start.elapsed() >= warmup_end {
             measuring.store(true, Ordering::Relaxed);
             measure_start = Some((Instant::now(), sent.load(Ordering::Relaxed)));
+            cpu_start = cpu_time();
         }
         let m = &members[usize::try_from(i).unwrap_or(0) % members.len()];
         let request = http
@@ -211,6 +216,7 @@ async fn scenario(args: ApiArgs) -> anyhow::Result<bool> {
     }
     let (measured_from, sent_before) = measure_start.unwrap_or((loop_start, 0));
     let elapsed = measured_from.elapsed().as_secs_f64();
+    let generator_busy_ratio = (cpu_time().saturating_sub(cpu_start)).as_secs_f64() / elapsed;
     let sent_total = sent.load(Ordering::Relaxed);
     let achieved = (sent_total - sent_before) as f64 / elapsed;
     // Every answered send was fanned out before its answer; wait for the sockets to drain.
@@ -253,11 +259,26 @@ async fn scenario(args: ApiArgs) -> anyhow::Result<bool> {
         login_errors,
         logins_per_second,
         livez_us: livez,
+        generator_busy_ratio,
         pass,
     };
     std::fs::write(&args.report, serde_json::to_string_pretty(&report)?)?;
     print!("{}", table(&report));
     Ok(pass)
+}
+
+/// CPU time (user and system) this process has used so far.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
+        let t = |tv: nix::sys::time::TimeVal| {
+            Duration::new(
+                u64::try_from(tv.tv_sec()).unwrap_or(0),
+                u32::try_from(tv.tv_usec()).unwrap_or(0) * 1000,
+            )
+        };
+        t(u.user_time()) + t(u.system_time())
+    })
 }
 
 /// The send time (µs since the run started) in a message event's body, if it is one of ours.
@@ -401,6 +422,10 @@ fn table(r: &ApiReport) -> String {
     out += &format!(
         "messages: {} sent at {:.0}/s ({} asked), {} send errors; {} members; deliveries missing: {}\n",
         r.sent, r.achieved_rate, r.rate, r.send_errors, r.members, r.deliveries_missing
+    );
+    out += &format!(
+        "load generator busy {:.0} % of its core while measured\n",
+        r.generator_busy_ratio * 100.0
     );
     out += "| path | count | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|\n";
     for (name, p) in [

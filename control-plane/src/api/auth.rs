@@ -206,11 +206,7 @@ pub(super) async fn change_password(
             .store
             .revoke_other_auth_sessions(caller.user, caller.session, now.ms, "password-changed")
             .await
-            .inspect(|_| {
-                state
-                    .revocations
-                    .revoked_all_but(caller.user, caller.session)
-            })?
+            .inspect(|_| signed_out(&state, caller.user, None, caller.session, now.ms))?
     } else {
         0
     };
@@ -339,12 +335,10 @@ pub(super) async fn refresh(
                 "the refresh token is unknown, expired, already replaced or signed out".into(),
             ));
         }
-        Refreshed::Reused { session } => {
+        Refreshed::Reused { user, session } => {
             tracing::warn!(%session, "a spent refresh token came back: session signed out");
-            // Its access tokens stop here at once (the user is not needed to refuse them).
-            state
-                .revocations
-                .revoked(session, UserId::from_uuid(Uuid::nil()), Now::read().ms);
+            // Its access tokens and open connections stop here at once.
+            signed_out(&state, user, Some(session), None, Now::read().ms);
             return Err(AppError::InvalidToken(
                 "the refresh token was already used: its session is signed out; sign in again"
                     .into(),
@@ -382,7 +376,7 @@ pub(super) async fn logout(
         .store
         .revoke_auth_session(caller.user, session, now.ms, "logout")
         .await?;
-    state.revocations.revoked(session, caller.user, now.ms);
+    signed_out(&state, caller.user, Some(session), None, now.ms);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -422,7 +416,7 @@ pub(super) async fn revoke_session(
         .revoke_auth_session(caller.user, id, now.ms, "revoked")
         .await?;
     if revoked {
-        state.revocations.revoked(id, caller.user, now.ms);
+        signed_out(&state, caller.user, Some(id), None, now.ms);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(AppError::NotFound("no such signed-in session"))
@@ -435,12 +429,32 @@ pub(super) async fn revoke_other_sessions(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<RevokedSessions>, AppError> {
+    let now = Now::read();
     let revoked = state
         .store
-        .revoke_other_auth_sessions(caller.user, caller.session, Now::read().ms, "revoked")
+        .revoke_other_auth_sessions(caller.user, caller.session, now.ms, "revoked")
         .await?;
-    state
-        .revocations
-        .revoked_all_but(caller.user, caller.session);
+    signed_out(&state, caller.user, None, caller.session, now.ms);
     Ok(Json(RevokedSessions { revoked }))
+}
+
+/// After SQL revoked sign-in sessions of `user` (`session` alone, or every one but `keep`):
+/// their access tokens are refused here at once (other replicas look again within
+/// `revocations::RECHECK_MS`), and their open `/v1/events` connections close, on every replica.
+fn signed_out(
+    state: &AppState,
+    user: UserId,
+    session: Option<Uuid>,
+    keep: Option<Uuid>,
+    now_ms: i64,
+) {
+    match session {
+        Some(session) => state.revocations.revoked(session, user, now_ms),
+        None => state.revocations.revoked_all_but(user, keep),
+    }
+    state.fanout.publish(crate::fanout::Item::SignedOut {
+        user,
+        session,
+        keep,
+    });
 }

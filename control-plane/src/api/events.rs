@@ -13,6 +13,12 @@
 //! announces them offline. Typing notices from the client are recorded with a TTL and passed to
 //! the group's connections. 1:1 call signals (offer, answer, candidates, hangup) are relayed to
 //! every connection of the callee. All of these are ephemeral: not in the log, not replayed.
+//!
+//! A connection lives no longer than its access token: it closes with 4001 when the token
+//! expires, and at once when the token's sign-in session is signed out (logout, a device
+//! revoked, other sessions ended, a stolen refresh token detected), on whichever replica that
+//! happened: a [`Item::SignedOut`] on the bus, and, since the bus may drop it, a look at the
+//! session on every resync.
 
 use super::AppState;
 use super::error::AppError;
@@ -84,6 +90,7 @@ pub(super) async fn events(
                 socket,
                 state,
                 id: Uuid::new_v4(),
+                session: None,
                 online: None,
                 typed: HashMap::new(),
                 peers: HashSet::new(),
@@ -96,12 +103,28 @@ pub(super) async fn events(
         }))
 }
 
-/// Who the token is for and when it expires (Unix seconds).
-async fn verify(state: &AppState, token: &str) -> Result<(UserId, u64), AppError> {
+/// Who a connection is for.
+#[derive(Debug, Clone, Copy)]
+struct Holder {
+    user: UserId,
+    /// The sign-in session of the token; the connection closes when it is signed out.
+    session: Option<Uuid>,
+    /// When the token expires (Unix seconds).
+    expires: u64,
+}
+
+async fn verify(state: &AppState, token: &str) -> Result<Holder, AppError> {
     super::extract::authenticate(state, token, Now::read())
         .await
-        .map(|claims| (claims.sub, claims.exp))
+        .map(|claims| Holder {
+            user: claims.sub,
+            session: claims.sid,
+            expires: claims.exp,
+        })
 }
+
+/// The end of a connection whose sign-in session was signed out.
+const SIGNED_OUT: End = End::Close(CLOSE_UNAUTHORIZED, "this session was signed out");
 
 /// Why a connection ends from our side.
 #[derive(Debug)]
@@ -124,6 +147,8 @@ struct Conn {
     state: AppState,
     /// This connection in the presence store.
     id: Uuid,
+    /// The sign-in session of its token (known after hello).
+    session: Option<Uuid>,
     /// Once counted in the presence store: whose connection it is and whether they show it.
     online: Option<(UserId, bool)>,
     /// When this connection last passed on a typing start, per group (at most one a second).
@@ -136,7 +161,7 @@ struct Conn {
 type Positions = BTreeMap<GroupId, u64>;
 
 impl Conn {
-    async fn run(&mut self, pre: Option<(UserId, u64)>) -> Result<(), End> {
+    async fn run(&mut self, pre: Option<Holder>) -> Result<(), End> {
         let hello = tokio::time::timeout(HELLO_TIMEOUT, self.socket.recv())
             .await
             .map_err(|_| End::Close(CLOSE_UNAUTHORIZED, "no hello in time"))?;
@@ -153,13 +178,19 @@ impl Conn {
                 return Err(End::Close(CLOSE_BAD_FRAME, "the first frame must be hello"));
             }
         };
-        let (user, expires) = match (pre, token) {
+        let holder = match (pre, token) {
             (_, Some(token)) => verify(&self.state, &token)
                 .await
                 .map_err(|_| End::Close(CLOSE_UNAUTHORIZED, "invalid access token"))?,
             (Some(pre), None) => pre,
             (None, None) => return Err(End::Close(CLOSE_UNAUTHORIZED, "no access token")),
         };
+        let Holder {
+            user,
+            session,
+            expires,
+        } = holder;
+        self.session = session;
         // Registered before anything is read, so nothing committed from now on is missed.
         let hub = Arc::clone(self.state.fanout.hub());
         let (sub, mut rx) = hub.register(user);
@@ -226,6 +257,24 @@ impl Conn {
         positions: &mut Positions,
         cursor: Option<BTreeMap<GroupId, u64>>,
     ) -> Result<(), End> {
+        // A resync may stand for a missed sign-out (bus down, mailbox full): ask SQL, not the
+        // cache, which may predate it. (The hello's sync comes right after the token check.)
+        if cursor.is_none()
+            && let Some(session) = self.session
+        {
+            let now = Now::read();
+            let revoked = self
+                .state
+                .store
+                .auth_session_revoked(session, user, now.ms)
+                .await?;
+            self.state
+                .revocations
+                .record(session, user, revoked, now.ms);
+            if revoked {
+                return Err(SIGNED_OUT);
+            }
+        }
         let groups = self.state.store.groups_of(user).await?;
         let current: BTreeMap<GroupId, (u64, u64)> = groups
             .iter()
@@ -437,6 +486,12 @@ impl Conn {
                     && let Some(frame) = delivery.frame()
                 {
                     self.send_text(frame.to_owned()).await?;
+                }
+                Ok(())
+            }
+            Item::SignedOut { .. } => {
+                if delivery.item.signs_out(user, self.session) {
+                    return Err(SIGNED_OUT);
                 }
                 Ok(())
             }

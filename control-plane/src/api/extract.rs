@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use protocol::ids::UserId;
 use protocol::token::AccessClaims;
 use std::net::{IpAddr, SocketAddr};
+use uuid::Uuid;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
@@ -104,27 +105,33 @@ pub(super) async fn authenticate(
         .tokens
         .verify_access(token, now.secs())
         .map_err(|e| AppError::InvalidToken(e.to_string()))?;
-    if let Some(session) = claims.sid {
-        let revoked = match state.revocations.known(session, now.ms) {
-            Some(revoked) => revoked,
-            None => {
-                let revoked = state
-                    .store
-                    .auth_session_revoked(session, claims.sub, now.ms)
-                    .await?;
-                state
-                    .revocations
-                    .record(session, claims.sub, revoked, now.ms);
-                revoked
-            }
-        };
-        if revoked {
-            return Err(AppError::InvalidToken(
-                "this access token's session is signed out; sign in again".into(),
-            ));
-        }
+    if let Some(session) = claims.sid
+        && is_signed_out(state, session, claims.sub, now).await?
+    {
+        return Err(AppError::InvalidToken(
+            "this access token's session is signed out; sign in again".into(),
+        ));
     }
     Ok(claims)
+}
+
+/// Whether sign-in session `session` of `user` is signed out: from this replica's cache when
+/// fresh, else from SQL.
+async fn is_signed_out(
+    state: &AppState,
+    session: Uuid,
+    user: UserId,
+    now: Now,
+) -> Result<bool, sqlx::Error> {
+    if let Some(revoked) = state.revocations.known(session, now.ms) {
+        return Ok(revoked);
+    }
+    let revoked = state
+        .store
+        .auth_session_revoked(session, user, now.ms)
+        .await?;
+    state.revocations.record(session, user, revoked, now.ms);
+    Ok(revoked)
 }
 
 /// The client an attempt budget is kept for: the connection's peer address or, when the peer

@@ -41,7 +41,7 @@ pub(crate) enum Refreshed {
     /// Unknown, expired, superseded, or of a signed-out session.
     Invalid,
     /// A spent token came back after the grace window: the session is revoked.
-    Reused { session: Uuid },
+    Reused { user: UserId, session: Uuid },
 }
 
 /// The token row a refresh looks at.
@@ -201,7 +201,10 @@ impl Store {
         }
         self.revoke_auth_session(t.user, t.session, now_ms, "reuse")
             .await?;
-        Ok(Refreshed::Reused { session: t.session })
+        Ok(Refreshed::Reused {
+            user: t.user,
+            session: t.session,
+        })
     }
 
     async fn issue_child(
@@ -381,7 +384,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             r("h0", "h3", T0 + 2 + GRACE).await.unwrap(),
-            Refreshed::Reused { session }
+            Refreshed::Reused { user, session }
         );
         assert_eq!(
             r("h2", "h4", T0 + 3 + GRACE).await.unwrap(),
