@@ -1,4 +1,8 @@
-//! The location engine: latest fix per user in an R-tree, proximity alerts and places.
+//! The location engine: latest fix per user, proximity alerts and places (issue 5).
 //!
-//! Not built yet (issue 5). The crate exists so the workspace has its final shape; it exposes
-//! nothing that pretends to work.
+//! Sans-IO: every function takes `now` as an argument and owns no socket or thread. Built so
+//! far: [`geo`] (WGS84 distances) and [`proximity`] (the per-pair state machine). The index,
+//! places, privacy and the server are not built yet.
+
+pub mod geo;
+pub mod proximity;

@@ -1,0 +1,295 @@
+//! Whether two members of a group are near each other: one small state machine per pair,
+//! fed with the pair's distance each time either member's fix is accepted. Pure: time is an
+//! argument.
+//!
+//! - Hysteresis: `near` when the distance falls below the group's radius r, `apart` only above
+//!   max(1.2·r, r + 50 m), so GPS noise around one threshold cannot flap the state.
+//! - Accuracy: with the combined accuracy radius u of the two fixes, a reading counts as near
+//!   only when d + u < r and as apart only when d − u > r_apart; anything between holds the
+//!   old state.
+//! - Dwell: a new state must be read on 2 fixes, or hold over 30 s, before it is confirmed.
+//! - The first state of a pair is seeded silently (no alert storm when sharing starts).
+//! - One transition per change, numbered per pair (`epoch`), so an alert has a stable id.
+//! - Cooldown: after a transition, the next one waits at least the cooldown; a flap inside it
+//!   collapses into nothing or into one transition when it ends.
+//!
+//! Staleness is the caller's: a pair with a stale fix is *unknown* and is not fed at all (its
+//! confirmed state is kept, so a pair that was apart, went silent and comes back near gets one
+//! `near`, through the dwell, like any change).
+
+/// The two states a pair can be confirmed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proximity {
+    Near,
+    Apart,
+}
+
+/// A group's proximity rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rule {
+    /// r: nearer than this is near, metres.
+    pub radius_m: f64,
+    /// Fixes a new state must be read on before it is confirmed.
+    pub dwell_fixes: u32,
+    /// Or the time it must hold, ms.
+    pub dwell_ms: i64,
+    /// Least time between two transitions of a pair, ms.
+    pub cooldown_ms: i64,
+}
+
+impl Rule {
+    /// The defaults: 2 fixes or 30 s of dwell, a minute of cooldown.
+    pub fn new(radius_m: f64) -> Self {
+        Self {
+            radius_m,
+            dwell_fixes: 2,
+            dwell_ms: 30_000,
+            cooldown_ms: 60_000,
+        }
+    }
+
+    /// Farther than this is apart, metres.
+    pub fn apart_m(&self) -> f64 {
+        (1.2 * self.radius_m).max(self.radius_m + 50.0)
+    }
+
+    /// What one reading says: `None` when the accuracy leaves it undecided.
+    pub fn read(&self, distance_m: f64, accuracy_m: f64) -> Option<Proximity> {
+        let u = if accuracy_m.is_finite() {
+            accuracy_m.max(0.0)
+        } else {
+            return None;
+        };
+        if distance_m + u < self.radius_m {
+            Some(Proximity::Near)
+        } else if distance_m - u > self.apart_m() {
+            Some(Proximity::Apart)
+        } else {
+            None
+        }
+    }
+}
+
+/// The combined accuracy radius of two fixes (each a 68 % radius): √(a² + b²).
+pub fn combined_accuracy(a_m: f64, b_m: f64) -> f64 {
+    a_m.hypot(b_m)
+}
+
+/// A confirmed change of a pair's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub to: Proximity,
+    /// 1 for the pair's first transition, then 2, 3…: with the pair it names the event.
+    pub epoch: u32,
+    pub at_ms: i64,
+}
+
+/// One pair's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pair {
+    /// The confirmed state; `None` until the first conclusive reading seeds it.
+    state: Option<Proximity>,
+    /// A different state being read: how many fixes so far and since when.
+    pending: Option<(Proximity, u32, i64)>,
+    /// Transitions so far.
+    epoch: u32,
+    /// When the last transition (or the seed) happened.
+    since_ms: i64,
+}
+
+impl Pair {
+    /// The confirmed state, if any.
+    pub fn state(&self) -> Option<Proximity> {
+        self.state
+    }
+
+    /// Feeds one reading of the pair (the distance between the two latest fixes and their
+    /// combined accuracy) at `now_ms`; answers the transition it confirms, if any.
+    pub fn observe(
+        &mut self,
+        rule: &Rule,
+        distance_m: f64,
+        accuracy_m: f64,
+        now_ms: i64,
+    ) -> Option<Transition> {
+        let reading = rule.read(distance_m, accuracy_m)?;
+        let Some(state) = self.state else {
+            self.state = Some(reading);
+            self.since_ms = now_ms;
+            return None;
+        };
+        if reading == state {
+            self.pending = None;
+            return None;
+        }
+        let (fixes, first_ms) = match self.pending {
+            Some((to, fixes, first_ms)) if to == reading => (fixes + 1, first_ms),
+            _ => (1, now_ms),
+        };
+        self.pending = Some((reading, fixes, first_ms));
+        let dwelt = fixes >= rule.dwell_fixes || now_ms - first_ms >= rule.dwell_ms;
+        let cooled = self.epoch == 0 || now_ms - self.since_ms >= rule.cooldown_ms;
+        if !(dwelt && cooled) {
+            return None;
+        }
+        self.state = Some(reading);
+        self.pending = None;
+        self.epoch += 1;
+        self.since_ms = now_ms;
+        Some(Transition {
+            to: reading,
+            epoch: self.epoch,
+            at_ms: now_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geo::{LatLon, distance_m};
+
+    const R: f64 = 200.0;
+
+    fn rule() -> Rule {
+        Rule {
+            radius_m: R,
+            dwell_fixes: 2,
+            dwell_ms: 30_000,
+            cooldown_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_apart_threshold_is_the_larger_of_the_two_margins() {
+        assert_eq!(Rule::new(200.0).apart_m(), 250.0);
+        assert_eq!(Rule::new(500.0).apart_m(), 600.0);
+    }
+
+    #[test]
+    fn the_first_state_is_seeded_silently_and_a_change_needs_two_fixes() {
+        let rule = rule();
+        let mut pair = Pair::default();
+        assert_eq!(pair.observe(&rule, 100.0, 0.0, 0), None);
+        assert_eq!(pair.state(), Some(Proximity::Near));
+        assert_eq!(pair.observe(&rule, 300.0, 0.0, 1_000), None, "one fix");
+        let t = pair.observe(&rule, 310.0, 0.0, 2_000).unwrap();
+        assert_eq!(
+            t,
+            Transition {
+                to: Proximity::Apart,
+                epoch: 1,
+                at_ms: 2_000
+            }
+        );
+        // Back near: one reading, then a near-again reading resets nothing already confirmed.
+        assert_eq!(pair.observe(&rule, 100.0, 0.0, 3_000), None);
+        assert_eq!(pair.observe(&rule, 260.0, 0.0, 4_000), None, "apart again");
+        assert_eq!(
+            pair.observe(&rule, 100.0, 0.0, 5_000),
+            None,
+            "pending restarted"
+        );
+        assert_eq!(pair.observe(&rule, 90.0, 0.0, 6_000).unwrap().epoch, 2);
+    }
+
+    #[test]
+    fn a_single_late_fix_confirms_after_the_dwell_time() {
+        let rule = Rule {
+            dwell_fixes: 3,
+            ..rule()
+        };
+        let mut pair = Pair::default();
+        pair.observe(&rule, 400.0, 0.0, 0);
+        assert_eq!(pair.observe(&rule, 50.0, 0.0, 1_000), None);
+        assert_eq!(
+            pair.observe(&rule, 50.0, 0.0, 30_999),
+            None,
+            "2 of 3, 29.999 s"
+        );
+        let t = pair.observe(&rule, 50.0, 0.0, 31_000).unwrap();
+        assert_eq!(t.to, Proximity::Near);
+    }
+
+    #[test]
+    fn between_the_thresholds_or_within_the_accuracy_the_old_state_holds() {
+        let rule = rule();
+        let mut pair = Pair::default();
+        pair.observe(&rule, 100.0, 0.0, 0);
+        for (i, d) in [210.0, 230.0, 249.0, 220.0].into_iter().enumerate() {
+            assert_eq!(pair.observe(&rule, d, 0.0, i as i64 * 1000), None);
+        }
+        assert_eq!(pair.state(), Some(Proximity::Near));
+        // 300 m apart but each fix is ±40 m: 300 − 56.6 < 250, undecided.
+        let u = combined_accuracy(40.0, 40.0);
+        assert_eq!(rule.read(300.0, u), None);
+        assert_eq!(pair.observe(&rule, 300.0, u, 10_000), None);
+        assert_eq!(pair.observe(&rule, 300.0, u, 11_000), None);
+        assert_eq!(pair.state(), Some(Proximity::Near));
+        assert_eq!(rule.read(190.0, 20.0), None, "near only when d + u < r");
+        assert_eq!(rule.read(100.0, f64::NAN), None);
+    }
+
+    #[test]
+    fn the_cooldown_delays_a_transition_and_a_flap_inside_it_collapses() {
+        let rule = Rule {
+            cooldown_ms: 60_000,
+            ..rule()
+        };
+        let mut pair = Pair::default();
+        pair.observe(&rule, 100.0, 0.0, 0);
+        pair.observe(&rule, 400.0, 0.0, 1_000);
+        assert_eq!(pair.observe(&rule, 400.0, 0.0, 2_000).unwrap().epoch, 1);
+        // Near again 10 s later: held by the cooldown.
+        assert_eq!(pair.observe(&rule, 100.0, 0.0, 12_000), None);
+        assert_eq!(pair.observe(&rule, 100.0, 0.0, 13_000), None);
+        // Apart again within it: nothing to say.
+        assert_eq!(pair.observe(&rule, 400.0, 0.0, 20_000), None);
+        // Near, and the cooldown is over: one transition.
+        assert_eq!(pair.observe(&rule, 100.0, 0.0, 61_000), None);
+        let t = pair.observe(&rule, 100.0, 0.0, 62_000).unwrap();
+        assert_eq!((t.to, t.epoch), (Proximity::Near, 2));
+    }
+
+    #[test]
+    fn the_circle_decides_not_its_bounding_box() {
+        // Two people at the box's corner: 0.9·r north and 0.9·r east, 1.27·r apart. A box test
+        // (Tile38's ROAM) calls them near; the circle does not.
+        let rule = rule();
+        let a = LatLon::new(45.0, 7.0).unwrap();
+        let dlat = 0.9 * R / 111_132.0;
+        let dlon = 0.9 * R / (111_412.0 * 45f64.to_radians().cos());
+        let corner = LatLon::new(45.0 + dlat, 7.0 + dlon).unwrap();
+        let d = distance_m(a, corner);
+        assert!(d > R && d < 2f64.sqrt() * R, "{d}");
+        assert_eq!(rule.read(d, 0.0), Some(Proximity::Apart));
+        let mut pair = Pair::default();
+        pair.observe(&rule, d, 0.0, 0);
+        assert_eq!(pair.state(), Some(Proximity::Apart));
+    }
+
+    #[test]
+    fn a_jittered_trace_that_crosses_once_alerts_once_each_way() {
+        // Bob walks from 400 m to 0 m of Ann and back, 1 m a second, fixes every 5 s with
+        // ±15 m of noise and a reported accuracy of 10 m each.
+        let rule = rule();
+        let mut noise = 0x2545_f491_4f6c_dd1du64;
+        let mut jitter = || {
+            noise ^= noise << 13;
+            noise ^= noise >> 7;
+            noise ^= noise << 17;
+            ((noise >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * 15.0
+        };
+        let u = combined_accuracy(10.0, 10.0);
+        let mut pair = Pair::default();
+        let mut transitions = Vec::new();
+        for step in 0..=160 {
+            let t = step * 5;
+            let d = if t <= 400 { 400 - t } else { t - 400 } as f64;
+            let d = (d + jitter()).abs();
+            transitions.extend(pair.observe(&rule, d, u, t * 1000));
+        }
+        let to: Vec<_> = transitions.iter().map(|t| (t.to, t.epoch)).collect();
+        assert_eq!(to, vec![(Proximity::Near, 1), (Proximity::Apart, 2)]);
+    }
+}
