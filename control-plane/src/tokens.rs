@@ -165,13 +165,7 @@ impl Tokens {
             .get(token)
             .cloned();
         if let Some(claims) = cached {
-            // The same checks of the time window as `VerifyingKeys::verify`.
-            if claims.exp.saturating_add(LEEWAY_SECS) <= now {
-                return Err(TokenError::Expired.into());
-            }
-            if claims.iat > now.saturating_add(LEEWAY_SECS) {
-                return Err(TokenError::NotYetValid.into());
-            }
+            protocol::token::time_window(claims.exp, Some(claims.iat), now, LEEWAY_SECS)?;
             return Ok(claims);
         }
         let claims: AccessClaims = current.keys.verify(token, AUD_API, now, LEEWAY_SECS)?;

@@ -293,14 +293,22 @@ impl VerifyingKeys {
         if reg.aud != audience {
             return Err(TokenError::WrongAudience);
         }
-        if reg.exp.saturating_add(leeway) <= now {
-            return Err(TokenError::Expired);
-        }
-        if reg.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
-            return Err(TokenError::NotYetValid);
-        }
+        time_window(reg.exp, reg.iat, now, leeway)?;
         serde_json::from_slice(&parts.payload).map_err(|_| TokenError::Malformed)
     }
+}
+
+/// Whether a token expiring at `exp` and issued at `iat` (Unix seconds) holds at `now`, with
+/// `leeway` seconds of clock skew either way: the time check of [`VerifyingKeys::verify`], for
+/// callers that hold claims verified earlier.
+pub fn time_window(exp: u64, iat: Option<u64>, now: u64, leeway: u64) -> Result<(), TokenError> {
+    if exp.saturating_add(leeway) <= now {
+        return Err(TokenError::Expired);
+    }
+    if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
 }
 
 /// The key id a token names, without verifying anything (to decide whether to refresh a JWKS).

@@ -261,19 +261,9 @@ impl Conn {
         // cache, which may predate it. (The hello's sync comes right after the token check.)
         if cursor.is_none()
             && let Some(session) = self.session
+            && super::extract::signed_out_in_sql(&self.state, session, user, Now::read()).await?
         {
-            let now = Now::read();
-            let revoked = self
-                .state
-                .store
-                .auth_session_revoked(session, user, now.ms)
-                .await?;
-            self.state
-                .revocations
-                .record(session, user, revoked, now.ms);
-            if revoked {
-                return Err(SIGNED_OUT);
-            }
+            return Err(SIGNED_OUT);
         }
         let groups = self.state.store.groups_of(user).await?;
         let current: BTreeMap<GroupId, (u64, u64)> = groups

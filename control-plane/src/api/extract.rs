@@ -123,9 +123,20 @@ async fn is_signed_out(
     user: UserId,
     now: Now,
 ) -> Result<bool, sqlx::Error> {
-    if let Some(revoked) = state.revocations.known(session, now.ms) {
-        return Ok(revoked);
+    match state.revocations.known(session, now.ms) {
+        Some(revoked) => Ok(revoked),
+        None => signed_out_in_sql(state, session, user, now).await,
     }
+}
+
+/// Whether sign-in session `session` of `user` is signed out, asked of SQL (not the cache,
+/// which may predate a sign-out elsewhere); the answer is cached.
+pub(super) async fn signed_out_in_sql(
+    state: &AppState,
+    session: Uuid,
+    user: UserId,
+    now: Now,
+) -> Result<bool, sqlx::Error> {
     let revoked = state
         .store
         .auth_session_revoked(session, user, now.ms)

@@ -650,7 +650,6 @@ async fn message_in(gtx: &mut GroupTx, message: i64) -> Result<Option<MessageVie
     row.as_ref().map(message_from_row).transpose()
 }
 
-/// `$start, $start+1, ...`: `count` numbered placeholders.
 /// `items` (not empty) with its last repeated up to a power of two: the same `IN (...)` list,
 /// from a handful of statement texts instead of one per length.
 fn padded<T: Clone>(mut items: Vec<T>) -> Vec<T> {
@@ -666,6 +665,7 @@ fn chunk_len(len: usize) -> usize {
     1 << n.ilog2()
 }
 
+/// `$start, $start+1, ...`: `count` numbered placeholders.
 pub(super) fn placeholders(start: usize, count: usize) -> String {
     (start..start + count)
         .map(|n| format!("${n}"))
