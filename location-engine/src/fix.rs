@@ -1,8 +1,8 @@
 //! A user's latest fix, kept compact, and the rule that decides whether a new fix replaces it.
 //!
-//! The hot state of a user is one [`Packed`] fix (32 bytes): latitude and longitude as
+//! The hot state of a user is one [`Packed`] fix (24 bytes): latitude and longitude as
 //! 1e-7-degree integers (1.1 cm at the equator), the device's timestamp, and accuracy,
-//! altitude, speed, heading and battery in small integers. Fixes arrive late and twice (a phone
+//! altitude, speed, heading (whole degrees) and battery in small integers. Fixes arrive late and twice (a phone
 //! retries, two paths race); only a fix newer than the one held replaces it, so the state always
 //! moves forward in the device's time. A fix stamped too far in the future (a broken clock) is
 //! refused rather than allowed to block every honest fix after it.
@@ -61,11 +61,13 @@ pub struct Packed {
     altitude_m: i16,
     /// Centimetres per second; `u16::MAX` = unknown.
     speed_cms: u16,
-    /// Hundredths of a degree (0..36,000); `u16::MAX` = unknown.
-    heading_cdeg: u16,
-    /// Percent; `u8::MAX` = unknown.
-    battery: u8,
+    /// Heading in whole degrees (0..360, [`NO_HEADING`] = unknown) times 128, plus battery
+    /// percent (0..=100, [`NO_BATTERY`] = unknown): both in one word, so a fix is 24 bytes.
+    heading_battery: u16,
 }
+
+const NO_HEADING: u16 = 511;
+const NO_BATTERY: u16 = 127;
 
 impl Packed {
     /// Checks and packs a fix.
@@ -94,10 +96,11 @@ impl Packed {
             speed_cms: fix
                 .speed_mps
                 .map_or(u16::MAX, |s| (s * 100.0).round().min(65_534.0) as u16),
-            heading_cdeg: fix
+            heading_battery: fix
                 .heading_deg
-                .map_or(u16::MAX, |h| ((h * 100.0).round() as u16) % 36_000),
-            battery: fix.battery.unwrap_or(u8::MAX),
+                .map_or(NO_HEADING, |h| (h.round() as u16) % 360)
+                * 128
+                + fix.battery.map_or(NO_BATTERY, u16::from),
         })
     }
 
@@ -110,9 +113,10 @@ impl Packed {
             accuracy_m: f64::from(self.accuracy_dm) / 10.0,
             altitude_m: (self.altitude_m != i16::MIN).then_some(f64::from(self.altitude_m)),
             speed_mps: (self.speed_cms != u16::MAX).then_some(f64::from(self.speed_cms) / 100.0),
-            heading_deg: (self.heading_cdeg != u16::MAX)
-                .then_some(f64::from(self.heading_cdeg) / 100.0),
-            battery: (self.battery != u8::MAX).then_some(self.battery),
+            heading_deg: (self.heading_battery / 128 != NO_HEADING)
+                .then_some(f64::from(self.heading_battery / 128)),
+            battery: (self.heading_battery % 128 != NO_BATTERY)
+                .then_some((self.heading_battery % 128) as u8),
             taken_ms: self.taken_ms,
         }
     }
@@ -196,13 +200,13 @@ mod tests {
 
     #[test]
     fn the_hot_state_is_small_and_keeps_a_centimetre() {
-        assert!(std::mem::size_of::<Packed>() <= 32);
+        assert_eq!(std::mem::size_of::<Packed>(), 24);
         let full = Fix {
             at: LatLon::new(-33.868_820_4, 151.209_295_7).unwrap(),
             accuracy_m: 12.34,
             altitude_m: Some(58.4),
             speed_mps: Some(13.456),
-            heading_deg: Some(359.996),
+            heading_deg: Some(359.6),
             battery: Some(42),
             taken_ms: 1_700_000_000_123,
         };
@@ -211,9 +215,16 @@ mod tests {
         assert_eq!(back.accuracy_m, 12.3);
         assert_eq!(back.altitude_m, Some(58.0));
         assert_eq!(back.speed_mps, Some(13.46));
-        assert_eq!(back.heading_deg, Some(0.0), "359.996° rounds to north");
+        assert_eq!(back.heading_deg, Some(0.0), "359.6° rounds to north");
         assert_eq!(back.battery, Some(42));
         assert_eq!(back.taken_ms, full.taken_ms);
+        let east = Fix {
+            heading_deg: Some(89.6),
+            battery: Some(100),
+            ..full
+        };
+        let back = Packed::pack(&east).unwrap().unpack();
+        assert_eq!((back.heading_deg, back.battery), (Some(90.0), Some(100)));
         let bare = fix(90.0, -180.0, 5);
         assert_eq!(Packed::pack(&bare).unwrap().unpack(), Fix { ..bare });
     }

@@ -7,4 +7,5 @@
 
 pub mod fix;
 pub mod geo;
+pub mod places;
 pub mod proximity;

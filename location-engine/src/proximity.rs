@@ -84,23 +84,128 @@ pub struct Transition {
     pub at_ms: i64,
 }
 
-/// One pair's state.
+/// A two-state signal made steady: the first conclusive reading seeds it silently, a different
+/// reading must persist (for `dwell_fixes` readings or `dwell_ms`) before it is confirmed, and
+/// confirmations are at least `cooldown_ms` apart. Shared by pairs (near/apart) and places
+/// (inside/outside). 24 bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pair {
-    /// The confirmed state; `None` until the first conclusive reading seeds it.
-    state: Option<Proximity>,
-    /// A different state being read: how many fixes so far and since when.
-    pending: Option<(Proximity, u32, i64)>,
+pub struct Track {
+    /// The confirmed state: 0 none yet, 1 on (near, inside), 2 off (apart, outside).
+    state: u8,
+    /// The different state being read (0 none), on how many readings so far, since when.
+    pending: u8,
+    fixes: u16,
     /// Transitions so far.
     epoch: u32,
+    first_ms: i64,
     /// When the last transition (or the seed) happened.
     since_ms: i64,
+}
+
+/// How long a new state must persist, and how far apart transitions must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Debounce {
+    pub dwell_fixes: u32,
+    pub dwell_ms: i64,
+    pub cooldown_ms: i64,
+}
+
+fn code(on: bool) -> u8 {
+    if on { 1 } else { 2 }
+}
+
+impl Track {
+    /// The confirmed state, if any (`true` = on).
+    pub fn state(&self) -> Option<bool> {
+        (self.state != 0).then_some(self.state == 1)
+    }
+
+    /// Transitions confirmed so far.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Sets the confirmed state without a transition (a seed), dropping any pending change.
+    pub fn seed(&mut self, on: bool, now_ms: i64) {
+        self.state = code(on);
+        self.pending = 0;
+        self.since_ms = now_ms;
+    }
+
+    /// Forgets a change being read (the reading stopped: a fix went stale).
+    pub fn interrupt(&mut self) {
+        self.pending = 0;
+    }
+
+    /// Feeds one reading (`None`: inconclusive) at `now_ms`; answers the state and epoch of the
+    /// transition it confirms, if any.
+    pub fn feed(
+        &mut self,
+        reading: Option<bool>,
+        d: &Debounce,
+        now_ms: i64,
+    ) -> Option<(bool, u32)> {
+        let reading = code(reading?);
+        if self.state == 0 {
+            self.state = reading;
+            self.since_ms = now_ms;
+            return None;
+        }
+        if reading == self.state {
+            self.pending = 0;
+            return None;
+        }
+        if self.pending == reading {
+            self.fixes = self.fixes.saturating_add(1);
+        } else {
+            self.pending = reading;
+            self.fixes = 1;
+            self.first_ms = now_ms;
+        }
+        let dwelt = u32::from(self.fixes) >= d.dwell_fixes || now_ms - self.first_ms >= d.dwell_ms;
+        let cooled = self.epoch == 0 || now_ms - self.since_ms >= d.cooldown_ms;
+        if !(dwelt && cooled) {
+            return None;
+        }
+        self.state = reading;
+        self.pending = 0;
+        self.epoch += 1;
+        self.since_ms = now_ms;
+        Some((reading == 1, self.epoch))
+    }
+}
+
+impl Rule {
+    fn debounce(&self) -> Debounce {
+        Debounce {
+            dwell_fixes: self.dwell_fixes,
+            dwell_ms: self.dwell_ms,
+            cooldown_ms: self.cooldown_ms,
+        }
+    }
+}
+
+/// One pair's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pair(Track);
+
+fn proximity(near: bool) -> Proximity {
+    if near {
+        Proximity::Near
+    } else {
+        Proximity::Apart
+    }
 }
 
 impl Pair {
     /// The confirmed state, if any.
     pub fn state(&self) -> Option<Proximity> {
-        self.state
+        self.0.state().map(proximity)
+    }
+
+    /// The underlying track (to interrupt or inspect it).
+    pub fn track(&mut self) -> &mut Track {
+        &mut self.0
     }
 
     /// Feeds one reading of the pair (the distance between the two latest fixes and their
@@ -112,33 +217,13 @@ impl Pair {
         accuracy_m: f64,
         now_ms: i64,
     ) -> Option<Transition> {
-        let reading = rule.read(distance_m, accuracy_m)?;
-        let Some(state) = self.state else {
-            self.state = Some(reading);
-            self.since_ms = now_ms;
-            return None;
-        };
-        if reading == state {
-            self.pending = None;
-            return None;
-        }
-        let (fixes, first_ms) = match self.pending {
-            Some((to, fixes, first_ms)) if to == reading => (fixes + 1, first_ms),
-            _ => (1, now_ms),
-        };
-        self.pending = Some((reading, fixes, first_ms));
-        let dwelt = fixes >= rule.dwell_fixes || now_ms - first_ms >= rule.dwell_ms;
-        let cooled = self.epoch == 0 || now_ms - self.since_ms >= rule.cooldown_ms;
-        if !(dwelt && cooled) {
-            return None;
-        }
-        self.state = Some(reading);
-        self.pending = None;
-        self.epoch += 1;
-        self.since_ms = now_ms;
+        let reading = rule
+            .read(distance_m, accuracy_m)
+            .map(|p| p == Proximity::Near);
+        let (near, epoch) = self.0.feed(reading, &rule.debounce(), now_ms)?;
         Some(Transition {
-            to: reading,
-            epoch: self.epoch,
+            to: proximity(near),
+            epoch,
             at_ms: now_ms,
         })
     }
@@ -158,6 +243,11 @@ mod tests {
             dwell_ms: 30_000,
             cooldown_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_pair_is_small() {
+        assert_eq!(std::mem::size_of::<Pair>(), 24);
     }
 
     #[test]
