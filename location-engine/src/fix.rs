@@ -50,13 +50,13 @@ pub enum Refused {
 }
 
 /// The compact form of a fix: the hot state of one user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Packed {
-    taken_ms: i64,
-    lat_e7: i32,
-    lon_e7: i32,
+    pub(crate) taken_ms: i64,
+    pub(crate) lat_e7: i32,
+    pub(crate) lon_e7: i32,
     /// Decimetres, saturating.
-    accuracy_dm: u16,
+    pub(crate) accuracy_dm: u16,
     /// Metres; `i16::MIN` = unknown.
     altitude_m: i16,
     /// Centimetres per second; `u16::MAX` = unknown.

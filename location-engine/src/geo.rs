@@ -199,6 +199,27 @@ impl Frame {
     }
 }
 
+/// The side of an approximate-location cell, degrees of latitude (about 1.1 km).
+pub const APPROX_CELL_DEG: f64 = 0.01;
+/// Half the diagonal of an approximate cell, metres: the uncertainty shown with it.
+pub const APPROX_CELL_HALF_DIAGONAL_M: f64 = 790.0;
+
+/// The centre of the approximate cell `p` falls in: rows of [`APPROX_CELL_DEG`] of latitude,
+/// each cut into as many cells as make them about as wide as tall (one cell at the poles), so
+/// cells are ~1.1 km squares everywhere and their centres say nothing finer.
+pub fn approx_cell(p: LatLon) -> LatLon {
+    let rows = (180.0 / APPROX_CELL_DEG).round();
+    let row = ((p.lat + 90.0) / APPROX_CELL_DEG).floor().min(rows - 1.0);
+    let lat = -90.0 + (row + 0.5) * APPROX_CELL_DEG;
+    let cells = (360.0 / APPROX_CELL_DEG * lat.to_radians().cos())
+        .round()
+        .max(1.0);
+    let width = 360.0 / cells;
+    let col = ((p.lon + 180.0) / width).floor().rem_euclid(cells);
+    let lon = -180.0 + (col + 0.5) * width;
+    LatLon { lat, lon }
+}
+
 /// Karney's geodesic distance.
 fn geodesic_m(a: LatLon, b: LatLon) -> f64 {
     static WGS84: OnceLock<Geodesic> = OnceLock::new();
@@ -358,6 +379,43 @@ mod tests {
                 "{a:?} {b:?}"
             );
         }
+    }
+
+    #[test]
+    fn approximate_cells_are_about_a_kilometre_and_hide_the_fix() {
+        let mut noise = Noise(7);
+        for _ in 0..20_000 {
+            let q = p(
+                (noise.next() * 2.0 - 1.0) * 90.0,
+                (noise.next() * 2.0 - 1.0) * 180.0,
+            );
+            let c = approx_cell(q);
+            let d = distance_m(q, c);
+            assert!(
+                d <= APPROX_CELL_HALF_DIAGONAL_M,
+                "{q:?} is {d} m from its cell {c:?}"
+            );
+            assert_eq!(approx_cell(c), c, "a centre is its own cell");
+            // A nudge of a metre or two stays in the cell unless it crosses a border, and
+            // the centre never moves with it.
+            let nudged = p(q.lat(), (q.lon() + 0.000_01).min(180.0));
+            let c2 = approx_cell(nudged);
+            assert!(c2 == c || distance_m(c, c2) > 500.0, "{q:?}");
+        }
+        // The row at the pole is a cap ~1.1 km across, cut into 3 wedges.
+        let wedges: std::collections::BTreeSet<_> = (0..360)
+            .map(|lon| {
+                approx_cell(p(89.999, f64::from(lon) - 180.0))
+                    .lon()
+                    .to_bits()
+            })
+            .collect();
+        assert_eq!(wedges.len(), 3);
+        assert_eq!(
+            approx_cell(p(90.0, 0.0)).lat(),
+            approx_cell(p(89.991, 100.0)).lat()
+        );
+        assert_eq!(approx_cell(p(0.0, 180.0)), approx_cell(p(0.0, -180.0)));
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! The location engine: latest fix per user, proximity alerts and places (issue 5).
 //!
-//! Sans-IO: every function takes `now` as an argument and owns no socket or thread. Built so
-//! far: [`geo`] (WGS84 distances), [`fix`] (the latest fix per user, compact, only ever
-//! replaced by a newer one) and [`proximity`] (the per-pair state machine). The index, places,
-//! privacy and the server are not built yet.
+//! Sans-IO: every function takes `now` as an argument and owns no socket or thread.
+//! - [`geo`]: WGS84 distances, the tangent frame places are drawn in, approximate cells.
+//! - [`fix`]: a fix, validated and packed in 24 bytes.
+//! - [`proximity`]: the debounced two-state track (pairs near/apart, places inside/outside).
+//! - [`places`]: circles and polygons, scanned or looked up in an rstar tree of normals.
+//! - [`engine`]: sharing per group (exact or approximate, until a time, paused), the latest fix
+//!   per user, proximity and place alerts, lost members, purging.
+//!
+//! The server (WebSocket and HTTP ingest, location tokens) is not built yet.
 
+pub mod engine;
 pub mod fix;
 pub mod geo;
 pub mod places;

@@ -156,7 +156,10 @@ impl Track {
             return None;
         }
         if self.pending == reading {
-            self.fixes = self.fixes.saturating_add(1);
+            // Readings at the instant of the first (both members' fixes in one tick) count once.
+            if now_ms != self.first_ms {
+                self.fixes = self.fixes.saturating_add(1);
+            }
         } else {
             self.pending = reading;
             self.fixes = 1;

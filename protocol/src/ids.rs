@@ -48,6 +48,10 @@ uuid_id!(
     GroupId
 );
 uuid_id!(
+    /// A place (a geofence) of a group: arrivals and departures are alerted.
+    PlaceId
+);
+uuid_id!(
     /// A file uploaded to a group, attached to a message.
     AttachmentId
 );

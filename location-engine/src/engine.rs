@@ -1,0 +1,1047 @@
+//! The engine: who shares with which group and how, the latest fix of each, and the alerts that
+//! follow from them: proximity between members, arrivals at and departures from places, and
+//! members lost to silence. Sans-IO: every call takes `now` (Unix ms, the server's clock), and
+//! alerts and changed groups are polled by the shell that owns the sockets.
+//!
+//! Layout, for the hot path (one fix): a user is a 32-byte slot (the packed fix, the head of its
+//! list of memberships, flags) found through an id table of 4-byte entries; each group keeps its
+//! members' positions *as the group may see them* (exact, or the approximate cell) side by side,
+//! and a triangle of 24-byte pair tracks. A fix updates the slot, then for each group it is shared
+//! with scans that group's other members (proximity) and its places. No global index of users is
+//! kept: every question a member may ask ("who is near", "who is at home") is about their own
+//! groups, whose scan is cheaper than moving a point in an R-tree (see ARCHITECTURE.md and the
+//! `location` bench).
+
+use crate::fix::{Fix, MAX_CLOCK_AHEAD_MS, Packed, Refused};
+use crate::geo::{APPROX_CELL_HALF_DIAGONAL_M, LatLon, Probe, approx_cell, normal};
+use crate::places::{Place, PlaceError, Places, Shape};
+use crate::proximity::{Debounce, Pair, Proximity, Rule, Track, combined_accuracy};
+use hashbrown::HashTable;
+use protocol::ids::{GroupId, PlaceId, UserId};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+/// Members a group may have (its pair triangle grows with the square of this).
+pub const MAX_GROUP_MEMBERS: usize = 256;
+
+const NONE: u32 = u32::MAX;
+
+/// A group's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupConfig {
+    /// Proximity alerts between members, or none.
+    pub proximity: Option<Rule>,
+    /// After this long without a fix a member is lost (ms).
+    pub lost_after_ms: i64,
+}
+
+impl Default for GroupConfig {
+    /// Proximity at 200 m, lost after 10 minutes of silence.
+    fn default() -> Self {
+        Self {
+            proximity: Some(Rule::new(200.0)),
+            lost_after_ms: 10 * 60_000,
+        }
+    }
+}
+
+/// How precisely a member shares their position with a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Exact,
+    /// Only the ~1.1 km cell ([`approx_cell`]): the group sees the cell's centre, and alerts are
+    /// computed on it.
+    Approx,
+}
+
+/// A user's choice of sharing with one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sharing {
+    pub precision: Precision,
+    /// Sharing ends at this time (Unix ms); `i64::MAX` for until stopped.
+    pub until_ms: i64,
+}
+
+/// Something the members of a group are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alert {
+    /// Unique across restarts: the engine's incarnation in the high half, a sequence below.
+    pub id: u128,
+    pub group: GroupId,
+    pub at_ms: i64,
+    pub what: What,
+}
+
+/// What an alert says. Pairs are named once, the smaller id first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum What {
+    Near {
+        a: UserId,
+        b: UserId,
+    },
+    Apart {
+        a: UserId,
+        b: UserId,
+    },
+    Arrived {
+        user: UserId,
+        place: PlaceId,
+    },
+    Left {
+        user: UserId,
+        place: PlaceId,
+    },
+    /// No fix for the group's `lost_after_ms`; `last_fix_ms` is when the last one was taken.
+    Lost {
+        user: UserId,
+        last_fix_ms: i64,
+    },
+}
+
+/// Why a fix was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("the user shares their location with no group")]
+    NotSharing,
+    #[error("the user has paused sharing")]
+    Paused,
+}
+
+/// Why sharing was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ShareError {
+    #[error("the group has {MAX_GROUP_MEMBERS} members sharing already")]
+    GroupFull,
+    #[error("the sharing has already ended")]
+    Expired,
+}
+
+/// One member as the rest of the group may see them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seen {
+    pub user: UserId,
+    pub precision: Precision,
+    /// The fix, or the centre of its cell.
+    pub at: LatLon,
+    /// The fix's accuracy, or the cell's half diagonal.
+    pub accuracy_m: f64,
+    pub taken_ms: i64,
+    /// No fix for the group's `lost_after_ms`.
+    pub lost: bool,
+    /// These four only at exact precision.
+    pub altitude_m: Option<f64>,
+    pub speed_mps: Option<f64>,
+    pub heading_deg: Option<f64>,
+    pub battery: Option<u8>,
+}
+
+/// What the engine holds, and the bytes it takes (capacities, not lengths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Footprint {
+    pub users: usize,
+    /// User slots, ids and the id table.
+    pub user_bytes: usize,
+    pub memberships: usize,
+    /// Membership links and the groups' member records.
+    pub membership_bytes: usize,
+    pub pairs: usize,
+    pub pair_bytes: usize,
+    pub groups: usize,
+    pub places: usize,
+}
+
+/// A user: 32 bytes.
+#[derive(Debug, Clone, Copy)]
+struct User {
+    fix: Packed,
+    /// Head of the list of memberships in `Engine::links`.
+    first: u32,
+    flags: u8,
+}
+
+const HAS_FIX: u8 = 1;
+const PAUSED: u8 = 2;
+
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    group: u32,
+    member: u16,
+    next: u32,
+}
+
+/// A member as their group sees them.
+#[derive(Debug, Clone)]
+struct Member {
+    /// The user's slot; `NONE` when this member slot is free.
+    user: u32,
+    lat_e7: i32,
+    lon_e7: i32,
+    accuracy_dm: u16,
+    flags: u8,
+    taken_ms: i64,
+    until_ms: i64,
+    /// Places this member is inside of, or being read against (the rest: outside).
+    places: Vec<(u32, Track)>,
+}
+
+const M_APPROX: u8 = 1;
+const M_FIX: u8 = 2;
+const M_LOST: u8 = 4;
+/// The member's places were read once (after that, an untracked place means outside).
+const M_SEEDED: u8 = 8;
+
+impl Member {
+    const FREE: Member = Member {
+        user: NONE,
+        lat_e7: 0,
+        lon_e7: 0,
+        accuracy_dm: 0,
+        flags: 0,
+        taken_ms: 0,
+        until_ms: 0,
+        places: Vec::new(),
+    };
+
+    fn at(&self) -> LatLon {
+        LatLon::new(f64::from(self.lat_e7) / 1e7, f64::from(self.lon_e7) / 1e7)
+            .expect("stored from a valid point")
+    }
+
+    fn accuracy_m(&self) -> f64 {
+        f64::from(self.accuracy_dm) / 10.0
+    }
+
+    /// Has a fix that counts at `now_ms`.
+    fn fresh(&self, now_ms: i64, lost_after_ms: i64) -> bool {
+        self.user != NONE
+            && self.flags & (M_FIX | M_LOST) == M_FIX
+            && now_ms - self.taken_ms <= lost_after_ms
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    id: GroupId,
+    config: GroupConfig,
+    members: Vec<Member>,
+    free: Vec<u16>,
+    live: usize,
+    /// `pairs[tri(i, j)]`: the track of members i and j.
+    pairs: Vec<Pair>,
+    places: Places,
+    place_ids: Vec<PlaceId>,
+    place_slots: HashMap<PlaceId, u32>,
+    dirty: bool,
+}
+
+/// The index of the pair (i, j), i ≠ j, in a group's triangle.
+#[inline]
+fn tri(i: usize, j: usize) -> usize {
+    let (a, b) = if i < j { (i, j) } else { (j, i) };
+    b * (b - 1) / 2 + a
+}
+
+/// Settings of the engine itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Chosen by the shell at start (random): the high half of every alert id.
+    pub incarnation: u64,
+    /// Seeds the id table's hash.
+    pub seed: u64,
+}
+
+/// Where alerts and changed groups are collected during one call.
+struct Out<'a> {
+    alerts: &'a mut Vec<Alert>,
+    seq: &'a mut u64,
+    incarnation: u64,
+    ids: &'a [UserId],
+}
+
+impl Out<'_> {
+    fn alert(&mut self, group: GroupId, at_ms: i64, what: What) {
+        *self.seq += 1;
+        self.alerts.push(Alert {
+            id: (u128::from(self.incarnation) << 64) | u128::from(*self.seq),
+            group,
+            at_ms,
+            what,
+        });
+    }
+
+    fn pair(&self, a: u32, b: u32) -> (UserId, UserId) {
+        let (a, b) = (self.ids[a as usize], self.ids[b as usize]);
+        if a < b { (a, b) } else { (b, a) }
+    }
+}
+
+/// The location engine.
+#[derive(Debug)]
+pub struct Engine {
+    incarnation: u64,
+    seq: u64,
+    hasher: foldhash::fast::FixedState,
+    users: Vec<User>,
+    ids: Vec<UserId>,
+    free_users: Vec<u32>,
+    index: HashTable<u32>,
+    links: Vec<Link>,
+    free_links: Vec<u32>,
+    groups: Vec<Option<Group>>,
+    free_groups: Vec<u32>,
+    group_index: HashMap<GroupId, u32>,
+    alerts: Vec<Alert>,
+    dirty: Vec<u32>,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Self {
+        Self {
+            incarnation: config.incarnation,
+            seq: 0,
+            hasher: foldhash::fast::FixedState::with_seed(config.seed),
+            users: Vec::new(),
+            ids: Vec::new(),
+            free_users: Vec::new(),
+            index: HashTable::new(),
+            links: Vec::new(),
+            free_links: Vec::new(),
+            groups: Vec::new(),
+            free_groups: Vec::new(),
+            group_index: HashMap::new(),
+            alerts: Vec::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    fn user_slot(&self, user: UserId) -> Option<u32> {
+        let hash = self.hasher.hash_one(user);
+        self.index
+            .find(hash, |&slot| self.ids[slot as usize] == user)
+            .copied()
+    }
+
+    fn group_slot(&self, group: GroupId) -> Option<u32> {
+        self.group_index.get(&group).copied()
+    }
+
+    fn group_or_insert(&mut self, group: GroupId) -> u32 {
+        if let Some(slot) = self.group_slot(group) {
+            return slot;
+        }
+        let state = Group {
+            id: group,
+            config: GroupConfig::default(),
+            members: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            pairs: Vec::new(),
+            places: Places::default(),
+            place_ids: Vec::new(),
+            place_slots: HashMap::new(),
+            dirty: false,
+        };
+        let slot = match self.free_groups.pop() {
+            Some(slot) => {
+                self.groups[slot as usize] = Some(state);
+                slot
+            }
+            None => {
+                self.groups.push(Some(state));
+                (self.groups.len() - 1) as u32
+            }
+        };
+        self.group_index.insert(group, slot);
+        slot
+    }
+
+    fn group_mut(&mut self, slot: u32) -> &mut Group {
+        self.groups[slot as usize]
+            .as_mut()
+            .expect("a linked group is live")
+    }
+
+    /// Sets a group's settings (creating it if new). Pair states are kept: they are read again
+    /// under the new rule at the next fixes, through the usual hysteresis and dwell.
+    pub fn configure_group(&mut self, group: GroupId, config: GroupConfig) {
+        let slot = self.group_or_insert(group);
+        self.group_mut(slot).config = config;
+    }
+
+    /// Forgets a group: its places, and every member's sharing with it.
+    pub fn remove_group(&mut self, group: GroupId) {
+        let Some(slot) = self.group_slot(group) else {
+            return;
+        };
+        let members: Vec<(u32, u16)> = self
+            .group_mut(slot)
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.user != NONE)
+            .map(|(i, m)| (m.user, i as u16))
+            .collect();
+        for (user, member) in members {
+            self.remove_membership(user, slot, member);
+        }
+        self.groups[slot as usize] = None;
+        self.free_groups.push(slot);
+        self.group_index.remove(&group);
+    }
+
+    /// Starts (or changes) `user`'s sharing with `group`, creating either if new.
+    pub fn share(
+        &mut self,
+        user: UserId,
+        group: GroupId,
+        sharing: Sharing,
+        now_ms: i64,
+    ) -> Result<(), ShareError> {
+        if sharing.until_ms <= now_ms {
+            return Err(ShareError::Expired);
+        }
+        let g = self.group_or_insert(group);
+        let u = match self.user_slot(user) {
+            Some(u) => u,
+            None => {
+                let state = User {
+                    fix: Packed::default(),
+                    first: NONE,
+                    flags: 0,
+                };
+                let u = match self.free_users.pop() {
+                    Some(u) => {
+                        self.users[u as usize] = state;
+                        self.ids[u as usize] = user;
+                        u
+                    }
+                    None => {
+                        if self.users.len() == self.users.capacity() {
+                            // Grow by an eighth, not double: the table is most of the memory.
+                            let more = (self.users.len() / 8).max(1024);
+                            self.users.reserve_exact(more);
+                            self.ids.reserve_exact(more);
+                        }
+                        self.users.push(state);
+                        self.ids.push(user);
+                        (self.users.len() - 1) as u32
+                    }
+                };
+                let hash = self.hasher.hash_one(user);
+                let (ids, hasher) = (&self.ids, &self.hasher);
+                self.index
+                    .insert_unique(hash, u, |&s| hasher.hash_one(ids[s as usize]));
+                u
+            }
+        };
+        let approx = sharing.precision == Precision::Approx;
+        let held = self.users[u as usize];
+        let existing = self.member_of(u, g);
+        let group = self.groups[g as usize].as_mut().expect("just found");
+        let i = match existing {
+            Some(i) => i as usize,
+            None => {
+                if group.live >= MAX_GROUP_MEMBERS {
+                    if held.first == NONE {
+                        self.forget_slot(u);
+                    }
+                    return Err(ShareError::GroupFull);
+                }
+                let i = match group.free.pop() {
+                    Some(i) => i as usize,
+                    None => {
+                        group.members.push(Member::FREE);
+                        let n = group.members.len();
+                        group.pairs.resize(n * (n - 1) / 2, Pair::default());
+                        n - 1
+                    }
+                };
+                group.live += 1;
+                group.members[i].user = u;
+                let link = Link {
+                    group: g,
+                    member: i as u16,
+                    next: held.first,
+                };
+                let l = match self.free_links.pop() {
+                    Some(l) => {
+                        self.links[l as usize] = link;
+                        l
+                    }
+                    None => {
+                        self.links.push(link);
+                        (self.links.len() - 1) as u32
+                    }
+                };
+                self.users[u as usize].first = l;
+                i
+            }
+        };
+        let group = self.groups[g as usize].as_mut().expect("just found");
+        let member = &mut group.members[i];
+        member.until_ms = sharing.until_ms;
+        let was_approx = member.flags & M_APPROX != 0;
+        if approx != was_approx || existing.is_none() {
+            member.flags = if approx { M_APPROX } else { 0 };
+            member.places.clear();
+            if held.flags & HAS_FIX != 0 {
+                place_member(member, &held.fix);
+            }
+            mark(group, g, &mut self.dirty);
+        }
+        Ok(())
+    }
+
+    /// The member index of user slot `u` in group slot `g`.
+    fn member_of(&self, u: u32, g: u32) -> Option<u16> {
+        let mut l = self.users[u as usize].first;
+        while l != NONE {
+            let link = self.links[l as usize];
+            if link.group == g {
+                return Some(link.member);
+            }
+            l = link.next;
+        }
+        None
+    }
+
+    /// Ends `user`'s sharing with `group`: the group stops seeing them at once. A user who shares
+    /// with no group any more is forgotten, fix and all.
+    pub fn stop_sharing(&mut self, user: UserId, group: GroupId) {
+        let (Some(u), Some(g)) = (self.user_slot(user), self.group_slot(group)) else {
+            return;
+        };
+        if let Some(i) = self.member_of(u, g) {
+            self.remove_membership(u, g, i);
+        }
+    }
+
+    /// Forgets `user` entirely (every sharing, the fix).
+    pub fn forget(&mut self, user: UserId) {
+        let Some(u) = self.user_slot(user) else {
+            return;
+        };
+        while self.users[u as usize].first != NONE {
+            let link = self.links[self.users[u as usize].first as usize];
+            self.remove_membership(u, link.group, link.member);
+        }
+    }
+
+    fn remove_membership(&mut self, u: u32, g: u32, i: u16) {
+        let group = self.groups[g as usize].as_mut().expect("linked");
+        let idx = i as usize;
+        group.members[idx] = Member::FREE;
+        for j in 0..group.members.len() {
+            if j != idx {
+                group.pairs[tri(idx, j)] = Pair::default();
+            }
+        }
+        group.free.push(i);
+        group.live -= 1;
+        mark(group, g, &mut self.dirty);
+        // Unlink.
+        let mut prev = NONE;
+        let mut l = self.users[u as usize].first;
+        while l != NONE {
+            let link = self.links[l as usize];
+            if link.group == g {
+                if prev == NONE {
+                    self.users[u as usize].first = link.next;
+                } else {
+                    self.links[prev as usize].next = link.next;
+                }
+                self.free_links.push(l);
+                break;
+            }
+            prev = l;
+            l = link.next;
+        }
+        if self.users[u as usize].first == NONE {
+            self.forget_slot(u);
+        }
+    }
+
+    /// Frees a user slot that has no memberships left: its fix goes with it.
+    fn forget_slot(&mut self, u: u32) {
+        let id = self.ids[u as usize];
+        let hash = self.hasher.hash_one(id);
+        if let Ok(entry) = self.index.find_entry(hash, |&s| s == u) {
+            entry.remove();
+        }
+        self.users[u as usize] = User {
+            fix: Packed::default(),
+            first: NONE,
+            flags: 0,
+        };
+        self.free_users.push(u);
+    }
+
+    /// Pauses `user`'s sharing with every group: their position is dropped and hidden, and fixes
+    /// are refused until [`Engine::resume`]. Alerts about them stop; their states are kept.
+    pub fn pause(&mut self, user: UserId) {
+        let Some(u) = self.user_slot(user) else {
+            return;
+        };
+        let state = &mut self.users[u as usize];
+        state.flags = PAUSED;
+        state.fix = Packed::default();
+        let mut l = state.first;
+        while l != NONE {
+            let link = self.links[l as usize];
+            l = link.next;
+            let group = self.groups[link.group as usize].as_mut().expect("linked");
+            interrupt(group, link.member as usize);
+            let member = &mut group.members[link.member as usize];
+            member.flags &= M_APPROX | M_SEEDED;
+            member.lat_e7 = 0;
+            member.lon_e7 = 0;
+            mark(group, link.group, &mut self.dirty);
+        }
+    }
+
+    /// Ends a pause: the next fix is taken again.
+    pub fn resume(&mut self, user: UserId) {
+        if let Some(u) = self.user_slot(user) {
+            self.users[u as usize].flags &= !PAUSED;
+        }
+    }
+
+    /// Takes `fix` as `user`'s latest if it is valid and newer than the one held, and reads
+    /// every group the user shares with against it.
+    pub fn ingest(&mut self, user: UserId, fix: &Fix, now_ms: i64) -> Result<(), IngestError> {
+        let u = self.user_slot(user).ok_or(IngestError::NotSharing)?;
+        let packed = Packed::pack(fix)?;
+        if fix.taken_ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+            return Err(Refused::FromTheFuture.into());
+        }
+        let state = self.users[u as usize];
+        if state.flags & PAUSED != 0 {
+            return Err(IngestError::Paused);
+        }
+        if state.flags & HAS_FIX != 0 && state.fix.taken_ms >= packed.taken_ms {
+            return Err(Refused::NotNewer.into());
+        }
+        // Sharing that has ended ends now, before the fix is seen by anyone.
+        let mut l = state.first;
+        while l != NONE {
+            let link = self.links[l as usize];
+            l = link.next;
+            let until = self.group_mut(link.group).members[link.member as usize].until_ms;
+            if until <= now_ms {
+                self.remove_membership(u, link.group, link.member);
+            }
+        }
+        let state = &mut self.users[u as usize];
+        if state.first == NONE {
+            return Err(IngestError::NotSharing);
+        }
+        state.fix = packed;
+        state.flags |= HAS_FIX;
+        let mut out = Out {
+            alerts: &mut self.alerts,
+            seq: &mut self.seq,
+            incarnation: self.incarnation,
+            ids: &self.ids,
+        };
+        let mut l = state.first;
+        while l != NONE {
+            let link = self.links[l as usize];
+            l = link.next;
+            let group = self.groups[link.group as usize].as_mut().expect("linked");
+            let i = link.member as usize;
+            place_member(&mut group.members[i], &packed);
+            mark(group, link.group, &mut self.dirty);
+            read_group(group, i, now_ms, &mut out);
+        }
+        Ok(())
+    }
+
+    /// Ends sharing that has run out, and marks members lost after their group's silence. Call
+    /// it every second or so.
+    pub fn tick(&mut self, now_ms: i64) {
+        let mut ended = Vec::new();
+        for g in 0..self.groups.len() {
+            let Some(group) = self.groups[g].as_mut() else {
+                continue;
+            };
+            let lost_after = group.config.lost_after_ms;
+            for i in 0..group.members.len() {
+                let member = &group.members[i];
+                if member.user == NONE {
+                    continue;
+                }
+                if member.until_ms <= now_ms {
+                    ended.push((member.user, g as u32, i as u16));
+                } else if member.flags & (M_FIX | M_LOST) == M_FIX
+                    && now_ms - member.taken_ms > lost_after
+                {
+                    let (user, last) = (member.user, member.taken_ms);
+                    group.members[i].flags |= M_LOST;
+                    interrupt(group, i);
+                    mark(group, g as u32, &mut self.dirty);
+                    let mut out = Out {
+                        alerts: &mut self.alerts,
+                        seq: &mut self.seq,
+                        incarnation: self.incarnation,
+                        ids: &self.ids,
+                    };
+                    let id = group.id;
+                    out.alert(
+                        id,
+                        now_ms,
+                        What::Lost {
+                            user: self.ids[user as usize],
+                            last_fix_ms: last,
+                        },
+                    );
+                }
+            }
+        }
+        for (u, g, i) in ended {
+            self.remove_membership(u, g, i);
+        }
+    }
+
+    /// Adds or replaces a place of `group` (creating the group if new). Members inside it now
+    /// are seeded silently: a new place announces no arrivals.
+    pub fn set_place(
+        &mut self,
+        group: GroupId,
+        place: PlaceId,
+        shape: &Shape,
+        dwell_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), PlaceError> {
+        let compiled = Place::new(shape, dwell_ms)?;
+        let g = self.group_or_insert(group);
+        let group = self.group_mut(g);
+        if let Some(&old) = group.place_slots.get(&place) {
+            drop_place(group, old);
+        }
+        let slot = group.places.insert(compiled)?;
+        if group.place_ids.len() <= slot as usize {
+            group.place_ids.resize(slot as usize + 1, place);
+        }
+        group.place_ids[slot as usize] = place;
+        group.place_slots.insert(place, slot);
+        let lost_after = group.config.lost_after_ms;
+        let place = group.places.get(slot).expect("just inserted");
+        for member in &mut group.members {
+            if member.fresh(now_ms, lost_after) && member.flags & M_SEEDED != 0 {
+                let mut track = Track::default();
+                match place.read(member.at(), member.accuracy_m()) {
+                    Some(false) => continue,
+                    Some(true) => track.seed(true, now_ms),
+                    None => {}
+                }
+                member.places.push((slot, track));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a place of `group`; answers whether it was there.
+    pub fn remove_place(&mut self, group: GroupId, place: PlaceId) -> bool {
+        let Some(g) = self.group_slot(group) else {
+            return false;
+        };
+        let group = self.group_mut(g);
+        match group.place_slots.get(&place) {
+            Some(&slot) => {
+                drop_place(group, slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves the alerts raised so far into `out`.
+    pub fn take_alerts(&mut self, out: &mut Vec<Alert>) {
+        out.append(&mut self.alerts);
+    }
+
+    /// Moves the groups whose members' positions changed since the last call into `out`.
+    pub fn take_changed(&mut self, out: &mut Vec<GroupId>) {
+        for g in self.dirty.drain(..) {
+            if let Some(group) = self.groups[g as usize].as_mut()
+                && group.dirty
+            {
+                group.dirty = false;
+                out.push(group.id);
+            }
+        }
+    }
+
+    /// The members of `group` with a position, as the group may see them.
+    pub fn view(&self, group: GroupId) -> Vec<Seen> {
+        let Some(group) = self
+            .group_slot(group)
+            .and_then(|g| self.groups[g as usize].as_ref())
+        else {
+            return Vec::new();
+        };
+        group
+            .members
+            .iter()
+            .filter(|m| m.user != NONE && m.flags & M_FIX != 0)
+            .map(|m| {
+                let approx = m.flags & M_APPROX != 0;
+                let full = self.users[m.user as usize].fix.unpack();
+                Seen {
+                    user: self.ids[m.user as usize],
+                    precision: if approx {
+                        Precision::Approx
+                    } else {
+                        Precision::Exact
+                    },
+                    at: m.at(),
+                    accuracy_m: if approx {
+                        APPROX_CELL_HALF_DIAGONAL_M
+                    } else {
+                        m.accuracy_m()
+                    },
+                    taken_ms: m.taken_ms,
+                    lost: m.flags & M_LOST != 0,
+                    altitude_m: full.altitude_m.filter(|_| !approx),
+                    speed_mps: full.speed_mps.filter(|_| !approx),
+                    heading_deg: full.heading_deg.filter(|_| !approx),
+                    battery: full.battery.filter(|_| !approx),
+                }
+            })
+            .collect()
+    }
+
+    /// The confirmed proximity of two members of `group`: `None` when unknown (not seeded yet,
+    /// or either fix stale, lost or missing).
+    pub fn proximity(
+        &self,
+        group: GroupId,
+        a: UserId,
+        b: UserId,
+        now_ms: i64,
+    ) -> Option<Proximity> {
+        let g = self.group_slot(group)?;
+        let (i, j) = (
+            self.member_of(self.user_slot(a)?, g)? as usize,
+            self.member_of(self.user_slot(b)?, g)? as usize,
+        );
+        let group = self.groups[g as usize].as_ref()?;
+        let lost_after = group.config.lost_after_ms;
+        if i == j
+            || !group.members[i].fresh(now_ms, lost_after)
+            || !group.members[j].fresh(now_ms, lost_after)
+        {
+            return None;
+        }
+        group.pairs[tri(i, j)].state()
+    }
+
+    /// The places of `group` `user` is confirmed inside.
+    pub fn inside(&self, group: GroupId, user: UserId) -> Vec<PlaceId> {
+        let Some(g) = self.group_slot(group) else {
+            return Vec::new();
+        };
+        let Some(i) = self.user_slot(user).and_then(|u| self.member_of(u, g)) else {
+            return Vec::new();
+        };
+        let group = self.groups[g as usize].as_ref().expect("indexed");
+        group.members[i as usize]
+            .places
+            .iter()
+            .filter(|(_, t)| t.state() == Some(true))
+            .map(|&(slot, _)| group.place_ids[slot as usize])
+            .collect()
+    }
+
+    /// What the engine holds and its bytes.
+    pub fn footprint(&self) -> Footprint {
+        let live_groups = || self.groups.iter().flatten();
+        let buckets = if self.index.capacity() == 0 {
+            0
+        } else {
+            (self.index.capacity() * 8 / 7).next_power_of_two()
+        };
+        Footprint {
+            users: self.index.len(),
+            user_bytes: self.users.capacity() * size_of::<User>()
+                + self.ids.capacity() * size_of::<UserId>()
+                + buckets * (size_of::<u32>() + 1),
+            memberships: live_groups().map(|g| g.live).sum(),
+            membership_bytes: self.links.capacity() * size_of::<Link>()
+                + live_groups()
+                    .map(|g| {
+                        g.members.capacity() * size_of::<Member>()
+                            + g.members
+                                .iter()
+                                .map(|m| m.places.capacity() * size_of::<(u32, Track)>())
+                                .sum::<usize>()
+                    })
+                    .sum::<usize>(),
+            pairs: live_groups().map(|g| g.pairs.len()).sum(),
+            pair_bytes: live_groups()
+                .map(|g| g.pairs.capacity() * size_of::<Pair>())
+                .sum(),
+            groups: self.group_index.len(),
+            places: live_groups().map(|g| g.places.len()).sum(),
+        }
+    }
+}
+
+/// Copies a fix into a member record, snapped to the cell at approximate precision.
+fn place_member(member: &mut Member, fix: &Packed) {
+    if member.flags & M_APPROX != 0 {
+        let at = LatLon::new(f64::from(fix.lat_e7) / 1e7, f64::from(fix.lon_e7) / 1e7)
+            .expect("packed from a valid point");
+        let cell = approx_cell(at);
+        member.lat_e7 = (cell.lat() * 1e7).round() as i32;
+        member.lon_e7 = (cell.lon() * 1e7).round() as i32;
+    } else {
+        member.lat_e7 = fix.lat_e7;
+        member.lon_e7 = fix.lon_e7;
+    }
+    member.accuracy_dm = fix.accuracy_dm;
+    member.taken_ms = fix.taken_ms;
+    member.flags = (member.flags | M_FIX) & !M_LOST;
+}
+
+fn mark(group: &mut Group, g: u32, dirty: &mut Vec<u32>) {
+    if !group.dirty {
+        group.dirty = true;
+        dirty.push(g);
+    }
+}
+
+/// A member's readings stopped (stale, paused): changes being read are forgotten.
+fn interrupt(group: &mut Group, i: usize) {
+    for j in 0..group.members.len() {
+        if j != i {
+            group.pairs[tri(i, j)].track().interrupt();
+        }
+    }
+    for (_, track) in &mut group.members[i].places {
+        track.interrupt();
+    }
+}
+
+fn drop_place(group: &mut Group, slot: u32) {
+    group.places.remove(slot);
+    group.place_slots.remove(&group.place_ids[slot as usize]);
+    for member in &mut group.members {
+        member.places.retain(|(s, _)| *s != slot);
+    }
+}
+
+/// Reads member `i`'s new position against the group's other members and its places.
+fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
+    let lost_after = group.config.lost_after_ms;
+    let me = &group.members[i];
+    if now_ms - me.taken_ms > lost_after {
+        return; // a stale fix only updates the view
+    }
+    let (at, accuracy, user) = (me.at(), me.accuracy_m(), me.user);
+    if let Some(rule) = group.config.proximity {
+        let probe = Probe::new(at);
+        let apart = rule.apart_m();
+        for j in 0..group.members.len() {
+            let other = &group.members[j];
+            if j == i || !other.fresh(now_ms, lost_after) {
+                continue;
+            }
+            let u = combined_accuracy(accuracy, other.accuracy_m());
+            let d = probe.distance_m(other.at(), apart + u + 100.0);
+            let other_user = other.user;
+            if let Some(t) = group.pairs[tri(i, j)].observe(&rule, d, u, now_ms) {
+                let (a, b) = out.pair(user, other_user);
+                let what = match t.to {
+                    Proximity::Near => What::Near { a, b },
+                    Proximity::Apart => What::Apart { a, b },
+                };
+                out.alert(group.id, now_ms, what);
+            }
+        }
+    }
+    if group.places.is_empty() {
+        return;
+    }
+    let Group {
+        places,
+        members,
+        place_ids,
+        id,
+        ..
+    } = group;
+    let member = &mut members[i];
+    let seeded = member.flags & M_SEEDED != 0;
+    member.flags |= M_SEEDED;
+    let user_id = out.ids[user as usize];
+    // Places being tracked: read each (a far fix reads outside).
+    let mut k = 0;
+    while k < member.places.len() {
+        let (slot, ref mut track) = member.places[k];
+        let place = places
+            .get(slot)
+            .expect("tracks are dropped with their place");
+        let reading = place.read(at, accuracy);
+        if let Some((inside, _)) = track.feed(reading, &debounce(place), now_ms) {
+            let place = place_ids[slot as usize];
+            let what = if inside {
+                What::Arrived {
+                    user: user_id,
+                    place,
+                }
+            } else {
+                What::Left {
+                    user: user_id,
+                    place,
+                }
+            };
+            out.alert(*id, now_ms, what);
+        }
+        if track.state() == Some(false) && reading == Some(false) {
+            member.places.swap_remove(k);
+        } else {
+            k += 1;
+        }
+    }
+    // Places the fix may be inside of that are not tracked yet.
+    let tracked = member.places.len();
+    places.candidates(normal(at), accuracy, |slot, place| {
+        if member.places[..tracked].iter().any(|(s, _)| *s == slot) {
+            return;
+        }
+        let reading = place.read(at, accuracy);
+        if reading == Some(false) {
+            return;
+        }
+        let mut track = Track::default();
+        if seeded {
+            // Untracked means confirmed outside: the reading goes through the dwell.
+            track.seed(false, now_ms);
+            if let Some((true, _)) = track.feed(reading, &debounce(place), now_ms) {
+                let place = place_ids[slot as usize];
+                out.alert(
+                    *id,
+                    now_ms,
+                    What::Arrived {
+                        user: user_id,
+                        place,
+                    },
+                );
+            }
+        } else {
+            // The first reading of a member is seeded silently.
+            track.feed(reading, &debounce(place), now_ms);
+        }
+        member.places.push((slot, track));
+    });
+}
+
+fn debounce(place: &Place) -> Debounce {
+    Debounce {
+        dwell_fixes: u32::MAX,
+        dwell_ms: place.dwell_ms,
+        cooldown_ms: 0,
+    }
+}
