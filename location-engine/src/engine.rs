@@ -13,7 +13,7 @@
 //! `location` bench).
 
 use crate::fix::{Fix, MAX_CLOCK_AHEAD_MS, Packed, Refused};
-use crate::geo::{APPROX_CELL_HALF_DIAGONAL_M, LatLon, Probe, approx_cell, normal};
+use crate::geo::{APPROX_CELL_HALF_DIAGONAL_M, LatLon, Probe, approx_cell};
 use crate::places::{Place, PlaceError, Places, Shape};
 use crate::proximity::{Debounce, Pair, Proximity, Rule, Track, combined_accuracy};
 use hashbrown::HashTable;
@@ -205,8 +205,7 @@ impl Member {
     };
 
     fn at(&self) -> LatLon {
-        LatLon::new(f64::from(self.lat_e7) / 1e7, f64::from(self.lon_e7) / 1e7)
-            .expect("stored from a valid point")
+        LatLon::from_e7(self.lat_e7, self.lon_e7)
     }
 
     fn accuracy_m(&self) -> f64 {
@@ -892,9 +891,7 @@ impl Engine {
 /// Copies a fix into a member record, snapped to the cell at approximate precision.
 fn place_member(member: &mut Member, fix: &Packed) {
     if member.flags & M_APPROX != 0 {
-        let at = LatLon::new(f64::from(fix.lat_e7) / 1e7, f64::from(fix.lon_e7) / 1e7)
-            .expect("packed from a valid point");
-        let cell = approx_cell(at);
+        let cell = approx_cell(LatLon::from_e7(fix.lat_e7, fix.lon_e7));
         member.lat_e7 = (cell.lat() * 1e7).round() as i32;
         member.lon_e7 = (cell.lon() * 1e7).round() as i32;
     } else {
@@ -941,8 +938,8 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
         return; // a stale fix only updates the view
     }
     let (at, accuracy, user) = (me.at(), me.accuracy_m(), me.user);
+    let probe = Probe::new(at);
     if let Some(rule) = group.config.proximity {
-        let probe = Probe::new(at);
         let apart = rule.apart_m();
         for j in 0..group.members.len() {
             let other = &group.members[j];
@@ -983,7 +980,7 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
         let place = places
             .get(slot)
             .expect("tracks are dropped with their place");
-        let reading = place.read(at, accuracy);
+        let reading = place.read_from(&probe, accuracy);
         if let Some((inside, _)) = track.feed(reading, &debounce(place), now_ms) {
             let place = place_ids[slot as usize];
             let what = if inside {
@@ -1007,11 +1004,11 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
     }
     // Places the fix may be inside of that are not tracked yet.
     let tracked = member.places.len();
-    places.candidates(normal(at), accuracy, |slot, place| {
+    places.candidates(&probe, accuracy, |slot, place| {
         if member.places[..tracked].iter().any(|(s, _)| *s == slot) {
             return;
         }
-        let reading = place.read(at, accuracy);
+        let reading = place.read_from(&probe, accuracy);
         if reading == Some(false) {
             return;
         }

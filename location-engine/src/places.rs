@@ -11,7 +11,7 @@
 //! pole either. Both answer the same candidates (a test checks); the scan is faster for the
 //! handful of places a family or a club keeps (see the `location` bench).
 
-use crate::geo::{Frame, LatLon, MIN_CURVATURE_RADIUS_M, normal};
+use crate::geo::{Frame, LatLon, MIN_CURVATURE_RADIUS_M, Probe, normal};
 use rstar::{AABB, RTree, RTreeObject};
 
 /// Places a group may have.
@@ -64,7 +64,9 @@ pub struct Place {
     reach_m: f64,
     /// How long a new reading (inside or outside) must hold before it is confirmed, ms.
     pub dwell_ms: i64,
+    /// The centre's normal (for the tree) and position (for the scan).
     center: [f64; 3],
+    origin: LatLon,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +92,7 @@ impl Place {
                     reach_m: *radius_m,
                     dwell_ms,
                     center: normal(*center),
+                    origin: *center,
                 })
             }
             Shape::Polygon { vertices } => {
@@ -125,6 +128,7 @@ impl Place {
                     reach_m,
                     dwell_ms,
                     center: normal(center),
+                    origin: center,
                 })
             }
         }
@@ -139,7 +143,7 @@ impl Place {
     pub fn signed_distance_m(&self, p: LatLon) -> f64 {
         let q = self.frame.project(p);
         match &self.outline {
-            Outline::Circle(r) => q[0].hypot(q[1]) - r,
+            Outline::Circle(r) => (q[0] * q[0] + q[1] * q[1]).sqrt() - r,
             Outline::Polygon(points) => {
                 let mut inside = false;
                 let mut nearest = f64::INFINITY;
@@ -162,7 +166,23 @@ impl Place {
     /// What a fix at `p` with accuracy radius `accuracy_m` says: `Some(true)` inside,
     /// `Some(false)` outside, `None` undecided.
     pub fn read(&self, p: LatLon, accuracy_m: f64) -> Option<bool> {
-        let d = self.signed_distance_m(p);
+        self.judge(self.signed_distance_m(p), accuracy_m)
+    }
+
+    /// As [`Place::read`], for the fix a probe stands at (a circle is measured by the probe,
+    /// without a projection).
+    #[inline]
+    pub fn read_from(&self, probe: &Probe, accuracy_m: f64) -> Option<bool> {
+        let d = match &self.outline {
+            Outline::Circle(r) => {
+                probe.distance_m(self.origin, r + self.margin_m() + accuracy_m) - r
+            }
+            Outline::Polygon(_) => self.signed_distance_m(probe.at()),
+        };
+        self.judge(d, accuracy_m)
+    }
+
+    fn judge(&self, d: f64, accuracy_m: f64) -> Option<bool> {
         if d + accuracy_m < 0.0 {
             Some(true)
         } else if d - accuracy_m > self.margin_m() {
@@ -322,21 +342,23 @@ impl Places {
         });
     }
 
-    /// Calls `f` with every place a fix at normal `n`, accuracy `accuracy_m`, may read inside
-    /// of or undecided against (the rest it reads outside).
+    /// Calls `f` with every place a fix where `probe` stands, accuracy `accuracy_m`, may read
+    /// inside of or undecided against (the rest it reads outside), and perhaps a few more.
     #[inline]
-    pub fn candidates(&self, n: [f64; 3], accuracy_m: f64, mut f: impl FnMut(u32, &Place)) {
+    pub fn candidates(&self, probe: &Probe, accuracy_m: f64, mut f: impl FnMut(u32, &Place)) {
         match &self.tree {
             None => {
                 for (slot, place) in self.slots.iter().enumerate() {
-                    if let Some(place) = place
-                        && place.may_touch(n, accuracy_m)
-                    {
-                        f(slot as u32, place);
+                    if let Some(place) = place {
+                        let reach = place.reach_m + place.margin_m() + accuracy_m;
+                        if probe.distance_m(place.origin, reach) <= reach + 1.0 {
+                            f(slot as u32, place);
+                        }
                     }
                 }
             }
             Some(tree) => {
+                let n = normal(probe.at());
                 let h = accuracy_m / MIN_CURVATURE_RADIUS_M * 1.000_001;
                 let query = AABB::from_corners(
                     [n[0] - h, n[1] - h, n[2] - h],
@@ -507,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tree_and_the_scan_offer_the_same_candidates() {
+    fn the_tree_and_the_scan_never_leave_out_a_place_the_fix_may_be_in() {
         let mut noise = 0x5eed_u64;
         let mut next = move || {
             noise ^= noise << 13;
@@ -540,17 +562,32 @@ mod tests {
             let at = p(lat, ((lon + 540.0) % 360.0) - 180.0);
             let accuracy = next() * 100.0;
             let n = normal(at);
+            let probe = Probe::new(at);
             let mut from_tree = Vec::new();
-            big.candidates(n, accuracy, |slot, _| from_tree.push(slot));
+            big.candidates(&probe, accuracy, |slot, _| from_tree.push(slot));
             from_tree.sort_unstable();
-            let mut scanned: Vec<u32> = big
+            let mut by_normals: Vec<u32> = big
                 .iter()
                 .filter(|(_, place)| place.may_touch(n, accuracy))
                 .map(|(slot, _)| slot)
                 .collect();
-            scanned.sort_unstable();
-            assert_eq!(from_tree, scanned);
-            // And no place a fix reads inside of or undecided against is ever left out.
+            by_normals.sort_unstable();
+            assert_eq!(from_tree, by_normals);
+            // The scan (used for few places) offers a subset of the tree's, and neither ever
+            // leaves out a place the fix reads inside of or undecided against.
+            let mut small = Places::default();
+            let mut scanned = Vec::new();
+            for (slot, place) in big.iter() {
+                if place.read(at, accuracy) != Some(false) {
+                    assert!(from_tree.contains(&slot), "{at:?} {slot}");
+                }
+                assert_eq!(place.read(at, accuracy), place.read_from(&probe, accuracy));
+                small.slots = vec![Some(place.clone())];
+                small.candidates(&probe, accuracy, |_, _| scanned.push(slot));
+            }
+            for slot in &scanned {
+                assert!(from_tree.contains(slot));
+            }
             for (slot, place) in big.iter() {
                 if place.read(at, accuracy) != Some(false) {
                     assert!(scanned.contains(&slot), "{at:?} {slot}");

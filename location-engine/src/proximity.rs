@@ -72,7 +72,7 @@ impl Rule {
 
 /// The combined accuracy radius of two fixes (each a 68 % radius): √(a² + b²).
 pub fn combined_accuracy(a_m: f64, b_m: f64) -> f64 {
-    a_m.hypot(b_m)
+    (a_m * a_m + b_m * b_m).sqrt()
 }
 
 /// A confirmed change of a pair's state.

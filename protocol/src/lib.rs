@@ -21,4 +21,4 @@ pub mod realtime;
 pub mod room;
 pub mod token;
 
-pub use ids::{GroupId, NodeId, ParticipantId, SessionId, UserId};
+pub use ids::{GroupId, NodeId, ParticipantId, PlaceId, SessionId, UserId};
