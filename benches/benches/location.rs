@@ -16,6 +16,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use location_engine::engine::{Config, Engine, GroupConfig, Precision, Sharing};
 use location_engine::fix::Fix;
 use location_engine::geo::LatLon;
+use location_engine::noise::Noise;
 use location_engine::places::Shape;
 use protocol::{GroupId, PlaceId, UserId};
 use rstar::RTree;
@@ -24,19 +25,6 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const T0: i64 = 1_800_000_000_000;
-
-struct Noise(u64);
-impl Noise {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next() * n as f64) as usize).min(n - 1)
-    }
-}
 
 /// Metres → degrees around 48.85° N.
 fn at(x_m: f64, y_m: f64) -> LatLon {
@@ -66,16 +54,16 @@ fn world(users: usize, max_group: usize) -> World {
     while u < users {
         let size = (4 + noise.below(max_group - 3)).min(users - u);
         let g = GroupId(Uuid::from_u128(0x2000_0000 + groups.len() as u128));
-        let centre = (noise.next() * 60_000.0, noise.next() * 60_000.0);
+        let centre = (noise.unit() * 60_000.0, noise.unit() * 60_000.0);
         engine.configure_group(g, GroupConfig::default());
         for k in 0..1 + noise.below(2) {
             let place = PlaceId(Uuid::from_u128(((groups.len() as u128) << 8) | k as u128));
             let shape = Shape::Circle {
                 center: at(
-                    centre.0 + noise.next() * 2_000.0 - 1_000.0,
-                    centre.1 + noise.next() * 2_000.0 - 1_000.0,
+                    centre.0 + noise.unit() * 2_000.0 - 1_000.0,
+                    centre.1 + noise.unit() * 2_000.0 - 1_000.0,
                 ),
-                radius_m: 100.0 + noise.next() * 200.0,
+                radius_m: 100.0 + noise.unit() * 200.0,
             };
             engine
                 .set_place(g, place, &shape, 60_000, T0)
@@ -83,11 +71,11 @@ fn world(users: usize, max_group: usize) -> World {
         }
         for _ in 0..size {
             let home = (
-                centre.0 + noise.next() * 4_000.0 - 2_000.0,
-                centre.1 + noise.next() * 4_000.0 - 2_000.0,
+                centre.0 + noise.unit() * 4_000.0 - 2_000.0,
+                centre.1 + noise.unit() * 4_000.0 - 2_000.0,
             );
-            let step = if noise.next() < 0.25 { 60.0 } else { 7.0 };
-            let angle = noise.next() * std::f64::consts::TAU;
+            let step = if noise.unit() < 0.25 { 60.0 } else { 7.0 };
+            let angle = noise.unit() * std::f64::consts::TAU;
             legs.push([
                 home,
                 (home.0 + step * angle.cos(), home.1 + step * angle.sin()),
@@ -101,7 +89,7 @@ fn world(users: usize, max_group: usize) -> World {
     }
     // A fifth of users share with a second group too.
     for &id in &ids {
-        if noise.next() < 0.2 {
+        if noise.unit() < 0.2 {
             let g = groups[noise.below(groups.len())].0;
             let _ = engine.share(id, g, forever(), T0);
         }
@@ -202,7 +190,7 @@ fn location(c: &mut Criterion) {
     for users in [100_000usize, 1_000_000] {
         let mut noise = Noise(5);
         let mut points: Vec<[f64; 2]> = (0..users)
-            .map(|_| [noise.next() * 60_000.0, noise.next() * 60_000.0])
+            .map(|_| [noise.unit() * 60_000.0, noise.unit() * 60_000.0])
             .collect();
         let mut tree = RTree::bulk_load(points.clone());
         let mut k = 0;

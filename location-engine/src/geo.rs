@@ -258,27 +258,18 @@ mod tests {
         LatLon::new(lat, lon).unwrap()
     }
 
-    /// A deterministic stream of numbers in [0, 1) (xorshift), so failures reproduce.
-    struct Noise(u64);
-    impl Noise {
-        fn next(&mut self) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use crate::noise::Noise;
 
     #[test]
     fn the_local_plane_is_within_a_centimetre_of_the_geodesic_up_to_ten_km() {
         let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
         let mut worst: f64 = 0.0;
         for _ in 0..20_000 {
-            let lat = (noise.next() * 2.0 - 1.0) * (PLANE_MAX_LAT - 0.1);
-            let lon = (noise.next() * 2.0 - 1.0) * 180.0;
+            let lat = (noise.unit() * 2.0 - 1.0) * (PLANE_MAX_LAT - 0.1);
+            let lon = (noise.unit() * 2.0 - 1.0) * 180.0;
             // Up to ~9 km away in any direction (0.08° of latitude ≈ 8.9 km).
-            let dlat = (noise.next() * 2.0 - 1.0) * 0.08;
-            let dlon = (noise.next() * 2.0 - 1.0) * 0.08;
+            let dlat = (noise.unit() * 2.0 - 1.0) * 0.08;
+            let dlon = (noise.unit() * 2.0 - 1.0) * 0.08;
             let a = p(lat, lon);
             let mut lon2 = lon + dlon;
             if lon2 > 180.0 {
@@ -332,13 +323,13 @@ mod tests {
     fn the_probe_is_exact_near_and_only_estimates_the_far() {
         let mut noise = Noise(0x1234_5678_9abc_def1);
         for _ in 0..20_000 {
-            let lat = (noise.next() * 2.0 - 1.0) * 89.0;
-            let lon = (noise.next() * 2.0 - 1.0) * 180.0;
+            let lat = (noise.unit() * 2.0 - 1.0) * 89.0;
+            let lon = (noise.unit() * 2.0 - 1.0) * 180.0;
             let a = p(lat, lon);
-            let spread = [0.001, 0.01, 0.05, 0.1, 1.0, 20.0][(noise.next() * 6.0) as usize];
+            let spread = [0.001, 0.01, 0.05, 0.1, 1.0, 20.0][(noise.unit() * 6.0) as usize];
             let b = p(
-                (lat + (noise.next() * 2.0 - 1.0) * spread).clamp(-90.0, 90.0),
-                ((lon + (noise.next() * 2.0 - 1.0) * spread + 540.0) % 360.0) - 180.0,
+                (lat + (noise.unit() * 2.0 - 1.0) * spread).clamp(-90.0, 90.0),
+                ((lon + (noise.unit() * 2.0 - 1.0) * spread + 540.0) % 360.0) - 180.0,
             );
             let bound = 1_000.0;
             let exact = distance_m(a, b);
@@ -393,12 +384,12 @@ mod tests {
         let mut noise = Noise(42);
         for _ in 0..5_000 {
             let a = p(
-                (noise.next() * 2.0 - 1.0) * 90.0,
-                (noise.next() * 2.0 - 1.0) * 180.0,
+                (noise.unit() * 2.0 - 1.0) * 90.0,
+                (noise.unit() * 2.0 - 1.0) * 180.0,
             );
             let b = p(
-                (a.lat() + (noise.next() * 2.0 - 1.0) * 0.2).clamp(-90.0, 90.0),
-                ((a.lon() + (noise.next() * 2.0 - 1.0) * 0.2 + 540.0) % 360.0) - 180.0,
+                (a.lat() + (noise.unit() * 2.0 - 1.0) * 0.2).clamp(-90.0, 90.0),
+                ((a.lon() + (noise.unit() * 2.0 - 1.0) * 0.2 + 540.0) % 360.0) - 180.0,
             );
             let (na, nb) = (normal(a), normal(b));
             let chord =
@@ -417,8 +408,8 @@ mod tests {
         let mut noise = Noise(7);
         for _ in 0..20_000 {
             let q = p(
-                (noise.next() * 2.0 - 1.0) * 90.0,
-                (noise.next() * 2.0 - 1.0) * 180.0,
+                (noise.unit() * 2.0 - 1.0) * 90.0,
+                (noise.unit() * 2.0 - 1.0) * 180.0,
             );
             let c = approx_cell(q);
             let d = distance_m(q, c);

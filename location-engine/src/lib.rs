@@ -5,6 +5,7 @@
 //! - [`fix`]: a fix, validated and packed in 24 bytes.
 //! - [`proximity`]: the debounced two-state track (pairs near/apart, places inside/outside).
 //! - [`places`]: circles and polygons, scanned or looked up in an rstar tree of normals.
+//! - [`noise`]: a seeded stream of numbers for test and bench traces.
 //! - [`engine`]: sharing per group (exact or approximate, until a time, paused), the latest fix
 //!   per user, proximity and place alerts, lost members, purging.
 //!
@@ -13,5 +14,6 @@
 pub mod engine;
 pub mod fix;
 pub mod geo;
+pub mod noise;
 pub mod places;
 pub mod proximity;

@@ -530,13 +530,8 @@ mod tests {
 
     #[test]
     fn the_tree_and_the_scan_never_leave_out_a_place_the_fix_may_be_in() {
-        let mut noise = 0x5eed_u64;
-        let mut next = move || {
-            noise ^= noise << 13;
-            noise ^= noise >> 7;
-            noise ^= noise << 17;
-            (noise >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut noise = crate::noise::Noise(0x5eed);
+        let mut next = move || noise.unit();
         let mut places = Vec::new();
         for _ in 0..400 {
             // Clustered near the antimeridian and the north pole, where seams would show.

@@ -366,13 +366,8 @@ mod tests {
         // Bob walks from 400 m to 0 m of Ann and back, 1 m a second, fixes every 5 s with
         // ±15 m of noise and a reported accuracy of 10 m each.
         let rule = rule();
-        let mut noise = 0x2545_f491_4f6c_dd1du64;
-        let mut jitter = || {
-            noise ^= noise << 13;
-            noise ^= noise >> 7;
-            noise ^= noise << 17;
-            ((noise >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * 15.0
-        };
+        let mut noise = crate::noise::Noise(0x2545_f491_4f6c_dd1d);
+        let mut jitter = || noise.signed(15.0);
         let u = combined_accuracy(10.0, 10.0);
         let mut pair = Pair::default();
         let mut transitions = Vec::new();

@@ -7,6 +7,7 @@ use location_engine::engine::{
 };
 use location_engine::fix::{Fix, Refused};
 use location_engine::geo::{LatLon, approx_cell, distance_m};
+use location_engine::noise::Noise;
 use location_engine::places::Shape;
 use location_engine::proximity::{Proximity, Rule};
 use protocol::ids::{GroupId, PlaceId, UserId};
@@ -267,13 +268,8 @@ fn both_members_moving_in_the_same_tick_are_seen_together() {
 fn jittered_traces_crossing_once_alert_once_each_way() {
     // Both walk: Ann east at 1 m/s, Bob west then back, fixes every 3 s with ±12 m of noise
     // and 8 m of reported accuracy; the true gap goes 700 → 0 → 700 m.
-    let mut noise = 0x2545_f491_4f6c_dd1du64;
-    let mut jitter = move || {
-        noise ^= noise << 13;
-        noise ^= noise >> 7;
-        noise ^= noise << 17;
-        ((noise >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * 12.0
-    };
+    let mut noise = Noise(0x2545_f491_4f6c_dd1d);
+    let mut jitter = move || noise.signed(12.0);
     for seed_run in 0..20 {
         let mut e = setup(&[1, 2]);
         let o = p(35.0 + seed_run as f64, 139.0);
@@ -739,13 +735,8 @@ fn two_engines_sharded_by_group_raise_the_alerts_of_one() {
             .share(user(u), g, forever(Precision::Exact), T0)
             .unwrap();
     }
-    let mut noise = 99u64;
-    let mut next = move || {
-        noise ^= noise << 13;
-        noise ^= noise >> 7;
-        noise ^= noise << 17;
-        (noise >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut noise = Noise(99);
+    let mut next = move || noise.unit();
     let mut pos: Vec<(f64, f64)> = (0..120)
         .map(|_| (next() * 2_000.0 - 1_000.0, next() * 2_000.0 - 1_000.0))
         .collect();
