@@ -342,16 +342,7 @@ impl Engine {
             place_slots: HashMap::new(),
             dirty: false,
         };
-        let slot = match self.free_groups.pop() {
-            Some(slot) => {
-                self.groups[slot as usize] = Some(state);
-                slot
-            }
-            None => {
-                self.groups.push(Some(state));
-                (self.groups.len() - 1) as u32
-            }
-        };
+        let slot = crate::put(&mut self.groups, &mut self.free_groups, Some(state));
         self.group_index.insert(group, slot);
         slot
     }
@@ -464,16 +455,7 @@ impl Engine {
                     member: i as u16,
                     next: held.first,
                 };
-                let l = match self.free_links.pop() {
-                    Some(l) => {
-                        self.links[l as usize] = link;
-                        l
-                    }
-                    None => {
-                        self.links.push(link);
-                        (self.links.len() - 1) as u32
-                    }
-                };
+                let l = crate::put(&mut self.links, &mut self.free_links, link);
                 self.users[u as usize].first = l;
                 i
             }

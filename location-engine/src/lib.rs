@@ -17,3 +17,17 @@ pub mod geo;
 pub mod noise;
 pub mod places;
 pub mod proximity;
+
+/// Puts `item` in a slot freed earlier, or in a new one at the end; answers the slot.
+pub(crate) fn put<T>(slots: &mut Vec<T>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(slot) => {
+            slots[slot as usize] = item;
+            slot
+        }
+        None => {
+            slots.push(item);
+            (slots.len() - 1) as u32
+        }
+    }
+}

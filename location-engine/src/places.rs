@@ -301,16 +301,7 @@ impl Places {
         if self.live >= MAX_PLACES_PER_GROUP {
             return Err(PlaceError::TooMany);
         }
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(place);
-                slot
-            }
-            None => {
-                self.slots.push(Some(place));
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let slot = crate::put(&mut self.slots, &mut self.free, Some(place));
         self.live += 1;
         self.reindex();
         Ok(slot)
