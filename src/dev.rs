@@ -1,7 +1,9 @@
-//! The whole stack in one process on embedded defaults (DESIGN.md §2, `dev` mode).
+//! The whole stack in one process on embedded defaults (DESIGN.md §2, `dev` mode): the control
+//! plane, a media node and a location engine, wired through in-process registry and channels.
 
 use anyhow::Context as _;
 use control_plane::{ControlPlane, InProcessRegistry, NodeRegistry};
+use location_engine::server::{LocationServer, ServerConfig};
 use media_plane::{Hooks, MediaNode, NodeConfig};
 use protocol::NodeId;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,6 +23,8 @@ pub struct DevConfig {
     pub control_plane_listen: SocketAddr,
     /// Media node HTTP address (port 0 = any free port).
     pub media_http_listen: SocketAddr,
+    /// Location engine HTTP/WebSocket address (port 0 = any free port).
+    pub location_listen: SocketAddr,
     /// First UDP port of the media node (0 = free ports).
     pub udp_base_port: u16,
     /// Address put in ICE candidates.
@@ -39,6 +43,7 @@ impl DevConfig {
             database_url: None,
             control_plane_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             media_http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8090)),
+            location_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8070)),
             udp_base_port: 40_000,
             advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -51,6 +56,7 @@ impl DevConfig {
         Self {
             control_plane_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             media_http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            location_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             udp_base_port: 0,
             ..Self::new(data_dir)
         }
@@ -64,6 +70,8 @@ pub struct DevStack {
     pub control_plane_url: String,
     /// Base URL of the media node's HTTP side.
     pub media_url: String,
+    /// Base URL of the location engine (`ws://` + the same host for its stream).
+    pub location_url: String,
     /// The media node's UDP ports, one per core.
     pub udp_ports: Vec<u16>,
     /// The control plane's signing key (tests mint tokens with it).
@@ -72,6 +80,7 @@ pub struct DevStack {
     pub node_id: NodeId,
     registry: Arc<InProcessRegistry>,
     media: Option<MediaNode>,
+    location: Option<LocationServer>,
     control_plane: JoinHandle<anyhow::Result<()>>,
     stop: watch::Sender<bool>,
 }
@@ -88,7 +97,18 @@ impl DevStack {
             )
         });
         let registry = Arc::new(InProcessRegistry::new());
+        // Both listeners first: each side names the other (the control plane hands out the
+        // location engine's URL; the engine fetches the control plane's keys).
+        let listener = tokio::net::TcpListener::bind(config.control_plane_listen)
+            .await
+            .with_context(|| format!("binding {}", config.control_plane_listen))?;
+        let cp_addr = listener.local_addr()?;
+        let location_listener = tokio::net::TcpListener::bind(config.location_listen)
+            .await
+            .with_context(|| format!("binding {}", config.location_listen))?;
+        let location_addr = location_listener.local_addr()?;
         let cp_config = control_plane::Config {
+            location_url: Some(format!("ws://{location_addr}/v1/stream")),
             signing_key_file: Some(config.data_dir.join("signing.key")),
             data_key: control_plane::DataKeySource::File(config.data_dir.join("data.key")),
             attachments: control_plane::AttachmentConfig {
@@ -100,15 +120,21 @@ impl DevStack {
         let cp = ControlPlane::new(&cp_config, registry.clone()).await?;
         let signer = cp.signer();
         let ingest = cp.session_events();
-        let listener = tokio::net::TcpListener::bind(config.control_plane_listen)
-            .await
-            .with_context(|| format!("binding {}", config.control_plane_listen))?;
-        let cp_addr = listener.local_addr()?;
+        let alerts = cp.location_alerts();
         let control_plane_url = format!("http://{cp_addr}");
         let (stop, mut stop_rx) = watch::channel(false);
         let control_plane = tokio::spawn(control_plane::serve(listener, cp, async move {
             let _ = stop_rx.changed().await;
         }));
+
+        let location = LocationServer::serve(
+            location_listener,
+            ServerConfig {
+                listen: location_addr,
+                jwks_url: format!("{control_plane_url}/.well-known/jwks.json"),
+                alerts: Some(Arc::new(move |batch| alerts.submit(batch))),
+            },
+        )?;
 
         let node_config = NodeConfig {
             http_listen: config.media_http_listen,
@@ -135,7 +161,9 @@ impl DevStack {
             signer,
             node_id: config.node_id,
             registry,
+            location_url: format!("http://{location_addr}"),
             media: Some(media),
+            location: Some(location),
             control_plane,
             stop,
         })
@@ -155,6 +183,9 @@ impl DevStack {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(m) = self.media.take() {
             m.shutdown().await;
+        }
+        if let Some(l) = self.location.take() {
+            l.shutdown().await;
         }
         let _ = self.stop.send(true);
         (&mut self.control_plane).await??;

@@ -28,6 +28,9 @@ enum Command {
         /// Media node HTTP port (WHIP).
         #[arg(long, default_value_t = 8090)]
         media_port: u16,
+        /// Location engine port (WebSocket stream and HTTP batch ingest).
+        #[arg(long, default_value_t = 8070)]
+        location_port: u16,
         /// First UDP port of the media node; core i uses base + i.
         #[arg(long, default_value_t = 40_000)]
         udp_base_port: u16,
@@ -76,6 +79,10 @@ enum Command {
         /// Region whose media nodes new sessions prefer.
         #[arg(long, env = "CONVOY_REGION")]
         region: Option<String>,
+        /// The location engine's stream URL handed out with location tokens
+        /// (e.g. wss://location.example.org/v1/stream).
+        #[arg(long, env = "CONVOY_LOCATION_URL")]
+        location_url: Option<String>,
         /// Reverse proxies whose X-Forwarded-For names the client (comma-separated addresses).
         #[arg(long, env = "CONVOY_TRUSTED_PROXIES", value_delimiter = ',')]
         trusted_proxies: Vec<std::net::IpAddr>,
@@ -159,8 +166,22 @@ enum Command {
         )]
         jwks_url: String,
     },
-    /// The location engine (arrives with issue 5).
-    LocationEngine,
+    /// A location engine alone.
+    LocationEngine {
+        #[arg(long, env = "CONVOY_LOCATION_LISTEN", default_value = "127.0.0.1:8070")]
+        listen: SocketAddr,
+        /// The control plane's JWKS, for location tokens.
+        #[arg(
+            long,
+            env = "CONVOY_JWKS_URL",
+            default_value = "http://127.0.0.1:8080/.well-known/jwks.json"
+        )]
+        jwks_url: String,
+        /// Redis to put alerts on for the control planes; without it alerts reach only the
+        /// members' open streams.
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -176,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             port,
             media_port,
+            location_port,
             udp_base_port,
             advertise_ip,
             cores,
@@ -184,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
             let mut config = convoy::dev::DevConfig::new(data_dir);
             config.control_plane_listen.set_port(port);
             config.media_http_listen.set_port(media_port);
+            config.location_listen.set_port(location_port);
             config.udp_base_port = udp_base_port;
             config.advertise_ip = advertise_ip;
             if let Some(c) = cores {
@@ -202,6 +225,11 @@ async fn main() -> anyhow::Result<()> {
                 stack.media_url
             );
             println!("  media UDP      {:?} on {}", stack.udp_ports, advertise_ip);
+            println!(
+                "  location       {} (stream ws://{}/v1/stream)",
+                stack.location_url,
+                stack.location_url.trim_start_matches("http://")
+            );
             println!("Press Ctrl-C to stop (a second Ctrl-C skips draining).");
             stop_signal().await;
             if let Some(node) = stack.media() {
@@ -217,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
             data_key,
             redis_url,
             region,
+            location_url,
             trusted_proxies,
             push_allow_http,
             stun_url,
@@ -256,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
             let config = control_plane::Config {
                 signing_key_file: Some(signing_key_file),
                 region_hint: region,
+                location_url,
                 redis_url: redis_url.clone(),
                 data_key: match data_key {
                     Some(key) => control_plane::DataKeySource::Base64(key),
@@ -339,8 +369,31 @@ async fn main() -> anyhow::Result<()> {
             node.shutdown().await;
             Ok(())
         }
-        Command::LocationEngine => {
-            anyhow::bail!("the location engine is not built yet (issue 5)")
+        Command::LocationEngine {
+            listen,
+            jwks_url,
+            redis_url,
+        } => {
+            use location_engine::server::{LocationServer, ServerConfig, redis_alert_sink};
+            let alerts = match &redis_url {
+                Some(url) => Some(
+                    redis_alert_sink(url, protocol::node::REDIS_PREFIX, 100_000)
+                        .await
+                        .context("connecting to Redis")?,
+                ),
+                None => None,
+            };
+            let server = LocationServer::start(ServerConfig {
+                listen,
+                jwks_url,
+                alerts,
+            })
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+            tracing::info!(addr = %server.addr(), "location engine up");
+            stop_signal().await;
+            server.shutdown().await;
+            Ok(())
         }
     }
 }

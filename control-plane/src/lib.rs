@@ -55,7 +55,7 @@ pub use ice::{DEFAULT_TURN_TTL_SECS, IceConfig};
 pub use notify::PushConfig;
 pub use registry::{InProcessRegistry, NodeRegistry};
 pub use registry_redis::RedisRegistry;
-pub use session_events::EventIngest;
+pub use session_events::{AlertIngest, EventIngest};
 
 use anyhow::Context as _;
 use std::net::SocketAddr;
@@ -80,6 +80,8 @@ pub struct Config {
     pub issuer: String,
     /// The region whose media nodes new sessions prefer.
     pub region_hint: Option<String>,
+    /// The location engine's stream URL (`ws://…/v1/stream`) handed out with location tokens.
+    pub location_url: Option<String>,
     /// Redis for ephemeral shared state (attempt budgets); `None` keeps it in this process.
     pub redis_url: Option<String>,
     /// The AES-256-GCM key that seals sensitive columns (TOTP secrets).
@@ -107,6 +109,7 @@ impl Config {
             signing_key_period: std::time::Duration::from_millis(keyring::DEFAULT_PERIOD_MS as u64),
             issuer: "convoy".into(),
             region_hint: None,
+            location_url: None,
             redis_url: None,
             data_key: DataKeySource::Ephemeral,
             trusted_proxies: Vec::new(),
@@ -208,6 +211,7 @@ fn redact_password(url: &str) -> String {
 pub struct ControlPlane {
     state: api::AppState,
     events: EventIngest,
+    alerts: AlertIngest,
     keys: signing::KeySource,
 }
 
@@ -289,16 +293,20 @@ impl ControlPlane {
             vapid_public: vapid.public_b64().to_owned(),
             totp_issuer: config.issuer.clone(),
             region_hint: config.region_hint.clone(),
+            location_url: config.location_url.clone(),
             http: reqwest::Client::new(),
             writer: writer::MessageWriter::spawn(store_for_writer, fanout.clone()),
             fanout,
             closing: api::Closing::default(),
             revocations: revocations::Revocations::default(),
         };
-        let events = session_events::spawn_ingest(session_events::Sink {
+        let sink = session_events::Sink {
             store: shared.store.clone(),
             fanout: shared.fanout.clone(),
-        });
+            push: Arc::clone(&shared.push_queue),
+        };
+        let events = session_events::spawn_ingest(sink.clone());
+        let alerts = session_events::spawn_alert_ingest(sink);
         let state = api::AppState(Arc::new(shared));
         spawn_key_refresh(Arc::downgrade(&state.0), key_source.clone());
         notify::spawn(Arc::downgrade(&state.0), push_queue, vapid);
@@ -306,6 +314,7 @@ impl ControlPlane {
         Ok(Self {
             state,
             events,
+            alerts,
             keys: key_source,
         })
     }
@@ -315,7 +324,13 @@ impl ControlPlane {
         self.events.clone()
     }
 
-    /// Starts consuming the session events media nodes append to Redis (keys under `prefix`).
+    /// Where location engines of this process hand their alerts.
+    pub fn location_alerts(&self) -> AlertIngest {
+        self.alerts.clone()
+    }
+
+    /// Starts consuming the session events media nodes and the alerts location engines append
+    /// to Redis (keys under `prefix`).
     /// Entries another control plane read and never acknowledged are taken over after
     /// [`session_events::RECLAIM_IDLE`].
     pub async fn consume_redis_events(&self, url: &str, prefix: &str) -> anyhow::Result<()> {
@@ -330,16 +345,22 @@ impl ControlPlane {
         prefix: &str,
         reclaim_idle: std::time::Duration,
     ) -> anyhow::Result<()> {
-        session_events::consume_redis(
-            session_events::Sink {
-                store: self.state.store.clone(),
-                fanout: self.state.fanout.clone(),
-            },
-            url.to_string(),
-            prefix.to_string(),
-            reclaim_idle,
-        )
-        .await
+        let sink = session_events::Sink {
+            store: self.state.store.clone(),
+            fanout: self.state.fanout.clone(),
+            push: Arc::clone(&self.state.push_queue),
+        };
+        for feed in [session_events::Feed::Sessions, session_events::Feed::Alerts] {
+            session_events::consume_redis(
+                feed,
+                sink.clone(),
+                url.to_string(),
+                prefix.to_string(),
+                reclaim_idle,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Every route, ready for `axum::serve` or `oneshot`.

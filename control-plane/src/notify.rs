@@ -18,6 +18,7 @@ use crate::store::{DueDelivery, NewDelivery, PushTarget};
 use crate::webpush::{self, VapidKey};
 use protocol::account::MessageNotifications;
 use protocol::ids::{GroupId, UserId};
+use protocol::location::AlertKind;
 use protocol::realtime::{EventData, GroupEvent};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError, Weak};
@@ -94,8 +95,12 @@ pub(crate) fn plan(
     names: &HashMap<UserId, String>,
     online: &HashSet<UserId>,
 ) -> Vec<NewDelivery> {
-    let EventData::Message { message } = &event.data else {
-        return Vec::new();
+    let message = match &event.data {
+        EventData::Message { message } => message,
+        EventData::Location { alert, .. } => {
+            return plan_alert(event, alert, targets, names, online);
+        }
+        _ => return Vec::new(),
     };
     let Some(body) = &message.body else {
         return Vec::new();
@@ -129,6 +134,45 @@ pub(crate) fn plan(
             }
             MessageNotifications::None => false,
         })
+        .map(|t| NewDelivery {
+            device: t.device,
+            seq: i64::try_from(event.seq).unwrap_or(i64::MAX),
+            payload: payload.clone(),
+        })
+        .collect()
+}
+
+/// The pushes of a location alert: `near` to the members who want proximity alerts, `arrived`
+/// and `left` to those other than the member who moved. `apart` and `lost` are not pushed (the
+/// log has them).
+fn plan_alert(
+    event: &GroupEvent,
+    alert: &AlertKind,
+    targets: &[PushTarget],
+    names: &HashMap<UserId, String>,
+    online: &HashSet<UserId>,
+) -> Vec<NewDelivery> {
+    let (kind, subject, other, place) = match *alert {
+        AlertKind::Near { a, b } => ("near", a, Some(b), None),
+        AlertKind::Arrived { user, place } => ("arrived", user, None, Some(place)),
+        AlertKind::Left { user, place } => ("left", user, None, Some(place)),
+        AlertKind::Apart { .. } | AlertKind::Lost { .. } => return Vec::new(),
+    };
+    let payload = serde_json::json!({
+        "type": kind,
+        "group": event.group,
+        "seq": event.seq,
+        "user": subject,
+        "user_name": names.get(&subject),
+        "other": other,
+        "other_name": other.and_then(|o| names.get(&o)),
+        "place": place,
+    })
+    .to_string();
+    targets
+        .iter()
+        .filter(|t| t.proximity && !online.contains(&t.user))
+        .filter(|t| place.is_none() || t.user != subject)
         .map(|t| NewDelivery {
             device: t.device,
             seq: i64::try_from(event.seq).unwrap_or(i64::MAX),
@@ -390,8 +434,78 @@ mod tests {
             user: user(n),
             username: name.into(),
             messages,
+            proximity: n != 5,
             device: Uuid::from_u128(100 + n),
         }
+    }
+
+    fn alert(kind: AlertKind) -> GroupEvent {
+        GroupEvent {
+            group: GroupId::from_uuid(Uuid::from_u128(50)),
+            seq: 9,
+            at: String::new(),
+            actor: user(1),
+            data: EventData::Location {
+                alert_id: "0".repeat(32),
+                alert: kind,
+            },
+        }
+    }
+
+    #[test]
+    fn location_alerts_push_near_and_places_to_those_who_want_them() {
+        let targets = [
+            target(1, "ann", MessageNotifications::None),
+            target(2, "bob", MessageNotifications::None),
+            target(3, "cat", MessageNotifications::All),
+            target(5, "eve", MessageNotifications::All),
+        ];
+        let names = HashMap::from([(user(1), "ann".to_string()), (user(2), "bob".to_string())]);
+        let online = HashSet::from([user(3)]);
+        let devices = |kind| -> Vec<Uuid> {
+            plan(&alert(kind), &targets, &names, &online)
+                .iter()
+                .map(|d| d.device)
+                .collect()
+        };
+        // Near: everyone offline who wants proximity alerts, the pair included; not cat (online)
+        // nor eve (proximity alerts off).
+        let near = AlertKind::Near {
+            a: user(1),
+            b: user(2),
+        };
+        assert_eq!(devices(near), [Uuid::from_u128(101), Uuid::from_u128(102)]);
+        let pushed = plan(&alert(near), &targets, &names, &online);
+        let body: serde_json::Value = serde_json::from_str(&pushed[0].payload).unwrap();
+        assert_eq!(body["type"], "near");
+        assert_eq!(
+            (body["user_name"].as_str(), body["other_name"].as_str()),
+            (Some("ann"), Some("bob"))
+        );
+        assert_eq!(pushed[0].seq, 9);
+        // Arrived: not to the one who arrived.
+        let place = protocol::ids::PlaceId::from_uuid(Uuid::from_u128(77));
+        assert_eq!(
+            devices(AlertKind::Arrived {
+                user: user(2),
+                place
+            }),
+            [Uuid::from_u128(101)]
+        );
+        assert!(
+            devices(AlertKind::Apart {
+                a: user(1),
+                b: user(2)
+            })
+            .is_empty()
+        );
+        assert!(
+            devices(AlertKind::Lost {
+                user: user(1),
+                last_fix_ms: 0
+            })
+            .is_empty()
+        );
     }
 
     fn message(from: UserId, body: Option<&str>) -> GroupEvent {

@@ -1,4 +1,5 @@
-//! Session events from media nodes into SQL (participants joined, left, muted).
+//! Session events from media nodes into SQL (participants joined, left, muted), and alerts from
+//! location engines into the groups' logs (near, apart, arrived, left, lost).
 //!
 //! A node in this process hands its events to [`EventIngest::submit`] (applied in order); nodes in
 //! other processes append them to a Redis stream that [`consume_redis`] reads as a consumer group,
@@ -9,11 +10,14 @@
 //! never acknowledged (it died) are taken over by another after [`RECLAIM_IDLE`] (`XAUTOCLAIM`).
 
 use crate::fanout::Fanout;
+use crate::notify::PushQueue;
 use crate::store::Store;
 use protocol::events::{REDIS_EVENT_FIELD, SessionEvent, redis_stream_key};
+use protocol::location::{LocationAlert, redis_alert_stream_key};
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -22,6 +26,26 @@ use tokio::sync::mpsc;
 pub(crate) struct Sink {
     pub store: Store,
     pub fanout: Fanout,
+    /// Woken for logged alerts, so members who are offline get their push soon.
+    pub push: Arc<PushQueue>,
+}
+
+/// The Redis streams a control plane consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Feed {
+    /// Session events of media nodes.
+    Sessions,
+    /// Alerts of location engines.
+    Alerts,
+}
+
+impl Feed {
+    fn key(self, prefix: &str) -> String {
+        match self {
+            Feed::Sessions => redis_stream_key(prefix),
+            Feed::Alerts => redis_alert_stream_key(prefix),
+        }
+    }
 }
 
 /// The consumer group of every control plane on the session-event stream.
@@ -37,6 +61,43 @@ impl EventIngest {
     /// Queues an event; it is applied after every event submitted before it.
     pub fn submit(&self, event: SessionEvent) {
         let _ = self.tx.send(event);
+    }
+}
+
+/// Hands alerts of an in-process location engine to the control plane.
+#[derive(Debug, Clone)]
+pub struct AlertIngest {
+    tx: mpsc::UnboundedSender<LocationAlert>,
+}
+
+impl AlertIngest {
+    /// Queues alerts; each is logged once (by id) in its group.
+    pub fn submit(&self, alerts: Vec<LocationAlert>) {
+        for alert in alerts {
+            let _ = self.tx.send(alert);
+        }
+    }
+}
+
+/// Starts the task that logs submitted alerts. Call within a tokio runtime.
+pub(crate) fn spawn_alert_ingest(sink: Sink) -> AlertIngest {
+    let (tx, mut rx) = mpsc::unbounded_channel::<LocationAlert>();
+    tokio::spawn(async move {
+        while let Some(alert) = rx.recv().await {
+            apply_alert(&sink, &alert).await;
+        }
+    });
+    AlertIngest { tx }
+}
+
+async fn apply_alert(sink: &Sink, alert: &LocationAlert) {
+    match sink.store.log_location_alert(alert).await {
+        Ok(Some(logged)) => {
+            sink.push.wake(logged.group);
+            sink.fanout.event(logged);
+        }
+        Ok(None) => tracing::debug!(?alert, "alert already logged, or its group or members gone"),
+        Err(e) => tracing::warn!(error = %e, ?alert, "alert not logged"),
     }
 }
 
@@ -69,10 +130,11 @@ async fn apply(sink: &Sink, event: &SessionEvent) {
 /// applying twice changes nothing.
 pub const RECLAIM_IDLE: Duration = Duration::from_secs(30);
 
-/// Consumes the Redis stream of session events until the connection cannot be made at all.
+/// Consumes the Redis stream of `feed` until the connection cannot be made at all.
 /// Entries left pending for `reclaim_idle` by a consumer that went away are taken over at start
 /// and then every `reclaim_idle`.
 pub(crate) async fn consume_redis(
+    feed: Feed,
     sink: Sink,
     url: String,
     prefix: String,
@@ -80,7 +142,7 @@ pub(crate) async fn consume_redis(
 ) -> anyhow::Result<()> {
     let client = redis::Client::open(url.as_str())?;
     let mut conn = redis::aio::ConnectionManager::new(client).await?;
-    let key = redis_stream_key(&prefix);
+    let key = feed.key(&prefix);
     create_group(&mut conn, &key).await?;
     let consumer = format!("cp-{}", uuid::Uuid::new_v4().simple());
     tokio::spawn(async move {
@@ -91,7 +153,7 @@ pub(crate) async fn consume_redis(
         let mut reclaim_at = tokio::time::Instant::now();
         loop {
             if tokio::time::Instant::now() >= reclaim_at {
-                reclaim(&sink, &mut conn, &key, &consumer, reclaim_idle).await;
+                reclaim(feed, &sink, &mut conn, &key, &consumer, reclaim_idle).await;
                 reclaim_at = tokio::time::Instant::now() + reclaim_idle;
             }
             let reply: Result<StreamReadReply, _> =
@@ -104,14 +166,14 @@ pub(crate) async fn consume_redis(
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "reading session events from Redis");
+                    tracing::warn!(error = %e, ?feed, "reading from Redis");
                     // Redis is down: back off, the connection manager reconnects.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
             for stream in reply.keys {
-                apply_and_ack(&sink, &mut conn, &key, stream.ids).await;
+                apply_and_ack(feed, &sink, &mut conn, &key, stream.ids).await;
             }
         }
     });
@@ -121,6 +183,7 @@ pub(crate) async fn consume_redis(
 /// Takes over the entries other consumers left pending for at least `idle`, applies and
 /// acknowledges them (`XAUTOCLAIM`, walking the whole pending list a page at a time).
 async fn reclaim(
+    feed: Feed,
     sink: &Sink,
     conn: &mut redis::aio::ConnectionManager,
     key: &str,
@@ -144,7 +207,7 @@ async fn reclaim(
             Ok(r) => r,
             Err(e) => {
                 if e.code() != Some("NOGROUP") {
-                    tracing::warn!(error = %e, "reclaiming pending session events");
+                    tracing::warn!(error = %e, ?feed, "reclaiming pending entries");
                 }
                 return;
             }
@@ -152,10 +215,11 @@ async fn reclaim(
         if !reply.claimed.is_empty() {
             tracing::info!(
                 count = reply.claimed.len(),
-                "took over session events another consumer left pending"
+                ?feed,
+                "took over entries another consumer left pending"
             );
         }
-        apply_and_ack(sink, conn, key, reply.claimed).await;
+        apply_and_ack(feed, sink, conn, key, reply.claimed).await;
         if reply.next_stream_id == "0-0" {
             return;
         }
@@ -165,25 +229,38 @@ async fn reclaim(
 
 /// Applies entries in order and acknowledges each, readable or not.
 async fn apply_and_ack(
+    feed: Feed,
     sink: &Sink,
     conn: &mut redis::aio::ConnectionManager,
     key: &str,
     entries: Vec<StreamId>,
 ) {
     for entry in entries {
-        let event = entry
-            .get::<String>(REDIS_EVENT_FIELD)
-            .and_then(|json| serde_json::from_str::<SessionEvent>(&json).ok());
-        match event {
-            Some(event) => apply(sink, &event).await,
-            None => tracing::warn!(id = %entry.id, "unreadable session event"),
+        let json = entry.get::<String>(REDIS_EVENT_FIELD).unwrap_or_default();
+        let applied = match feed {
+            Feed::Sessions => serde_json::from_str::<SessionEvent>(&json).map(Inbound::Session),
+            Feed::Alerts => serde_json::from_str::<LocationAlert>(&json).map(Inbound::Alert),
+        };
+        match &applied {
+            Ok(Inbound::Session(event)) => apply(sink, event).await,
+            Ok(Inbound::Alert(alert)) => apply_alert(sink, alert).await,
+            Err(_) => {}
+        }
+        if let Err(e) = applied {
+            tracing::warn!(id = %entry.id, ?feed, error = %e, "unreadable stream entry");
         }
         let acked: Result<i64, _> =
             redis::AsyncCommands::xack(conn, key, CONSUMER_GROUP, &[&entry.id]).await;
         if let Err(e) = acked {
-            tracing::warn!(error = %e, "acknowledging a session event");
+            tracing::warn!(error = %e, ?feed, "acknowledging a stream entry");
         }
     }
+}
+
+/// An entry of either stream.
+enum Inbound {
+    Session(SessionEvent),
+    Alert(LocationAlert),
 }
 
 /// Creates the consumer group (and the stream) unless it exists.

@@ -211,6 +211,28 @@ impl Tokens {
 }
 
 impl Tokens {
+    /// A location token for `user` sharing with `groups`, valid until `exp` (Unix seconds).
+    pub(crate) fn location(
+        &self,
+        user: UserId,
+        groups: Vec<protocol::location::Grant>,
+        now: u64,
+        exp: u64,
+    ) -> String {
+        self.current()
+            .signer
+            .sign(&protocol::location::LocationClaims {
+                iss: self.issuer.clone(),
+                sub: user,
+                aud: protocol::token::AUD_LOCATION.into(),
+                typ: TokenKind::Location,
+                iat: now,
+                exp,
+                jti: random_b64(16),
+                groups,
+            })
+    }
+
     /// A moderation token for `node`: act on a participant of `session` for `user` (60 s).
     pub(crate) fn moderation(
         &self,

@@ -45,14 +45,9 @@ impl Default for GroupConfig {
     }
 }
 
-/// How precisely a member shares their position with a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    Exact,
-    /// Only the ~1.1 km cell ([`approx_cell`]): the group sees the cell's centre, and alerts are
-    /// computed on it.
-    Approx,
-}
+/// How precisely a member shares their position with a group: exactly, or only the ~1.1 km
+/// cell ([`approx_cell`]), whose centre the group sees and on which alerts are computed.
+pub use protocol::location::Precision;
 
 /// A user's choice of sharing with one group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -913,13 +908,18 @@ fn drop_place(group: &mut Group, slot: u32) {
 }
 
 /// Reads member `i`'s new position against the group's other members and its places.
+///
+/// Dwell and cooldown run on the readings' own time: a pair's reading is as new as the newer of
+/// its two fixes, a place's as the member's fix. A batch of fixes that arrives at once (a
+/// phone catching up) is therefore as many readings as it has fixes, while both members' fixes
+/// of one instant still count once.
 fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
     let lost_after = group.config.lost_after_ms;
     let me = &group.members[i];
     if now_ms - me.taken_ms > lost_after {
         return; // a stale fix only updates the view
     }
-    let (at, accuracy, user) = (me.at(), me.accuracy_m(), me.user);
+    let (at, accuracy, user, taken_ms) = (me.at(), me.accuracy_m(), me.user, me.taken_ms);
     let probe = Probe::new(at);
     if let Some(rule) = group.config.proximity {
         let apart = rule.apart_m();
@@ -930,8 +930,8 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             }
             let u = combined_accuracy(accuracy, other.accuracy_m());
             let d = probe.distance_m(other.at(), apart + u + 100.0);
-            let other_user = other.user;
-            if let Some(t) = group.pairs[tri(i, j)].observe(&rule, d, u, now_ms) {
+            let (other_user, instant) = (other.user, taken_ms.max(other.taken_ms));
+            if let Some(t) = group.pairs[tri(i, j)].observe(&rule, d, u, instant) {
                 let (a, b) = out.pair(user, other_user);
                 let what = match t.to {
                     Proximity::Near => What::Near { a, b },
@@ -963,7 +963,7 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             .get(slot)
             .expect("tracks are dropped with their place");
         let reading = place.read_from(&probe, accuracy);
-        if let Some((inside, _)) = track.feed(reading, &debounce(place), now_ms) {
+        if let Some((inside, _)) = track.feed(reading, &debounce(place), taken_ms) {
             let place = place_ids[slot as usize];
             let what = if inside {
                 What::Arrived {
@@ -997,8 +997,8 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
         let mut track = Track::default();
         if seeded {
             // Untracked means confirmed outside: the reading goes through the dwell.
-            track.seed(false, now_ms);
-            if let Some((true, _)) = track.feed(reading, &debounce(place), now_ms) {
+            track.seed(false, taken_ms);
+            if let Some((true, _)) = track.feed(reading, &debounce(place), taken_ms) {
                 let place = place_ids[slot as usize];
                 out.alert(
                     *id,
@@ -1011,7 +1011,7 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             }
         } else {
             // The first reading of a member is seeded silently.
-            track.feed(reading, &debounce(place), now_ms);
+            track.feed(reading, &debounce(place), taken_ms);
         }
         member.places.push((slot, track));
     });

@@ -9,14 +9,20 @@
 //! - [`engine`]: sharing per group (exact or approximate, until a time, paused), the latest fix
 //!   per user, proximity and place alerts, lost members, purging.
 //!
-//! The server (WebSocket and HTTP ingest, location tokens) is not built yet.
+//! The shell around it:
+//! - [`hub`]: the engine plus who is connected and what their location tokens grant; turns
+//!   engine output into frames for streams and alerts for the bus. Still sans-IO.
+//! - [`server`]: tokio/axum: the WebSocket stream and HTTP batch ingest, token checks against the
+//!   control plane's JWKS, the task that owns the hub and the clock, alerts to Redis.
 
 pub mod engine;
 pub mod fix;
 pub mod geo;
+pub mod hub;
 pub mod noise;
 pub mod places;
 pub mod proximity;
+pub mod server;
 
 /// Puts `item` in a slot freed earlier, or in a new one at the end; answers the slot.
 pub(crate) fn put<T>(slots: &mut Vec<T>, free: &mut Vec<u32>, item: T) -> u32 {

@@ -4,6 +4,8 @@
 //! - [`account`]: the caller's own account, settings and devices; public profiles.
 //! - [`api`]: the REST request/response bodies of the control plane and the problem+json error body.
 //! - [`events`]: what media nodes report about their sessions to the control plane.
+//! - [`location`]: the location stream's frames (JSON and binary), the location token's claims and
+//!   the alerts location engines put on the bus.
 //! - [`node`]: the media node record the registry holds.
 //! - [`realtime`]: the `/v1/events` WebSocket frames and the events of a group's log.
 //! - [`room`]: room control messages on the data channel.
@@ -16,6 +18,7 @@ pub mod account;
 pub mod api;
 pub mod events;
 pub mod ids;
+pub mod location;
 pub mod node;
 pub mod realtime;
 pub mod room;

@@ -266,6 +266,12 @@ pub enum EventData {
         participant: crate::ids::ParticipantId,
         user: UserId,
     },
+    /// A location engine's alert: two members came near or moved apart, one arrived at or left
+    /// a place of the group, or went silent. `alert_id` (32 hex digits) is the engine's.
+    Location {
+        alert_id: String,
+        alert: crate::location::AlertKind,
+    },
 }
 
 impl EventData {
@@ -284,6 +290,7 @@ impl EventData {
             EventData::SessionEnded { .. } => "session_ended",
             EventData::ParticipantJoined { .. } => "participant_joined",
             EventData::ParticipantLeft { .. } => "participant_left",
+            EventData::Location { .. } => "location",
         }
     }
 }

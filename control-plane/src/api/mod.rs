@@ -15,6 +15,7 @@ mod events;
 pub(crate) mod extract;
 mod groups;
 mod health;
+mod location;
 mod messages;
 mod openapi;
 mod participants;
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     /// The issuer shown in authenticator apps.
     pub totp_issuer: String,
     pub region_hint: Option<String>,
+    /// Where clients stream their location (handed out with location tokens).
+    pub location_url: Option<String>,
     /// Client for relaying moderation to media nodes.
     pub http: reqwest::Client,
     /// Group events to the `/v1/events` connections, here and on the other replicas.
@@ -154,6 +157,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/auth/sessions/{id}", delete(auth::revoke_session))
         .route("/v1/events", get(events::events))
         .route("/v1/calls", post(calls::create))
+        .route("/v1/location/token", post(location::token))
         .route("/v1/push/vapid-public-key", get(users::vapid_public_key))
         .route("/v1/users/me", get(users::me).patch(users::update_me))
         .route("/v1/users/me/settings", patch(users::update_settings))

@@ -71,6 +71,7 @@ impl ToSchema for AnyJson {}
         super::users::delete_device,
         super::users::vapid_public_key,
         super::calls::create,
+        super::location::token,
         super::groups::create,
         super::groups::list,
         super::groups::get,

@@ -11,6 +11,7 @@ mod attachments;
 mod auth_sessions;
 mod group_log;
 mod groups;
+mod location;
 mod participants;
 mod push;
 mod second_factor;

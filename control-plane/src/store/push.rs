@@ -13,6 +13,8 @@ pub(crate) struct PushTarget {
     pub user: UserId,
     pub username: String,
     pub messages: MessageNotifications,
+    /// Wants location alerts.
+    pub proximity: bool,
     pub device: Uuid,
 }
 
@@ -95,7 +97,7 @@ impl Store {
         group: GroupId,
     ) -> Result<Vec<PushTarget>, sqlx::Error> {
         sqlx::query(
-            "SELECT u.id, u.username, u.notify_messages, d.id AS device_id \
+            "SELECT u.id, u.username, u.notify_messages, u.notify_proximity, d.id AS device_id \
              FROM group_members m JOIN users u ON u.id = m.user_id \
              JOIN devices d ON d.user_id = m.user_id AND d.platform = 'web' \
              WHERE m.group_id = $1 ORDER BY u.id, d.id",
@@ -109,6 +111,7 @@ impl Store {
                 user: uuid_column(row, "id", UserId::from_uuid)?,
                 username: row.try_get("username")?,
                 messages: parsed_column(row, "notify_messages", MessageNotifications::parse)?,
+                proximity: row.try_get::<i64, _>("notify_proximity")? != 0,
                 device: uuid_column(row, "device_id", |u| u)?,
             })
         })

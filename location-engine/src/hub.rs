@@ -1,0 +1,338 @@
+//! The hub: the [`Engine`] plus who is connected, what their tokens grant, and what must be sent
+//! to whom. Sans-IO like the engine: the server's task feeds it verified claims, fixes and `now`,
+//! and carries out the [`Outbox`] it fills (frames to connections, alerts for the bus).
+//!
+//! Grants follow the newest token a user presented (by `iat`): a group it no longer names stops
+//! being shared at once. Sharing with a group lasts until the earlier of the grant's `until` and
+//! the token's expiry; a fresh token extends it, and [`Hub::tick`] ends what was not extended.
+//! Every member a grant names sees the group's positions on each of their open streams.
+
+use crate::engine::{Alert, Config, Engine, GroupConfig, IngestError, Seen, Sharing, What};
+use crate::fix::Fix;
+use crate::geo::LatLon;
+use crate::proximity::Rule;
+use protocol::ids::{GroupId, UserId};
+use protocol::location::{
+    AlertKind, FIX_BURST, Grant, LocationAlert, LocationClaims, MAX_FIXES_PER_SEC, MemberPosition,
+    Refusal, Rejected, ServerFrame, Sharing as SharingView, WireFix,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A connection's number, given by the server.
+pub type ConnId = u64;
+
+/// What the hub asks the server to do.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// A text frame for each of these connections (one encoding shared by all).
+    pub frames: Vec<(Vec<ConnId>, Arc<str>)>,
+    /// Alerts for the bus (the control plane logs and pushes them).
+    pub alerts: Vec<LocationAlert>,
+}
+
+/// Why fixes were not taken at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FixesError {
+    #[error("more than {MAX_FIXES_PER_SEC} fixes a second")]
+    TooMany,
+    #[error("the location token grants no group")]
+    NoGrant,
+}
+
+#[derive(Debug)]
+struct UserState {
+    /// `iat` of the newest token seen.
+    iat: u64,
+    /// The groups that token grants, with the sharing they give.
+    grants: Vec<(GroupId, Sharing)>,
+    conns: Vec<ConnId>,
+    /// Fix budget (token bucket) and when it was last filled, ms.
+    budget: f64,
+    budget_at: i64,
+}
+
+/// The engine and its audience.
+#[derive(Debug)]
+pub struct Hub {
+    engine: Engine,
+    users: HashMap<UserId, UserState>,
+    /// Per group: its proximity radius (as last granted) and the connections watching it.
+    groups: HashMap<GroupId, (u32, Vec<ConnId>)>,
+    conns: HashMap<ConnId, UserId>,
+    alerts: Vec<Alert>,
+    changed: Vec<GroupId>,
+}
+
+impl Hub {
+    pub fn new(config: Config) -> Self {
+        Self {
+            engine: Engine::new(config),
+            users: HashMap::new(),
+            groups: HashMap::new(),
+            conns: HashMap::new(),
+            alerts: Vec::new(),
+            changed: Vec::new(),
+        }
+    }
+
+    /// The engine (for reads).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Applies a verified token: shares with its groups (or, for a token older than one seen
+    /// before, keeps the newer grants). Answers the sharing now in force and the groups refused.
+    pub fn authorize(
+        &mut self,
+        claims: &LocationClaims,
+        now_ms: i64,
+    ) -> (Vec<SharingView>, Vec<Refusal>) {
+        let user = claims.sub;
+        let state = self.users.entry(user).or_insert_with(|| UserState {
+            iat: 0,
+            grants: Vec::new(),
+            conns: Vec::new(),
+            budget: f64::from(FIX_BURST),
+            budget_at: now_ms,
+        });
+        let mut refused = Vec::new();
+        if claims.iat >= state.iat {
+            state.iat = claims.iat;
+            let old = std::mem::take(&mut state.grants);
+            let exp_ms = ms(claims.exp);
+            let mut grants = Vec::with_capacity(claims.groups.len());
+            for g in &claims.groups {
+                let until_ms = g.until.map_or(exp_ms, |u| ms(u).min(exp_ms));
+                let sharing = Sharing {
+                    precision: g.precision,
+                    until_ms,
+                };
+                configure(&mut self.engine, &mut self.groups, g);
+                match self.engine.share(user, g.grp, sharing, now_ms) {
+                    Ok(()) => grants.push((g.grp, sharing)),
+                    Err(e) => refused.push(Refusal {
+                        group: g.grp,
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+            for (group, _) in &old {
+                if !grants.iter().any(|(g, _)| g == group) {
+                    self.engine.stop_sharing(user, *group);
+                }
+            }
+            let conns = state.conns.clone();
+            state.grants = grants;
+            for conn in conns {
+                self.subscribe(conn, user, &old);
+            }
+        }
+        (self.sharing_of(user), refused)
+    }
+
+    fn sharing_of(&self, user: UserId) -> Vec<SharingView> {
+        self.users.get(&user).map_or_else(Vec::new, |s| {
+            s.grants
+                .iter()
+                .map(|(group, sh)| SharingView {
+                    group: *group,
+                    precision: sh.precision,
+                    until_ms: sh.until_ms,
+                })
+                .collect()
+        })
+    }
+
+    /// A stream of `user` (whose token was authorized) opened: it watches the user's groups and
+    /// is sent their positions now.
+    pub fn open(&mut self, conn: ConnId, user: UserId, out: &mut Outbox) {
+        let Some(state) = self.users.get_mut(&user) else {
+            return;
+        };
+        state.conns.push(conn);
+        self.conns.insert(conn, user);
+        self.subscribe(conn, user, &[]);
+        let groups: Vec<GroupId> = self.users[&user].grants.iter().map(|(g, _)| *g).collect();
+        for group in groups {
+            let frame = positions(group, &self.engine.view(group));
+            out.frames.push((vec![conn], frame));
+        }
+    }
+
+    /// Moves `conn` from the groups of `old` to the user's current groups.
+    fn subscribe(&mut self, conn: ConnId, user: UserId, old: &[(GroupId, Sharing)]) {
+        for (group, _) in old {
+            if let Some((_, subs)) = self.groups.get_mut(group) {
+                subs.retain(|c| *c != conn);
+            }
+        }
+        for (group, _) in &self.users[&user].grants {
+            let subs = &mut self.groups.entry(*group).or_default().1;
+            if !subs.contains(&conn) {
+                subs.push(conn);
+            }
+        }
+    }
+
+    /// A stream closed. Sharing goes on until it expires (the user may post fixes over HTTP or
+    /// reconnect).
+    pub fn close(&mut self, conn: ConnId) {
+        let Some(user) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(state) = self.users.get_mut(&user) {
+            state.conns.retain(|c| *c != conn);
+            let groups: Vec<GroupId> = state.grants.iter().map(|(g, _)| *g).collect();
+            for group in groups {
+                if let Some((_, subs)) = self.groups.get_mut(&group) {
+                    subs.retain(|c| *c != conn);
+                }
+            }
+        }
+    }
+
+    /// Takes `user`'s fixes (oldest first). Fixes the engine refuses are answered by index.
+    pub fn fixes(
+        &mut self,
+        user: UserId,
+        fixes: &[WireFix],
+        now_ms: i64,
+    ) -> Result<(u32, Vec<Rejected>), FixesError> {
+        let Some(state) = self.users.get_mut(&user) else {
+            return Err(FixesError::NoGrant);
+        };
+        let rate = f64::from(MAX_FIXES_PER_SEC);
+        let elapsed_s = (now_ms - state.budget_at).max(0) as f64 / 1000.0;
+        state.budget = (state.budget + elapsed_s * rate).min(f64::from(FIX_BURST));
+        state.budget_at = now_ms;
+        if state.budget < fixes.len() as f64 {
+            return Err(FixesError::TooMany);
+        }
+        state.budget -= fixes.len() as f64;
+        let mut accepted = 0;
+        let mut rejected = Vec::new();
+        for (i, w) in fixes.iter().enumerate() {
+            let result = LatLon::new(w.lat, w.lon)
+                .map_err(|e| IngestError::Refused(e.into()))
+                .and_then(|at| {
+                    let fix = Fix {
+                        at,
+                        accuracy_m: w.acc,
+                        altitude_m: w.alt,
+                        speed_mps: w.speed,
+                        heading_deg: w.heading,
+                        battery: w.battery,
+                        taken_ms: w.t,
+                    };
+                    self.engine.ingest(user, &fix, now_ms)
+                });
+            match result {
+                Ok(()) => accepted += 1,
+                Err(e) => rejected.push(Rejected {
+                    index: i as u32,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Ok((accepted, rejected))
+    }
+
+    pub fn pause(&mut self, user: UserId) {
+        self.engine.pause(user);
+    }
+
+    pub fn resume(&mut self, user: UserId) {
+        self.engine.resume(user);
+    }
+
+    /// Ends expired sharing and raises `lost`.
+    pub fn tick(&mut self, now_ms: i64) {
+        self.engine.tick(now_ms);
+        for state in self.users.values_mut() {
+            state.grants.retain(|(_, s)| s.until_ms > now_ms);
+        }
+        self.users
+            .retain(|_, s| !s.grants.is_empty() || !s.conns.is_empty());
+    }
+
+    /// Collects what the last inputs produced: alerts for the group's streams and the bus, and
+    /// the positions of every group that moved.
+    pub fn flush(&mut self, out: &mut Outbox) {
+        self.engine.take_alerts(&mut self.alerts);
+        for alert in self.alerts.drain(..) {
+            let wire = wire_alert(&alert);
+            if let Some((_, subs)) = self.groups.get(&alert.group)
+                && !subs.is_empty()
+            {
+                out.frames
+                    .push((subs.clone(), ServerFrame::Alert(wire).encode().into()));
+            }
+            out.alerts.push(wire);
+        }
+        self.engine.take_changed(&mut self.changed);
+        for group in self.changed.drain(..) {
+            if let Some((_, subs)) = self.groups.get(&group)
+                && !subs.is_empty()
+            {
+                out.frames
+                    .push((subs.clone(), positions(group, &self.engine.view(group))));
+            }
+        }
+    }
+}
+
+/// Gives the engine the group's proximity radius when it is new or changed.
+fn configure(engine: &mut Engine, groups: &mut HashMap<GroupId, (u32, Vec<ConnId>)>, g: &Grant) {
+    let entry = groups.entry(g.grp).or_insert((u32::MAX, Vec::new()));
+    if entry.0 != g.near_m {
+        entry.0 = g.near_m;
+        engine.configure_group(
+            g.grp,
+            GroupConfig {
+                proximity: (g.near_m > 0).then(|| Rule::new(f64::from(g.near_m))),
+                ..GroupConfig::default()
+            },
+        );
+    }
+}
+
+fn ms(unix_s: u64) -> i64 {
+    i64::try_from(unix_s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn positions(group: GroupId, seen: &[Seen]) -> Arc<str> {
+    let members = seen
+        .iter()
+        .map(|s| MemberPosition {
+            user: s.user,
+            precision: s.precision,
+            lat: s.at.lat(),
+            lon: s.at.lon(),
+            acc: s.accuracy_m,
+            t: s.taken_ms,
+            lost: s.lost,
+            alt: s.altitude_m,
+            speed: s.speed_mps,
+            heading: s.heading_deg,
+            battery: s.battery,
+        })
+        .collect();
+    ServerFrame::Positions { group, members }.encode().into()
+}
+
+/// An engine alert on the wire.
+pub fn wire_alert(a: &Alert) -> LocationAlert {
+    LocationAlert {
+        id: a.id,
+        group: a.group,
+        at_ms: a.at_ms,
+        kind: match a.what {
+            What::Near { a, b } => AlertKind::Near { a, b },
+            What::Apart { a, b } => AlertKind::Apart { a, b },
+            What::Arrived { user, place } => AlertKind::Arrived { user, place },
+            What::Left { user, place } => AlertKind::Left { user, place },
+            What::Lost { user, last_fix_ms } => AlertKind::Lost { user, last_fix_ms },
+        },
+    }
+}

@@ -1,0 +1,716 @@
+//! The server shell around the [`Hub`]: HTTP and WebSocket on tokio/axum, one task owning the
+//! hub, the clock, the JWKS, and the bus.
+//!
+//! - `GET /v1/stream` (WebSocket): location token in `Authorization: Bearer` or `?token=`,
+//!   checked before the upgrade (a bad one is a 401 problem+json); then frames of
+//!   [`protocol::location`] both ways. Fixes arrive as JSON text or binary frames; a frame that
+//!   does not decode closes with [`CLOSE_BAD_FRAME`], fixes beyond the rate with
+//!   [`CLOSE_TOO_MANY`], an unread stream with [`CLOSE_TOO_SLOW`], and the token's expiry
+//!   without a renewing `token` frame with [`CLOSE_UNAUTHORIZED`].
+//! - `POST /v1/fixes`: a batch (JSON or binary) with the token as bearer; answers a
+//!   [`BatchResult`], or problem+json.
+//! - `GET /livez`, `GET /readyz`.
+//!
+//! The hub task takes commands from a channel, drains what is queued before it flushes (one
+//! positions frame per moved group per batch, not per fix), ticks every second, and hands alerts
+//! to the [`AlertSink`] (the control plane in-process, or a Redis stream).
+
+use crate::engine::Config;
+use crate::hub::{ConnId, FixesError, Hub, Outbox};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use protocol::api::{Jwks, PROBLEM_JSON, PROBLEM_TYPE_PREFIX, Problem};
+use protocol::location::{
+    BINARY_MEDIA_TYPE, BatchResult, CLOSE_BAD_FRAME, CLOSE_TOO_MANY, CLOSE_TOO_SLOW,
+    CLOSE_UNAUTHORIZED, ClientFrame, FixBatch, LocationAlert, LocationClaims, MAX_BATCH, MAX_FRAME,
+    Refusal, Rejected, ServerFrame, Sharing, WireFix, decode_fixes,
+};
+use protocol::token::{self, AUD_LOCATION, TokenError, VerifyingKeys};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Clock skew tolerated on a token's `exp` and `iat`, seconds.
+pub const LEEWAY_SECS: u64 = 30;
+/// Least time between two JWKS fetches caused by an unknown key id.
+const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+/// Frames waiting for one stream before it counts as not reading.
+const STREAM_QUEUE: usize = 256;
+/// Commands the hub takes before it flushes.
+const DRAIN: usize = 1024;
+/// How long one frame may take to go out.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where alerts go for the control plane.
+pub type AlertSink = Arc<dyn Fn(Vec<LocationAlert>) + Send + Sync>;
+
+/// How to run a location engine.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The control plane's JWKS, for location tokens.
+    pub jwks_url: String,
+    /// Alerts for the control plane, if any.
+    pub alerts: Option<AlertSink>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("jwks_url", &self.jwks_url)
+            .field("alerts", &self.alerts.is_some())
+            .finish()
+    }
+}
+
+/// A running location engine.
+#[derive(Debug)]
+pub struct LocationServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    hub: JoinHandle<()>,
+}
+
+impl LocationServer {
+    /// Binds `config.listen`, starts the hub, and serves until [`LocationServer::shutdown`].
+    pub async fn start(config: ServerConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        Self::serve(listener, config)
+    }
+
+    /// As [`LocationServer::start`] on a listener bound already (`config.listen` is ignored).
+    pub fn serve(listener: tokio::net::TcpListener, config: ServerConfig) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let now = unix_ms();
+        let hub = Hub::new(Config {
+            // Alert ids stay unique across restarts: each incarnation starts at its start time.
+            incarnation: now as u64,
+            seed: now as u64 ^ 0x9E37_79B9_7F4A_7C15,
+        });
+        let hub = tokio::spawn(run_hub(hub, cmd_rx, stop_rx.clone(), config.alerts));
+        let state = AppState {
+            keys: Arc::new(Keys::new(config.jwks_url)),
+            hub: cmd_tx,
+            next_conn: Arc::new(AtomicU64::new(1)),
+            stop: stop_rx.clone(),
+        };
+        let app = Router::new()
+            .route("/v1/stream", get(stream))
+            .route("/v1/fixes", post(post_fixes))
+            .route("/livez", get(|| async { "ok" }))
+            .route("/readyz", get(|| async { "ok" }))
+            .layer(DefaultBodyLimit::max(MAX_FRAME))
+            .with_state(state);
+        let mut stop_http = stop_rx;
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped(&mut stop_http).await })
+                .await
+        });
+        Ok(Self {
+            addr,
+            stop,
+            http,
+            hub,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes every stream (1001) and stops.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.http.await;
+        let _ = self.hub.await;
+    }
+}
+
+/// Resolves once `stop` holds `true`.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Clone)]
+struct AppState {
+    keys: Arc<Keys>,
+    hub: mpsc::UnboundedSender<Cmd>,
+    next_conn: Arc<AtomicU64>,
+    stop: watch::Receiver<bool>,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+enum Cmd {
+    Authorize {
+        claims: Box<LocationClaims>,
+        reply: Reply<(Vec<Sharing>, Vec<Refusal>)>,
+    },
+    Open {
+        conn: ConnId,
+        user: protocol::UserId,
+        tx: mpsc::Sender<Arc<str>>,
+        kill: oneshot::Sender<u16>,
+    },
+    Close {
+        conn: ConnId,
+    },
+    Fixes {
+        user: protocol::UserId,
+        fixes: Vec<WireFix>,
+        reply: Reply<Result<(u32, Vec<Rejected>), FixesError>>,
+    },
+    Pause {
+        user: protocol::UserId,
+        pause: bool,
+    },
+}
+
+struct Stream {
+    tx: mpsc::Sender<Arc<str>>,
+    kill: Option<oneshot::Sender<u16>>,
+}
+
+async fn run_hub(
+    mut hub: Hub,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    mut stop: watch::Receiver<bool>,
+    sink: Option<AlertSink>,
+) {
+    let mut streams: HashMap<ConnId, Stream> = HashMap::new();
+    let mut out = Outbox::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                let now = unix_ms();
+                handle(&mut hub, &mut streams, &mut out, cmd, now);
+                for _ in 0..DRAIN {
+                    let Ok(cmd) = rx.try_recv() else { break };
+                    handle(&mut hub, &mut streams, &mut out, cmd, now);
+                }
+            }
+            _ = tick.tick() => hub.tick(unix_ms()),
+            () = stopped(&mut stop) => break,
+        }
+        hub.flush(&mut out);
+        for (conns, frame) in out.frames.drain(..) {
+            for conn in conns {
+                let Some(s) = streams.get_mut(&conn) else {
+                    continue;
+                };
+                if s.tx.try_send(frame.clone()).is_err() {
+                    // Not reading (or gone): it is closed, not waited for.
+                    if let Some(kill) = s.kill.take() {
+                        let _ = kill.send(CLOSE_TOO_SLOW);
+                    }
+                }
+            }
+        }
+        if !out.alerts.is_empty() {
+            let alerts = std::mem::take(&mut out.alerts);
+            if let Some(sink) = &sink {
+                sink(alerts);
+            }
+        }
+    }
+}
+
+fn handle(
+    hub: &mut Hub,
+    streams: &mut HashMap<ConnId, Stream>,
+    out: &mut Outbox,
+    cmd: Cmd,
+    now: i64,
+) {
+    match cmd {
+        Cmd::Authorize { claims, reply } => {
+            let _ = reply.send(hub.authorize(&claims, now));
+        }
+        Cmd::Open {
+            conn,
+            user,
+            tx,
+            kill,
+        } => {
+            streams.insert(
+                conn,
+                Stream {
+                    tx,
+                    kill: Some(kill),
+                },
+            );
+            hub.open(conn, user, out);
+        }
+        Cmd::Close { conn } => {
+            streams.remove(&conn);
+            hub.close(conn);
+        }
+        Cmd::Fixes { user, fixes, reply } => {
+            let _ = reply.send(hub.fixes(user, &fixes, now));
+        }
+        Cmd::Pause { user, pause: true } => hub.pause(user),
+        Cmd::Pause { user, pause: false } => hub.resume(user),
+    }
+}
+
+/// Location-token keys from the control plane's JWKS, refetched when a token names an unknown
+/// key id (at most once per [`REFETCH_INTERVAL`]).
+struct Keys {
+    url: String,
+    http: reqwest::Client,
+    keys: RwLock<VerifyingKeys>,
+    fetched: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AuthError {
+    #[error("a location token is needed (Authorization: Bearer, or ?token=)")]
+    Missing,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the signing keys could not be fetched")]
+    KeysUnavailable,
+}
+
+impl Keys {
+    fn new(url: String) -> Self {
+        Self {
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            keys: RwLock::new(VerifyingKeys::default()),
+            fetched: Mutex::new(None),
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<LocationClaims, AuthError> {
+        if let Some(kid) = token::peek_kid(token)? {
+            let known = self
+                .keys
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&kid);
+            if !known {
+                let due = {
+                    let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+                    let due = fetched.is_none_or(|t| t.elapsed() >= REFETCH_INTERVAL);
+                    if due {
+                        *fetched = Some(Instant::now());
+                    }
+                    due
+                };
+                if due {
+                    let jwks: Jwks = async {
+                        self.http
+                            .get(&self.url)
+                            .send()
+                            .await?
+                            .error_for_status()?
+                            .json()
+                            .await
+                    }
+                    .await
+                    .map_err(|_| AuthError::KeysUnavailable)?;
+                    *self.keys.write().unwrap_or_else(|e| e.into_inner()) =
+                        VerifyingKeys::from_jwks(&jwks);
+                }
+            }
+        }
+        let now = (unix_ms() / 1000) as u64;
+        let claims: LocationClaims = self.keys.read().unwrap_or_else(|e| e.into_inner()).verify(
+            token,
+            AUD_LOCATION,
+            now,
+            LEEWAY_SECS,
+        )?;
+        Ok(claims)
+    }
+}
+
+fn problem(status: StatusCode, kind: &str, title: &str, detail: Option<String>) -> Response {
+    let body = Problem {
+        type_: format!("{PROBLEM_TYPE_PREFIX}{kind}"),
+        title: title.to_string(),
+        status: status.as_u16(),
+        detail,
+        mfa_token: None,
+    };
+    let mut res = (status, serde_json::to_string(&body).unwrap_or_default()).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    res
+}
+
+fn auth_problem(e: &AuthError) -> Response {
+    match e {
+        AuthError::KeysUnavailable => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "keys-unavailable",
+            "The signing keys could not be fetched",
+            None,
+        ),
+        _ => {
+            let mut res = problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "A valid location token is needed",
+                Some(e.to_string()),
+            );
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res
+        }
+    }
+}
+
+fn bearer<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| query.get("token").map(String::as_str))
+}
+
+async fn ask<T>(hub: &mpsc::UnboundedSender<Cmd>, cmd: impl FnOnce(Reply<T>) -> Cmd) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    hub.send(cmd(tx)).ok()?;
+    rx.await.ok()
+}
+
+async fn post_fixes(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(token) = bearer(&headers, &query) else {
+        return auth_problem(&AuthError::Missing);
+    };
+    let claims = match state.keys.verify(token).await {
+        Ok(c) => c,
+        Err(e) => return auth_problem(&e),
+    };
+    let binary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(BINARY_MEDIA_TYPE));
+    let fixes = if binary {
+        let mut fixes = Vec::new();
+        if let Err(e) = decode_fixes(&body, &mut fixes) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-frame",
+                "The binary fix frame does not decode",
+                Some(e.to_string()),
+            );
+        }
+        fixes
+    } else {
+        match serde_json::from_slice::<FixBatch>(&body) {
+            Ok(b) if b.fixes.len() <= MAX_BATCH => b.fixes,
+            Ok(_) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "too-many-fixes",
+                    "Too many fixes in one batch",
+                    Some(format!("at most {MAX_BATCH}")),
+                );
+            }
+            Err(e) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    "The body is not a fix batch",
+                    Some(e.to_string()),
+                );
+            }
+        }
+    };
+    let user = claims.sub;
+    let Some(_) = ask(&state.hub, |reply| Cmd::Authorize {
+        claims: Box::new(claims),
+        reply,
+    })
+    .await
+    else {
+        return shutting_down();
+    };
+    match ask(&state.hub, |reply| Cmd::Fixes { user, fixes, reply }).await {
+        None => shutting_down(),
+        Some(Ok((accepted, rejected))) => {
+            axum::Json(BatchResult { accepted, rejected }).into_response()
+        }
+        Some(Err(FixesError::TooMany)) => {
+            let mut res = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many fixes",
+                Some(FixesError::TooMany.to_string()),
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            res
+        }
+        Some(Err(e @ FixesError::NoGrant)) => problem(
+            StatusCode::FORBIDDEN,
+            "not-sharing",
+            "The token shares with no group",
+            Some(e.to_string()),
+        ),
+    }
+}
+
+fn shutting_down() -> Response {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting-down",
+        "The location engine is shutting down",
+        None,
+    )
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(token) = bearer(&headers, &query) else {
+        return auth_problem(&AuthError::Missing);
+    };
+    let claims = match state.keys.verify(token).await {
+        Ok(c) => c,
+        Err(e) => return auth_problem(&e),
+    };
+    upgrade
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .read_buffer_size(4096)
+        .on_upgrade(move |socket| async move {
+            let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+            let mut s = Conn {
+                socket,
+                state,
+                conn,
+            };
+            let end = s.run(claims).await;
+            let _ = s.state.hub.send(Cmd::Close { conn });
+            if let Err((code, reason)) = end {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from(reason),
+                };
+                let _ =
+                    tokio::time::timeout(SEND_TIMEOUT, s.socket.send(Message::Close(Some(frame))))
+                        .await;
+            }
+        })
+}
+
+struct Conn {
+    socket: WebSocket,
+    state: AppState,
+    conn: ConnId,
+}
+
+/// Why a stream ends: a close code and reason, or `Ok` when the client went away.
+type End = Result<(), (u16, String)>;
+
+fn bad(reason: impl std::fmt::Display) -> (u16, String) {
+    let mut text = reason.to_string();
+    // A close reason is at most 123 bytes.
+    while text.len() > 120 {
+        text.pop();
+    }
+    (CLOSE_BAD_FRAME, text)
+}
+
+impl Conn {
+    async fn send(&mut self, text: Utf8Bytes) -> End {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err((1006, String::new())),
+            Err(_) => Err((CLOSE_TOO_SLOW, "the stream was not read".into())),
+        }
+    }
+
+    async fn authorize(&mut self, claims: LocationClaims) -> Result<i64, (u16, String)> {
+        let exp = claims.exp;
+        let user = claims.sub;
+        let (sharing, refused) = ask(&self.state.hub, |reply| Cmd::Authorize {
+            claims: Box::new(claims),
+            reply,
+        })
+        .await
+        .ok_or((1001, "the server is shutting down".to_string()))?;
+        let ready = ServerFrame::Ready {
+            user,
+            sharing,
+            refused,
+        };
+        self.send(ready.encode().into()).await?;
+        Ok(i64::try_from(exp.saturating_add(LEEWAY_SECS)).unwrap_or(i64::MAX) * 1000)
+    }
+
+    async fn run(&mut self, claims: LocationClaims) -> End {
+        let user = claims.sub;
+        let mut expires_ms = self.authorize(claims).await?;
+        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+        let (kill_tx, mut kill) = oneshot::channel();
+        let _ = self.state.hub.send(Cmd::Open {
+            conn: self.conn,
+            user,
+            tx,
+            kill: kill_tx,
+        });
+        let mut stop = self.state.stop.clone();
+        let mut fixes = Vec::new();
+        loop {
+            let left = Duration::from_millis((expires_ms - unix_ms()).max(0) as u64);
+            tokio::select! {
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { return Err((1001, "the server is shutting down".into())) };
+                    self.send(Utf8Bytes::from(&*frame)).await?;
+                }
+                code = &mut kill => {
+                    let code = code.unwrap_or(1001);
+                    return Err((code, "the stream was not read".into()));
+                }
+                () = tokio::time::sleep(left) => {
+                    return Err((CLOSE_UNAUTHORIZED, "the location token expired".into()));
+                }
+                () = stopped(&mut stop) => {
+                    return Err((1001, "the server is shutting down".into()));
+                }
+                msg = self.socket.recv() => {
+                    let msg = match msg {
+                        None => return Ok(()),
+                        Some(Err(_)) => return Err((1009, "a frame was too large or broken".into())),
+                        Some(Ok(m)) => m,
+                    };
+                    fixes.clear();
+                    match msg {
+                        Message::Binary(bytes) => {
+                            decode_fixes(&bytes, &mut fixes).map_err(bad)?;
+                        }
+                        Message::Text(text) => match ClientFrame::decode(&text).map_err(bad)? {
+                            ClientFrame::Fix(f) => fixes.push(f),
+                            ClientFrame::Fixes { fixes: f } => {
+                                if f.len() > MAX_BATCH {
+                                    return Err(bad(format!("at most {MAX_BATCH} fixes a frame")));
+                                }
+                                fixes = f;
+                            }
+                            ClientFrame::Token { token } => {
+                                let claims = match self.state.keys.verify(&token).await {
+                                    Ok(c) => c,
+                                    Err(e) => return Err((CLOSE_UNAUTHORIZED, e.to_string())),
+                                };
+                                if claims.sub != user {
+                                    return Err((CLOSE_UNAUTHORIZED, "the token is for another user".into()));
+                                }
+                                expires_ms = expires_ms.max(self.authorize(claims).await?);
+                            }
+                            ClientFrame::Pause {} => {
+                                let _ = self.state.hub.send(Cmd::Pause { user, pause: true });
+                            }
+                            ClientFrame::Resume {} => {
+                                let _ = self.state.hub.send(Cmd::Pause { user, pause: false });
+                            }
+                            ClientFrame::Ping {} => {
+                                self.send(ServerFrame::Pong {}.encode().into()).await?;
+                            }
+                        },
+                        Message::Close(_) => return Ok(()),
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                    if !fixes.is_empty() {
+                        let batch = std::mem::take(&mut fixes);
+                        match ask(&self.state.hub, |reply| Cmd::Fixes { user, fixes: batch, reply }).await {
+                            None => return Err((1001, "the server is shutting down".into())),
+                            Some(Err(FixesError::TooMany)) => {
+                                return Err((CLOSE_TOO_MANY, FixesError::TooMany.to_string()));
+                            }
+                            Some(Err(e @ FixesError::NoGrant)) => {
+                                return Err((CLOSE_UNAUTHORIZED, e.to_string()));
+                            }
+                            Some(Ok((_, rejected))) if !rejected.is_empty() => {
+                                self.send(ServerFrame::Rejected { rejected }.encode().into()).await?;
+                            }
+                            Some(Ok(_)) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Alerts onto the Redis stream [`protocol::location::redis_alert_stream_key`] (capped near
+/// `max_len` entries), for control planes in other processes. Alerts queue in memory while
+/// Redis is unreachable and go out when it is back.
+pub async fn redis_alert_sink(
+    url: &str,
+    prefix: &str,
+    max_len: usize,
+) -> anyhow::Result<AlertSink> {
+    let client = redis::Client::open(url)?;
+    let mut conn = redis::aio::ConnectionManager::new(client).await?;
+    let key = protocol::location::redis_alert_stream_key(prefix);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<LocationAlert>>();
+    tokio::spawn(async move {
+        while let Some(alerts) = rx.recv().await {
+            for alert in alerts {
+                let json = serde_json::to_string(&alert).unwrap_or_default();
+                loop {
+                    let added: redis::RedisResult<String> = redis::cmd("XADD")
+                        .arg(&key)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(max_len)
+                        .arg("*")
+                        .arg(protocol::events::REDIS_EVENT_FIELD)
+                        .arg(&json)
+                        .query_async(&mut conn)
+                        .await;
+                    match added {
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "putting an alert on Redis; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(Arc::new(move |alerts| {
+        let _ = tx.send(alerts);
+    }))
+}
