@@ -445,3 +445,97 @@ async fn bad_tokens_frames_and_floods_get_clear_answers() {
     assert_eq!(close_code(&mut ws).await, CLOSE_TOO_MANY);
     stack.shutdown().await.unwrap();
 }
+
+/// Across processes: the engine puts its alerts on a Redis stream, and a control plane (here
+/// not the dev stack's) consumes them into the group log. Needs `CONVOY_TEST_REDIS_URL`.
+#[tokio::test]
+async fn alerts_travel_to_the_control_plane_through_redis() {
+    use location_engine::server::{LocationServer, ServerConfig, redis_alert_sink};
+    let Some(url) = tests::external("CONVOY_TEST_REDIS_URL", "location alerts on Redis") else {
+        return;
+    };
+    let prefix = format!("convoy-test-{}:", uuid::Uuid::new_v4().simple());
+    let dir = temp_dir("loc-redis");
+    let registry = std::sync::Arc::new(control_plane::InProcessRegistry::new());
+    let cp = control_plane::ControlPlane::new(
+        &control_plane::Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
+        ),
+        registry,
+    )
+    .await
+    .unwrap();
+    cp.consume_redis_events(&url, &prefix).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(control_plane::serve(listener, cp, std::future::pending()));
+    let engine = LocationServer::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        jwks_url: format!("{base}/.well-known/jwks.json"),
+        alerts: Some(redis_alert_sink(&url, &prefix, 1_000).await.unwrap()),
+    })
+    .await
+    .unwrap();
+    let stream_url = format!("ws://{}/v1/stream", engine.addr());
+
+    let ann = User::register(&base, "ann").await.unwrap();
+    let bob = User::register(&base, "bob").await.unwrap();
+    let cat = User::register(&base, "cat").await.unwrap();
+    let group = ann.create_group("redis").await.unwrap();
+    for u in [&bob, &cat] {
+        u.accept(&ann.invite(&group).await.unwrap()).await.unwrap();
+    }
+    let url_events = format!("{}/v1/events", base.replace("http", "ws"));
+    let mut cat_events = open(&url_events, &cat.token, false).await;
+    send(&mut cat_events, serde_json::json!({"type": "hello"})).await;
+
+    let mut ann_ws = open(
+        &stream_url,
+        &token_for(&ann, &group, "exact").await.token,
+        false,
+    )
+    .await;
+    let mut bob_ws = open(
+        &stream_url,
+        &token_for(&bob, &group, "exact").await.token,
+        false,
+    )
+    .await;
+    let t0 = now_ms();
+    send_fix(&mut ann_ws, fix(t0, -33.8568, 151.2153)).await;
+    send_fix(&mut bob_ws, fix(t0, -33.8568, 151.2353)).await;
+    send_fix(&mut ann_ws, fix(t0 + 1_000, -33.8568, 151.2350)).await;
+    send_fix(&mut ann_ws, fix(t0 + 2_000, -33.8568, 151.2350)).await;
+    let alert = until(&mut ann_ws, |f| match f {
+        ServerFrame::Alert(a) => Some(a),
+        _ => None,
+    })
+    .await;
+    let logged = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let Some(Ok(Message::Text(t))) = cat_events.next().await else {
+                panic!("/v1/events ended")
+            };
+            if let Ok(realtime::ServerFrame::Event(e)) = serde_json::from_str(&t)
+                && let EventData::Location { alert_id, .. } = e.data
+            {
+                return alert_id;
+            }
+        }
+    })
+    .await
+    .expect("the alert reaches the group log through Redis");
+    assert_eq!(logged, format!("{:032x}", alert.id));
+    engine.shutdown().await;
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(protocol::location::redis_alert_stream_key(&prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

@@ -1,0 +1,275 @@
+//! The hub (engine + audience) through its public API, sans-IO: grants from tokens, streams and
+//! what they are sent, the fix budget, expiry. Time is an argument; nothing sleeps.
+
+use location_engine::engine::Config;
+use location_engine::hub::{FixesError, Hub, Outbox};
+use protocol::ids::{GroupId, UserId};
+use protocol::location::{
+    AlertKind, FIX_BURST, Grant, LocationClaims, MAX_FIXES_PER_SEC, Precision, ServerFrame, WireFix,
+};
+use protocol::token::{AUD_LOCATION, TokenKind};
+use uuid::Uuid;
+
+/// Unix seconds at the start of every test.
+const S0: u64 = 1_800_000_000;
+const T0: i64 = S0 as i64 * 1000;
+
+fn user(n: u128) -> UserId {
+    UserId(Uuid::from_u128(n))
+}
+
+fn group(n: u128) -> GroupId {
+    GroupId(Uuid::from_u128(0x6000 + n))
+}
+
+fn grant(g: u128, precision: Precision) -> Grant {
+    Grant {
+        grp: group(g),
+        precision,
+        until: None,
+        near_m: 200,
+    }
+}
+
+fn claims(u: u128, iat: u64, groups: Vec<Grant>) -> LocationClaims {
+    LocationClaims {
+        iss: "convoy".into(),
+        sub: user(u),
+        aud: AUD_LOCATION.into(),
+        typ: TokenKind::Location,
+        iat,
+        exp: iat + 900,
+        jti: format!("{u}-{iat}"),
+        groups,
+    }
+}
+
+fn hub() -> Hub {
+    Hub::new(Config {
+        incarnation: 3,
+        seed: 9,
+    })
+}
+
+/// A fix `east` metres east of a point in Lisbon.
+fn fix(t: i64, east: f64) -> WireFix {
+    WireFix {
+        t,
+        lat: 38.7223,
+        lon: -9.1393 + east / (111_412.0 * 38.7223f64.to_radians().cos()),
+        acc: 5.0,
+        alt: None,
+        speed: None,
+        heading: None,
+        battery: Some(50),
+    }
+}
+
+/// The frames `out` holds for `conn`, decoded.
+fn frames_for(out: &Outbox, conn: u64) -> Vec<ServerFrame> {
+    out.frames
+        .iter()
+        .filter(|(to, _)| to.contains(&conn))
+        .map(|(_, text)| serde_json::from_str(text).unwrap())
+        .collect()
+}
+
+fn flush(h: &mut Hub) -> Outbox {
+    let mut out = Outbox::default();
+    h.flush(&mut out);
+    out
+}
+
+fn seen_in(frames: &[ServerFrame], g: u128) -> Vec<UserId> {
+    frames
+        .iter()
+        .rev()
+        .find_map(|f| match f {
+            ServerFrame::Positions { group: gr, members } if *gr == group(g) => {
+                Some(members.iter().map(|m| m.user).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// The frames about group 1.
+fn of_group_1(frames: &[ServerFrame]) -> Vec<&ServerFrame> {
+    frames
+        .iter()
+        .filter(|f| match f {
+            ServerFrame::Positions { group: g, .. } => *g == group(1),
+            ServerFrame::Alert(a) => a.group == group(1),
+            _ => false,
+        })
+        .collect()
+}
+
+#[test]
+fn streams_see_their_groups_move_and_hear_alerts_once() {
+    let mut h = hub();
+    let now = T0;
+    h.authorize(&claims(1, S0, vec![grant(1, Precision::Exact)]), now);
+    h.authorize(&claims(2, S0, vec![grant(1, Precision::Exact)]), now);
+    // Someone in another group hears nothing of group 1.
+    h.authorize(&claims(3, S0, vec![grant(2, Precision::Exact)]), now);
+    let mut out = Outbox::default();
+    h.open(10, user(1), &mut out);
+    h.open(20, user(2), &mut out);
+    h.open(30, user(3), &mut out);
+    // Each stream starts with its groups' positions (nobody has a fix yet).
+    assert!(
+        matches!(&frames_for(&out, 10)[..], [ServerFrame::Positions { members, .. }] if members.is_empty())
+    );
+
+    h.fixes(user(1), &[fix(now, 0.0)], now).unwrap();
+    h.fixes(user(2), &[fix(now, 1_000.0)], now).unwrap();
+    let out = flush(&mut h);
+    assert_eq!(seen_in(&frames_for(&out, 10), 1), [user(1), user(2)]);
+    assert_eq!(seen_in(&frames_for(&out, 20), 1), [user(1), user(2)]);
+    assert!(of_group_1(&frames_for(&out, 30)).is_empty());
+    assert!(out.alerts.is_empty(), "the first state is seeded silently");
+
+    // User 2 comes within 50 m, two fixes in one batch: both count toward the dwell.
+    h.fixes(
+        user(2),
+        &[fix(now + 1_000, 50.0), fix(now + 2_000, 50.0)],
+        now + 2_000,
+    )
+    .unwrap();
+    let out = flush(&mut h);
+    assert_eq!(out.alerts.len(), 1);
+    let near = out.alerts[0];
+    let (a, b) = (user(1).min(user(2)), user(1).max(user(2)));
+    assert_eq!(near.kind, AlertKind::Near { a, b });
+    for conn in [10, 20] {
+        let alerts: Vec<_> = frames_for(&out, conn)
+            .into_iter()
+            .filter(|f| matches!(f, ServerFrame::Alert(_)))
+            .collect();
+        assert_eq!(alerts, [ServerFrame::Alert(near)], "conn {conn}");
+    }
+    assert!(of_group_1(&frames_for(&out, 30)).is_empty());
+
+    // Apart again only after the pair's minute of cooldown.
+    h.fixes(
+        user(2),
+        &[fix(now + 3_000, 2_000.0), fix(now + 4_000, 2_000.0)],
+        now + 4_000,
+    )
+    .unwrap();
+    assert!(flush(&mut h).alerts.is_empty());
+    let later = now + 70_000;
+    h.fixes(
+        user(2),
+        &[fix(later, 2_000.0), fix(later + 1_000, 2_000.0)],
+        later + 1_000,
+    )
+    .unwrap();
+    let out = flush(&mut h);
+    assert_eq!(out.alerts.len(), 1);
+    assert_eq!(out.alerts[0].kind, AlertKind::Apart { a, b });
+    assert_ne!(out.alerts[0].id, near.id);
+
+    // A closed stream is sent nothing more.
+    h.close(20);
+    h.fixes(user(1), &[fix(later + 2_000, 10.0)], later + 2_000)
+        .unwrap();
+    let out = flush(&mut h);
+    assert!(!frames_for(&out, 10).is_empty());
+    assert!(frames_for(&out, 20).is_empty());
+}
+
+#[test]
+fn the_newest_token_decides_the_groups_and_its_expiry_ends_sharing() {
+    let mut h = hub();
+    let both = vec![grant(1, Precision::Exact), grant(2, Precision::Approx)];
+    let (sharing, refused) = h.authorize(&claims(1, S0, both.clone()), T0);
+    assert!(refused.is_empty());
+    assert_eq!(sharing.len(), 2);
+    assert_eq!(sharing[1].precision, Precision::Approx);
+    assert_eq!(sharing[0].until_ms, T0 + 900_000, "the token's expiry");
+    h.authorize(&claims(2, S0, vec![grant(1, Precision::Exact)]), T0);
+    let mut out = Outbox::default();
+    h.open(10, user(1), &mut out);
+    h.open(20, user(2), &mut out);
+    h.fixes(user(1), &[fix(T0, 0.0)], T0).unwrap();
+    let out = flush(&mut h);
+    assert_eq!(seen_in(&frames_for(&out, 20), 1), [user(1)]);
+    assert_eq!(seen_in(&frames_for(&out, 10), 2), [user(1)]);
+
+    // A newer token without group 1: user 1 leaves it at once, and stops watching it.
+    let (sharing, _) = h.authorize(
+        &claims(1, S0 + 60, vec![grant(2, Precision::Approx)]),
+        T0 + 60_000,
+    );
+    assert_eq!(sharing.len(), 1);
+    assert!(h.engine().view(group(1)).is_empty());
+    // An older token (a batch posted late) changes nothing.
+    let (sharing, _) = h.authorize(&claims(1, S0, both), T0 + 61_000);
+    assert_eq!(sharing.len(), 1);
+    assert!(h.engine().view(group(1)).is_empty());
+    h.fixes(user(2), &[fix(T0 + 62_000, 5.0)], T0 + 62_000)
+        .unwrap();
+    let out = flush(&mut h);
+    assert!(
+        !frames_for(&out, 10)
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Positions { group: g, .. } if *g == group(1))),
+        "user 1 no longer watches group 1"
+    );
+
+    // Not renewed: sharing ends at the token's expiry.
+    let exp_ms = (S0 + 60 + 900) as i64 * 1000;
+    h.tick(exp_ms - 1);
+    assert_eq!(h.engine().view(group(2)).len(), 1);
+    h.tick(exp_ms);
+    assert!(h.engine().view(group(2)).is_empty());
+}
+
+#[test]
+fn fixes_are_budgeted_per_user_and_need_a_grant() {
+    let mut h = hub();
+    assert_eq!(
+        h.fixes(user(1), &[fix(T0, 0.0)], T0),
+        Err(FixesError::NoGrant)
+    );
+    h.authorize(&claims(1, S0, vec![grant(1, Precision::Exact)]), T0);
+    let burst: Vec<WireFix> = (0..FIX_BURST as i64)
+        .map(|i| fix(T0 - 100_000 + i, 0.0))
+        .collect();
+    assert_eq!(h.fixes(user(1), &burst, T0).map(|(n, _)| n), Ok(FIX_BURST));
+    assert_eq!(
+        h.fixes(user(1), &[fix(T0, 0.0)], T0),
+        Err(FixesError::TooMany)
+    );
+    // One second refills the sustained rate, no more.
+    let t1 = T0 + 1_000;
+    let refill: Vec<WireFix> = (0..MAX_FIXES_PER_SEC as i64)
+        .map(|i| fix(T0 + i, 0.0))
+        .collect();
+    assert!(h.fixes(user(1), &refill, t1).is_ok());
+    assert_eq!(
+        h.fixes(user(1), &[fix(t1, 0.0)], t1),
+        Err(FixesError::TooMany)
+    );
+    // Refused fixes are named by index with the reason.
+    let t2 = T0 + 2_000;
+    let (kept, rejected) = h
+        .fixes(
+            user(1),
+            &[
+                fix(t2, 0.0),
+                fix(t2, 0.0),
+                WireFix {
+                    lat: 95.0,
+                    ..fix(t2 + 1, 0.0)
+                },
+            ],
+            t2,
+        )
+        .unwrap();
+    assert_eq!(kept, 1);
+    assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), [1, 2]);
+    assert!(rejected[1].reason.contains("latitude"), "{rejected:?}");
+}
