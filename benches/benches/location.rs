@@ -7,6 +7,8 @@
 //!   places do cross their thresholds. Fixes arrive in a random order of users; between two
 //!   fixes a user walks (7 m) or drives (60 m, a quarter of users). Throughput counts fixes.
 //! - `location/fix_big_groups/100000`: the same with groups of 4–50.
+//! - `location/fix_places_in_one_group/100000`: one group of 20 members with 100k places (circles
+//!   of 30–150 m over the 60 × 60 km area): every fix goes through that group's places tree.
 //! - `location/rstar_move/N`: for comparison, moving one point in an rstar R-tree of N points
 //!   (remove + insert) — what keeping a global index of users would add to every fix.
 //!
@@ -112,6 +114,42 @@ fn world(users: usize, max_group: usize) -> World {
     }
 }
 
+/// One group of 20 members and `places` places over the whole area.
+fn places_world(places: usize) -> World {
+    let mut noise = Noise(0x9e37_79b9 ^ places as u64);
+    let mut engine = Engine::new(Config {
+        incarnation: 1,
+        seed: 3,
+    });
+    let g = GroupId(Uuid::from_u128(0x3000_0000));
+    engine.configure_group(g, GroupConfig::default());
+    for k in 0..places {
+        let shape = Shape::Circle {
+            center: at(noise.unit() * 60_000.0, noise.unit() * 60_000.0),
+            radius_m: 30.0 + noise.unit() * 120.0,
+        };
+        engine
+            .set_place(g, PlaceId(Uuid::from_u128(k as u128)), &shape, 60_000, T0)
+            .expect("valid");
+    }
+    let ids: Vec<UserId> = (0..20)
+        .map(|u| UserId(Uuid::from_u128(0x4000_0000 + u as u128)))
+        .collect();
+    let mut legs = Vec::new();
+    for &id in &ids {
+        let home = (noise.unit() * 60_000.0, noise.unit() * 60_000.0);
+        legs.push([home, (home.0 + 60.0, home.1 - 20.0)]);
+        engine.share(id, g, forever(), T0).expect("room");
+        engine.ingest(id, &fix(home, T0), T0).expect("first fix");
+    }
+    World {
+        engine,
+        ids,
+        legs,
+        order: (0..20).collect(),
+    }
+}
+
 fn forever() -> Sharing {
     Sharing {
         precision: Precision::Exact,
@@ -186,6 +224,17 @@ fn location(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new(name, users), &users, |b, _| {
             b.iter_custom(|iters| run(&mut w, iters, &mut pass, &mut cursor))
         });
+    }
+    {
+        let places = 100_000;
+        let mut w = places_world(places);
+        report(&format!("fix_places_in_one_group/{places}"), &w);
+        let (mut pass, mut cursor) = (1, 0);
+        g.bench_with_input(
+            BenchmarkId::new("fix_places_in_one_group", places),
+            &places,
+            |b, _| b.iter_custom(|iters| run(&mut w, iters, &mut pass, &mut cursor)),
+        );
     }
     for users in [100_000usize, 1_000_000] {
         let mut noise = Noise(5);

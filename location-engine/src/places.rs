@@ -260,7 +260,7 @@ fn simple(points: &[[f64; 2]]) -> bool {
     true
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct Boxed {
     slot: u32,
     envelope: AABB<[f64; 3]>,
@@ -279,7 +279,8 @@ pub struct Places {
     slots: Vec<Option<Place>>,
     free: Vec<u32>,
     live: usize,
-    /// Built when there are more than [`SCAN_MAX`] places, rebuilt on every edit.
+    /// Built (bulk-loaded) when there are more than [`SCAN_MAX`] places, then edited in place;
+    /// dropped when they are again at most [`SCAN_MAX`].
     tree: Option<RTree<Boxed>>,
 }
 
@@ -301,9 +302,13 @@ impl Places {
         if self.live >= MAX_PLACES_PER_GROUP {
             return Err(PlaceError::TooMany);
         }
+        let envelope = place.envelope();
         let slot = crate::put(&mut self.slots, &mut self.free, Some(place));
         self.live += 1;
-        self.reindex();
+        match &mut self.tree {
+            Some(tree) => tree.insert(Boxed { slot, envelope }),
+            None => self.reindex(),
+        }
         Ok(slot)
     }
 
@@ -312,7 +317,16 @@ impl Places {
         let place = self.slots.get_mut(slot as usize)?.take()?;
         self.free.push(slot);
         self.live -= 1;
-        self.reindex();
+        match &mut self.tree {
+            Some(tree) if self.live > SCAN_MAX => {
+                let boxed = Boxed {
+                    slot,
+                    envelope: place.envelope(),
+                };
+                tree.remove(&boxed);
+            }
+            _ => self.reindex(),
+        }
         Some(place)
     }
 
@@ -580,12 +594,37 @@ mod tests {
                 }
             }
         }
-        // Removing places frees slots for reuse and drops back to the scan.
-        for slot in 0..390 {
+        // The tree is edited in place: after removals and re-insertions it still finds exactly
+        // the places whose boxes hold the fix (a removed one left behind would panic).
+        for slot in (0..200).step_by(2) {
             big.remove(slot).unwrap();
         }
-        assert_eq!(big.len(), 10);
+        for place in places.iter().take(50) {
+            big.insert(place.clone()).unwrap();
+        }
+        assert_eq!(big.len(), 350);
+        for _ in 0..500 {
+            let at = p(
+                next() * 0.2 - 0.1,
+                ((179.9 + next() * 0.2 + 540.0) % 360.0) - 180.0,
+            );
+            let (n, probe) = (normal(at), Probe::new(at));
+            let mut from_tree = Vec::new();
+            big.candidates(&probe, 30.0, |slot, _| from_tree.push(slot));
+            from_tree.sort_unstable();
+            let by_normals: Vec<u32> = big
+                .iter()
+                .filter(|(_, place)| place.may_touch(n, 30.0))
+                .map(|(slot, _)| slot)
+                .collect();
+            assert_eq!(from_tree, by_normals);
+        }
+        // Removing places frees slots for reuse and drops back to the scan.
+        for slot in 0..400 {
+            let _ = big.remove(slot);
+        }
+        assert_eq!(big.len(), 0);
         assert!(big.tree.is_none());
-        assert_eq!(big.insert(circle(0.0, 0.0, 100.0)).unwrap(), 389);
+        assert_eq!(big.insert(circle(0.0, 0.0, 100.0)).unwrap(), 399);
     }
 }
