@@ -22,6 +22,10 @@ use std::sync::Arc;
 /// A connection's number, given by the server.
 pub type ConnId = u64;
 
+/// A group's positions go out at most this often (ms); moves in between are sent together at
+/// the end of the interval. Alerts are never held back.
+pub const POSITIONS_INTERVAL_MS: i64 = 1_000;
+
 /// What the hub asks the server to do.
 #[derive(Debug, Default)]
 pub struct Outbox {
@@ -59,6 +63,10 @@ pub struct Hub {
     users: HashMap<UserId, UserState>,
     /// Per group: its proximity radius (as last granted) and the connections watching it.
     groups: HashMap<GroupId, (u32, Vec<ConnId>)>,
+    /// When each group's positions last went out (kept for an interval), and whether newer ones
+    /// wait; `waiting` lists the groups that do.
+    sent: HashMap<GroupId, (i64, bool)>,
+    waiting: Vec<GroupId>,
     conns: HashMap<ConnId, UserId>,
     alerts: Vec<Alert>,
     changed: Vec<GroupId>,
@@ -70,6 +78,8 @@ impl Hub {
             engine: Engine::new(config),
             users: HashMap::new(),
             groups: HashMap::new(),
+            sent: HashMap::new(),
+            waiting: Vec::new(),
             conns: HashMap::new(),
             alerts: Vec::new(),
             changed: Vec::new(),
@@ -254,11 +264,18 @@ impl Hub {
         }
         self.users
             .retain(|_, s| !s.grants.is_empty() || !s.conns.is_empty());
+        // Groups nobody watches are forgotten here (their radius is given again with the next
+        // token that names them).
+        self.groups.retain(|_, (_, subs)| !subs.is_empty());
+        self.sent.retain(|_, (at, waiting)| {
+            *waiting || now_ms.saturating_sub(*at) < POSITIONS_INTERVAL_MS
+        });
     }
 
-    /// Collects what the last inputs produced: alerts for the group's streams and the bus, and
-    /// the positions of every group that moved.
-    pub fn flush(&mut self, out: &mut Outbox) {
+    /// Collects what the inputs so far produced: alerts for the group's streams and the bus,
+    /// and the positions of every group that moved (at most once per group per
+    /// [`POSITIONS_INTERVAL_MS`]; what is held back goes out at a later flush).
+    pub fn flush(&mut self, now_ms: i64, out: &mut Outbox) {
         self.engine.take_alerts(&mut self.alerts);
         for alert in self.alerts.drain(..) {
             let wire = wire_alert(&alert);
@@ -272,13 +289,30 @@ impl Hub {
         }
         self.engine.take_changed(&mut self.changed);
         for group in self.changed.drain(..) {
-            if let Some((_, subs)) = self.groups.get(&group)
+            let entry = self.sent.entry(group).or_insert((i64::MIN, false));
+            if !entry.1 {
+                entry.1 = true;
+                self.waiting.push(group);
+            }
+        }
+        let (sent, groups, engine) = (&mut self.sent, &self.groups, &self.engine);
+        self.waiting.retain(|group| {
+            let Some((at, waiting)) = sent.get_mut(group) else {
+                return false;
+            };
+            if now_ms.saturating_sub(*at) < POSITIONS_INTERVAL_MS {
+                return true;
+            }
+            *waiting = false;
+            *at = now_ms;
+            if let Some((_, subs)) = groups.get(group)
                 && !subs.is_empty()
             {
                 out.frames
-                    .push((subs.clone(), positions(group, &self.engine.view(group))));
+                    .push((subs.clone(), positions(*group, &engine.view(*group))));
             }
-        }
+            false
+        });
     }
 }
 

@@ -11,9 +11,9 @@
 //!   [`BatchResult`], or problem+json.
 //! - `GET /livez`, `GET /readyz`.
 //!
-//! The hub task takes commands from a channel, drains what is queued before it flushes (one
-//! positions frame per moved group per batch, not per fix), ticks every second, and hands alerts
-//! to the [`AlertSink`] (the control plane in-process, or a Redis stream).
+//! The hub task takes commands from a channel, drains what is queued before it flushes (a moved
+//! group's positions at most once a second, alerts at once), ticks the engine every second, and
+//! hands alerts to the [`AlertSink`] (the control plane in-process, or a Redis stream).
 
 use crate::engine::Config;
 use crate::hub::{ConnId, FixesError, Hub, Outbox};
@@ -200,8 +200,10 @@ async fn run_hub(
 ) {
     let mut streams: HashMap<ConnId, Stream> = HashMap::new();
     let mut out = Outbox::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Every 250 ms the held-back positions go out; every fourth time the engine ticks.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             cmd = rx.recv() => {
@@ -213,10 +215,15 @@ async fn run_hub(
                     handle(&mut hub, &mut streams, &mut out, cmd, now);
                 }
             }
-            _ = tick.tick() => hub.tick(unix_ms()),
+            _ = tick.tick() => {
+                ticks += 1;
+                if ticks.is_multiple_of(4) {
+                    hub.tick(unix_ms());
+                }
+            }
             () = stopped(&mut stop) => break,
         }
-        hub.flush(&mut out);
+        hub.flush(unix_ms(), &mut out);
         for (conns, frame) in out.frames.drain(..) {
             for conn in conns {
                 let Some(s) = streams.get_mut(&conn) else {

@@ -74,9 +74,9 @@ fn frames_for(out: &Outbox, conn: u64) -> Vec<ServerFrame> {
         .collect()
 }
 
-fn flush(h: &mut Hub) -> Outbox {
+fn flush(h: &mut Hub, now_ms: i64) -> Outbox {
     let mut out = Outbox::default();
-    h.flush(&mut out);
+    h.flush(now_ms, &mut out);
     out
 }
 
@@ -124,7 +124,7 @@ fn streams_see_their_groups_move_and_hear_alerts_once() {
 
     h.fixes(user(1), &[fix(now, 0.0)], now).unwrap();
     h.fixes(user(2), &[fix(now, 1_000.0)], now).unwrap();
-    let out = flush(&mut h);
+    let out = flush(&mut h, now);
     assert_eq!(seen_in(&frames_for(&out, 10), 1), [user(1), user(2)]);
     assert_eq!(seen_in(&frames_for(&out, 20), 1), [user(1), user(2)]);
     assert!(of_group_1(&frames_for(&out, 30)).is_empty());
@@ -137,7 +137,7 @@ fn streams_see_their_groups_move_and_hear_alerts_once() {
         now + 2_000,
     )
     .unwrap();
-    let out = flush(&mut h);
+    let out = flush(&mut h, now + 2_000);
     assert_eq!(out.alerts.len(), 1);
     let near = out.alerts[0];
     let (a, b) = (user(1).min(user(2)), user(1).max(user(2)));
@@ -158,7 +158,7 @@ fn streams_see_their_groups_move_and_hear_alerts_once() {
         now + 4_000,
     )
     .unwrap();
-    assert!(flush(&mut h).alerts.is_empty());
+    assert!(flush(&mut h, now + 4_000).alerts.is_empty());
     let later = now + 70_000;
     h.fixes(
         user(2),
@@ -166,7 +166,7 @@ fn streams_see_their_groups_move_and_hear_alerts_once() {
         later + 1_000,
     )
     .unwrap();
-    let out = flush(&mut h);
+    let out = flush(&mut h, later + 1_000);
     assert_eq!(out.alerts.len(), 1);
     assert_eq!(out.alerts[0].kind, AlertKind::Apart { a, b });
     assert_ne!(out.alerts[0].id, near.id);
@@ -175,7 +175,7 @@ fn streams_see_their_groups_move_and_hear_alerts_once() {
     h.close(20);
     h.fixes(user(1), &[fix(later + 2_000, 10.0)], later + 2_000)
         .unwrap();
-    let out = flush(&mut h);
+    let out = flush(&mut h, later + 2_000);
     assert!(!frames_for(&out, 10).is_empty());
     assert!(frames_for(&out, 20).is_empty());
 }
@@ -194,7 +194,7 @@ fn the_newest_token_decides_the_groups_and_its_expiry_ends_sharing() {
     h.open(10, user(1), &mut out);
     h.open(20, user(2), &mut out);
     h.fixes(user(1), &[fix(T0, 0.0)], T0).unwrap();
-    let out = flush(&mut h);
+    let out = flush(&mut h, T0);
     assert_eq!(seen_in(&frames_for(&out, 20), 1), [user(1)]);
     assert_eq!(seen_in(&frames_for(&out, 10), 2), [user(1)]);
 
@@ -211,7 +211,7 @@ fn the_newest_token_decides_the_groups_and_its_expiry_ends_sharing() {
     assert!(h.engine().view(group(1)).is_empty());
     h.fixes(user(2), &[fix(T0 + 62_000, 5.0)], T0 + 62_000)
         .unwrap();
-    let out = flush(&mut h);
+    let out = flush(&mut h, T0 + 62_000);
     assert!(
         !frames_for(&out, 10)
             .iter()
@@ -272,4 +272,37 @@ fn fixes_are_budgeted_per_user_and_need_a_grant() {
     assert_eq!(kept, 1);
     assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), [1, 2]);
     assert!(rejected[1].reason.contains("latitude"), "{rejected:?}");
+}
+
+#[test]
+fn a_group_s_positions_go_out_at_most_once_a_second_and_none_are_lost() {
+    let mut h = hub();
+    h.authorize(&claims(1, S0, vec![grant(1, Precision::Exact)]), T0);
+    let mut out = Outbox::default();
+    h.open(10, user(1), &mut out);
+    let positions = |out: &Outbox| -> Vec<i64> {
+        frames_for(out, 10)
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::Positions { members, .. } => members.first().map(|m| m.t),
+                _ => None,
+            })
+            .collect()
+    };
+    h.fixes(user(1), &[fix(T0, 0.0)], T0).unwrap();
+    assert_eq!(positions(&flush(&mut h, T0)), [T0]);
+    // Two more moves within the second: held back, then sent once, as they are at the end.
+    h.fixes(user(1), &[fix(T0 + 300, 5.0)], T0 + 300).unwrap();
+    assert!(positions(&flush(&mut h, T0 + 300)).is_empty());
+    h.fixes(user(1), &[fix(T0 + 600, 10.0)], T0 + 600).unwrap();
+    assert!(positions(&flush(&mut h, T0 + 600)).is_empty());
+    assert!(positions(&flush(&mut h, T0 + 999)).is_empty());
+    assert_eq!(positions(&flush(&mut h, T0 + 1_000)), [T0 + 600]);
+    // Nothing moved since: nothing more.
+    assert!(positions(&flush(&mut h, T0 + 5_000)).is_empty());
+    // A move after a quiet while goes out at once.
+    h.tick(T0 + 5_000);
+    h.fixes(user(1), &[fix(T0 + 5_100, 20.0)], T0 + 5_100)
+        .unwrap();
+    assert_eq!(positions(&flush(&mut h, T0 + 5_100)), [T0 + 5_100]);
 }
