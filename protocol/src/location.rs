@@ -381,7 +381,9 @@ pub fn encode_fixes(fixes: &[WireFix], out: &mut Vec<u8>) -> Result<(), BinaryEr
         out.extend_from_slice(&f.t.to_le_bytes());
         out.extend_from_slice(&scaled_i32(f.lat, 1e7).to_le_bytes());
         out.extend_from_slice(&scaled_i32(f.lon, 1e7).to_le_bytes());
-        out.extend_from_slice(&scaled_u16(Some(f.acc), 10.0).to_le_bytes());
+        // Accuracy is never absent: its whole range is a value (6553.5 m at most).
+        let acc = (f.acc * 10.0).round() as u16;
+        out.extend_from_slice(&acc.to_le_bytes());
         let alt = f
             .alt
             .map_or(NO_ALT, |a| scaled_i32(a, 10.0).max(NO_ALT + 1));
@@ -508,6 +510,15 @@ mod tests {
             decode_fixes(&good[..good.len() - 1], &mut out),
             Err(BinaryError::Length)
         );
+        // Every field decodes and encodes back to the same bytes, the largest accuracy too.
+        let mut widest = good.clone();
+        widest[2 + 16..2 + 18].copy_from_slice(&[0xFF, 0xFF]);
+        decode_fixes(&widest, &mut out).unwrap();
+        assert_eq!(out[0].acc, 6553.5);
+        let mut again = Vec::new();
+        encode_fixes(&out, &mut again).unwrap();
+        assert_eq!(again, widest);
+        out.clear();
         let mut long = good.clone();
         long.push(0);
         assert_eq!(decode_fixes(&long, &mut out), Err(BinaryError::Length));
