@@ -208,6 +208,7 @@ mod tests {
             "/v1/groups/{id}/attachments",
             "/v1/attachments/{id}",
             "/v1/sessions/{id}/participants/{pid}/mute",
+            "/v1/location/token",
         ] {
             assert!(paths.contains_key(route), "{route} is missing");
         }
@@ -223,7 +224,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(operations, 52);
+        assert_eq!(operations, 53);
         assert!(doc["components"]["schemas"]["MessageView"].is_object());
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
         let register = &doc["paths"]["/v1/auth/register"]["post"];
