@@ -67,31 +67,9 @@ pub struct Alert {
     pub what: What,
 }
 
-/// What an alert says. Pairs are named once, the smaller id first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum What {
-    Near {
-        a: UserId,
-        b: UserId,
-    },
-    Apart {
-        a: UserId,
-        b: UserId,
-    },
-    Arrived {
-        user: UserId,
-        place: PlaceId,
-    },
-    Left {
-        user: UserId,
-        place: PlaceId,
-    },
-    /// No fix for the group's `lost_after_ms`; `last_fix_ms` is when the last one was taken.
-    Lost {
-        user: UserId,
-        last_fix_ms: i64,
-    },
-}
+/// What an alert says (the wire type itself). Pairs are named once, the smaller id first;
+/// `Lost` carries when the last fix was taken.
+pub use protocol::location::AlertKind as What;
 
 /// Why a fix was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -7,14 +7,14 @@
 //! the token's expiry; a fresh token extends it, and [`Hub::tick`] ends what was not extended.
 //! Every member a grant names sees the group's positions on each of their open streams.
 
-use crate::engine::{Alert, Config, Engine, GroupConfig, IngestError, Seen, Sharing, What};
+use crate::engine::{Alert, Config, Engine, GroupConfig, IngestError, Seen, Sharing};
 use crate::fix::Fix;
 use crate::geo::LatLon;
 use crate::proximity::Rule;
 use protocol::ids::{GroupId, UserId};
 use protocol::location::{
-    AlertKind, FIX_BURST, Grant, LocationAlert, LocationClaims, MAX_FIXES_PER_SEC, MemberPosition,
-    Refusal, Rejected, ServerFrame, Sharing as SharingView, WireFix,
+    FIX_BURST, Grant, LocationAlert, LocationClaims, MAX_FIXES_PER_SEC, MemberPosition, Refusal,
+    Rejected, ServerFrame, Sharing as SharingView, WireFix,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -361,12 +361,6 @@ pub fn wire_alert(a: &Alert) -> LocationAlert {
         id: a.id,
         group: a.group,
         at_ms: a.at_ms,
-        kind: match a.what {
-            What::Near { a, b } => AlertKind::Near { a, b },
-            What::Apart { a, b } => AlertKind::Apart { a, b },
-            What::Arrived { user, place } => AlertKind::Arrived { user, place },
-            What::Left { user, place } => AlertKind::Left { user, place },
-            What::Lost { user, last_fix_ms } => AlertKind::Lost { user, last_fix_ms },
-        },
+        kind: a.what,
     }
 }

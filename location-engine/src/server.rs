@@ -410,18 +410,25 @@ async fn ask<T>(hub: &mpsc::UnboundedSender<Cmd>, cmd: impl FnOnce(Reply<T>) -> 
     rx.await.ok()
 }
 
+/// The verified claims of the request's location token, or the problem to answer.
+async fn authorized(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<LocationClaims, Response> {
+    let token = bearer(headers, query).ok_or_else(|| auth_problem(&AuthError::Missing))?;
+    state.keys.verify(token).await.map_err(|e| auth_problem(&e))
+}
+
 async fn post_fixes(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(token) = bearer(&headers, &query) else {
-        return auth_problem(&AuthError::Missing);
-    };
-    let claims = match state.keys.verify(token).await {
+    let claims = match authorized(&state, &headers, &query).await {
         Ok(c) => c,
-        Err(e) => return auth_problem(&e),
+        Err(problem) => return problem,
     };
     let binary = headers
         .get(header::CONTENT_TYPE)
@@ -508,12 +515,9 @@ async fn stream(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let Some(token) = bearer(&headers, &query) else {
-        return auth_problem(&AuthError::Missing);
-    };
-    let claims = match state.keys.verify(token).await {
+    let claims = match authorized(&state, &headers, &query).await {
         Ok(c) => c,
-        Err(e) => return auth_problem(&e),
+        Err(problem) => return problem,
     };
     upgrade
         .max_message_size(MAX_FRAME)
