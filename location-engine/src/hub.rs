@@ -19,6 +19,9 @@ use protocol::location::{
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The maps read on every flush: foldhash (randomly seeded, as the engine's tables), not SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A connection's number, given by the server.
 pub type ConnId = u64;
 
@@ -62,11 +65,14 @@ pub struct Hub {
     engine: Engine,
     users: HashMap<UserId, UserState>,
     /// Per group: its proximity radius (as last granted) and the connections watching it.
-    groups: HashMap<GroupId, (u32, Vec<ConnId>)>,
+    groups: Map<GroupId, (u32, Vec<ConnId>)>,
     /// When each group's positions last went out (kept for an interval), and whether newer ones
     /// wait; `waiting` lists the groups that do.
-    sent: HashMap<GroupId, (i64, bool)>,
+    sent: Map<GroupId, (i64, bool)>,
     waiting: Vec<GroupId>,
+    /// The earliest time one of `waiting` is due (`i64::MAX` when none): flushes before it
+    /// skip the walk.
+    next_due: i64,
     conns: HashMap<ConnId, UserId>,
     alerts: Vec<Alert>,
     changed: Vec<GroupId>,
@@ -77,9 +83,10 @@ impl Hub {
         Self {
             engine: Engine::new(config),
             users: HashMap::new(),
-            groups: HashMap::new(),
-            sent: HashMap::new(),
+            groups: Map::default(),
+            sent: Map::default(),
             waiting: Vec::new(),
+            next_due: i64::MAX,
             conns: HashMap::new(),
             alerts: Vec::new(),
             changed: Vec::new(),
@@ -293,14 +300,23 @@ impl Hub {
             if !entry.1 {
                 entry.1 = true;
                 self.waiting.push(group);
+                self.next_due = self
+                    .next_due
+                    .min(entry.0.saturating_add(POSITIONS_INTERVAL_MS));
             }
         }
+        if now_ms < self.next_due {
+            return;
+        }
         let (sent, groups, engine) = (&mut self.sent, &self.groups, &self.engine);
+        let mut next_due = i64::MAX;
         self.waiting.retain(|group| {
             let Some((at, waiting)) = sent.get_mut(group) else {
                 return false;
             };
-            if now_ms.saturating_sub(*at) < POSITIONS_INTERVAL_MS {
+            let due = at.saturating_add(POSITIONS_INTERVAL_MS);
+            if now_ms < due {
+                next_due = next_due.min(due);
                 return true;
             }
             *waiting = false;
@@ -313,11 +329,12 @@ impl Hub {
             }
             false
         });
+        self.next_due = next_due;
     }
 }
 
 /// Gives the engine the group's proximity radius when it is new or changed.
-fn configure(engine: &mut Engine, groups: &mut HashMap<GroupId, (u32, Vec<ConnId>)>, g: &Grant) {
+fn configure(engine: &mut Engine, groups: &mut Map<GroupId, (u32, Vec<ConnId>)>, g: &Grant) {
     let entry = groups.entry(g.grp).or_insert((u32::MAX, Vec::new()));
     if entry.0 != g.near_m {
         entry.0 = g.near_m;

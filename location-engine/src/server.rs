@@ -24,7 +24,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use protocol::api::{Jwks, PROBLEM_JSON, PROBLEM_TYPE_PREFIX, Problem};
+use protocol::api::{Jwks, PROBLEM_JSON, Problem};
 use protocol::location::{
     BINARY_MEDIA_TYPE, BatchResult, CLOSE_BAD_FRAME, CLOSE_TOO_MANY, CLOSE_TOO_SLOW,
     CLOSE_UNAUTHORIZED, ClientFrame, FixBatch, LocationAlert, LocationClaims, MAX_BATCH, MAX_FRAME,
@@ -361,13 +361,7 @@ impl Keys {
 }
 
 fn problem(status: StatusCode, kind: &str, title: &str, detail: Option<String>) -> Response {
-    let body = Problem {
-        type_: format!("{PROBLEM_TYPE_PREFIX}{kind}"),
-        title: title.to_string(),
-        status: status.as_u16(),
-        detail,
-        mfa_token: None,
-    };
+    let body = Problem::new(status.as_u16(), kind, title, detail);
     let mut res = (status, serde_json::to_string(&body).unwrap_or_default()).into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

@@ -306,3 +306,35 @@ fn a_group_s_positions_go_out_at_most_once_a_second_and_none_are_lost() {
         .unwrap();
     assert_eq!(positions(&flush(&mut h, T0 + 5_100)), [T0 + 5_100]);
 }
+
+#[test]
+fn groups_held_back_at_different_times_each_go_out_when_their_second_is_up() {
+    let mut h = hub();
+    h.authorize(&claims(1, S0, vec![grant(1, Precision::Exact)]), T0);
+    let mut out = Outbox::default();
+    h.open(10, user(1), &mut out);
+    let moved = |out: &Outbox, conn: u64| -> usize {
+        frames_for(out, conn)
+            .into_iter()
+            .filter(|f| matches!(f, ServerFrame::Positions { members, .. } if !members.is_empty()))
+            .count()
+    };
+    h.fixes(user(1), &[fix(T0, 0.0)], T0).unwrap();
+    assert_eq!(moved(&flush(&mut h, T0), 10), 1);
+    // The second group starts half a second later.
+    h.authorize(&claims(2, S0, vec![grant(2, Precision::Exact)]), T0 + 500);
+    h.open(20, user(2), &mut out);
+    h.fixes(user(2), &[fix(T0 + 500, 0.0)], T0 + 500).unwrap();
+    assert_eq!(moved(&flush(&mut h, T0 + 500), 20), 1);
+    // Both move again: group 1 is due at T0 + 1000, group 2 at T0 + 1500.
+    h.fixes(user(1), &[fix(T0 + 600, 5.0)], T0 + 600).unwrap();
+    h.fixes(user(2), &[fix(T0 + 600, 5.0)], T0 + 600).unwrap();
+    let out = flush(&mut h, T0 + 600);
+    assert_eq!((moved(&out, 10), moved(&out, 20)), (0, 0));
+    let out = flush(&mut h, T0 + 1_000);
+    assert_eq!((moved(&out, 10), moved(&out, 20)), (1, 0));
+    let out = flush(&mut h, T0 + 1_499);
+    assert_eq!((moved(&out, 10), moved(&out, 20)), (0, 0));
+    let out = flush(&mut h, T0 + 1_500);
+    assert_eq!((moved(&out, 10), moved(&out, 20)), (0, 1));
+}

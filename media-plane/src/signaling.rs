@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use protocol::api::Moderation;
-use protocol::api::{PROBLEM_JSON, PROBLEM_TYPE_PREFIX, Problem};
+use protocol::api::{PROBLEM_JSON, Problem};
 use protocol::{ParticipantId, SessionId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -489,13 +489,7 @@ pub(crate) fn problem(
     title: &str,
     detail: Option<String>,
 ) -> Response {
-    let body = Problem {
-        type_: format!("{PROBLEM_TYPE_PREFIX}{kind}"),
-        title: title.to_string(),
-        status: status.as_u16(),
-        detail,
-        mfa_token: None,
-    };
+    let body = Problem::new(status.as_u16(), kind, title, detail);
     let mut res = (status, serde_json::to_string(&body).unwrap_or_default()).into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

@@ -621,6 +621,19 @@ pub struct Problem {
     pub mfa_token: Option<String>,
 }
 
+impl Problem {
+    /// A problem of type [`PROBLEM_TYPE_PREFIX`]`{slug}`.
+    pub fn new(status: u16, slug: &str, title: &str, detail: Option<String>) -> Self {
+        Self {
+            type_: format!("{PROBLEM_TYPE_PREFIX}{slug}"),
+            title: title.to_owned(),
+            status,
+            detail,
+            mfa_token: None,
+        }
+    }
+}
+
 /// The media type of [`Problem`] bodies.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 

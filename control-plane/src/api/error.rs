@@ -138,14 +138,11 @@ impl AppError {
             other => Some(other.to_string()),
         };
         Problem {
-            type_: format!("{PROBLEM_TYPE_PREFIX}{slug}"),
-            title: title.to_owned(),
-            status: self.status().as_u16(),
-            detail,
             mfa_token: match self {
                 AppError::MfaRequired(token) => Some(token.clone()),
                 _ => None,
             },
+            ..Problem::new(self.status().as_u16(), slug, title, detail)
         }
     }
 }
