@@ -16,6 +16,9 @@ enum Scenario {
     Sfu(loadtest::sfu::SfuArgs),
     /// Message send → WebSocket delivery in one group, and sign-ins, against a control plane.
     Api(loadtest::api::ApiArgs),
+    /// Fixes in over one WebSocket a user, alerts out, against a location engine (in this
+    /// process unless --target), and the same workload against Redis GEO.
+    Location(loadtest::location::LocationArgs),
 }
 
 fn main() -> ExitCode {
@@ -23,6 +26,7 @@ fn main() -> ExitCode {
     let result = match cli.scenario {
         Scenario::Sfu(args) => loadtest::sfu::run(args),
         Scenario::Api(args) => loadtest::api::run(args),
+        Scenario::Location(args) => loadtest::location::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
