@@ -22,6 +22,8 @@ fn a_small_run_takes_every_fix_raises_alerts_and_writes_its_report() {
         group_max: 20,
         converging_pairs: 2,
         rate: 1000.0,
+        // Two fixes a frame: the batch path (one per frame is the same loop with one).
+        fixes_per_frame: 2,
         duration: 4.0,
         warmup: 1.0,
         seed: 5,

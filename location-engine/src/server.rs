@@ -24,6 +24,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use protocol::api::{Jwks, PROBLEM_JSON, Problem};
 use protocol::location::{
     BINARY_MEDIA_TYPE, BatchResult, CLOSE_BAD_FRAME, CLOSE_TOO_MANY, CLOSE_TOO_SLOW,
@@ -47,6 +48,9 @@ const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 const STREAM_QUEUE: usize = 256;
 /// Commands the hub takes before it flushes.
 const DRAIN: usize = 1024;
+/// Commands queued for the hub before the connections sending them wait (and stop reading
+/// their sockets, so the clients' TCP windows fill): the hub's backlog stays bounded.
+const HUB_QUEUE: usize = 8192;
 /// How long one frame may take to go out.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -93,7 +97,7 @@ impl LocationServer {
     pub fn serve(listener: tokio::net::TcpListener, config: ServerConfig) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel(HUB_QUEUE);
         let now = unix_ms();
         let hub = Hub::new(Config {
             // Alert ids stay unique across restarts: each incarnation starts at its start time.
@@ -115,6 +119,11 @@ impl LocationServer {
             .layer(DefaultBodyLimit::max(MAX_FRAME))
             .with_state(state);
         let mut stop_http = stop_rx;
+        // Small frames go out at once: without TCP_NODELAY an alert written while an earlier
+        // frame is unacknowledged waits for the client's delayed ACK (up to 40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let http = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stopped(&mut stop_http).await })
@@ -155,7 +164,7 @@ fn unix_ms() -> i64 {
 #[derive(Clone)]
 struct AppState {
     keys: Arc<Keys>,
-    hub: mpsc::UnboundedSender<Cmd>,
+    hub: mpsc::Sender<Cmd>,
     next_conn: Arc<AtomicU64>,
     stop: watch::Receiver<bool>,
 }
@@ -171,7 +180,7 @@ enum Cmd {
         conn: ConnId,
         user: protocol::UserId,
         tx: mpsc::Sender<Arc<str>>,
-        kill: oneshot::Sender<u16>,
+        kill: oneshot::Sender<(u16, String)>,
     },
     Close {
         conn: ConnId,
@@ -181,6 +190,17 @@ enum Cmd {
         fixes: Vec<WireFix>,
         reply: Reply<Result<(u32, Vec<Rejected>), FixesError>>,
     },
+    /// Fixes from a stream: nothing is answered unless some are refused (a `rejected` frame on
+    /// the stream) or the stream must close (over the rate, no grant).
+    StreamFixes {
+        conn: ConnId,
+        user: protocol::UserId,
+        fixes: Vec<WireFix>,
+    },
+    /// A stream's `ping`: its `pong` is queued after every frame the commands before it caused.
+    Ping {
+        conn: ConnId,
+    },
     Pause {
         user: protocol::UserId,
         pause: bool,
@@ -189,12 +209,28 @@ enum Cmd {
 
 struct Stream {
     tx: mpsc::Sender<Arc<str>>,
-    kill: Option<oneshot::Sender<u16>>,
+    /// Taken when the stream is told to close; its later commands are ignored.
+    kill: Option<oneshot::Sender<(u16, String)>>,
+}
+
+impl Stream {
+    /// Queues `frame`; a stream whose queue is full is not reading and is closed.
+    fn push(&mut self, frame: Arc<str>) {
+        if self.kill.is_some() && self.tx.try_send(frame).is_err() {
+            self.close(CLOSE_TOO_SLOW, "the stream was not read".into());
+        }
+    }
+
+    fn close(&mut self, code: u16, reason: String) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send((code, reason));
+        }
+    }
 }
 
 async fn run_hub(
     mut hub: Hub,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    mut rx: mpsc::Receiver<Cmd>,
     mut stop: watch::Receiver<bool>,
     sink: Option<AlertSink>,
 ) {
@@ -226,14 +262,8 @@ async fn run_hub(
         hub.flush(unix_ms(), &mut out);
         for (conns, frame) in out.frames.drain(..) {
             for conn in conns {
-                let Some(s) = streams.get_mut(&conn) else {
-                    continue;
-                };
-                if s.tx.try_send(frame.clone()).is_err() {
-                    // Not reading (or gone): it is closed, not waited for.
-                    if let Some(kill) = s.kill.take() {
-                        let _ = kill.send(CLOSE_TOO_SLOW);
-                    }
+                if let Some(s) = streams.get_mut(&conn) {
+                    s.push(frame.clone());
                 }
             }
         }
@@ -278,6 +308,22 @@ fn handle(
         }
         Cmd::Fixes { user, fixes, reply } => {
             let _ = reply.send(hub.fixes(user, &fixes, now));
+        }
+        Cmd::StreamFixes { conn, user, fixes } => {
+            let Some(s) = streams.get_mut(&conn).filter(|s| s.kill.is_some()) else {
+                return;
+            };
+            match hub.fixes(user, &fixes, now) {
+                Ok((_, rejected)) if rejected.is_empty() => {}
+                Ok((_, rejected)) => s.push(ServerFrame::Rejected { rejected }.encode().into()),
+                Err(e @ FixesError::TooMany) => s.close(CLOSE_TOO_MANY, e.to_string()),
+                Err(e @ FixesError::NoGrant) => s.close(CLOSE_UNAUTHORIZED, e.to_string()),
+            }
+        }
+        Cmd::Ping { conn } => {
+            if let Some(s) = streams.get_mut(&conn) {
+                s.push(ServerFrame::Pong {}.encode().into());
+            }
         }
         Cmd::Pause { user, pause: true } => hub.pause(user),
         Cmd::Pause { user, pause: false } => hub.resume(user),
@@ -398,9 +444,9 @@ fn bearer<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Opt
         .or_else(|| query.get("token").map(String::as_str))
 }
 
-async fn ask<T>(hub: &mpsc::UnboundedSender<Cmd>, cmd: impl FnOnce(Reply<T>) -> Cmd) -> Option<T> {
+async fn ask<T>(hub: &mpsc::Sender<Cmd>, cmd: impl FnOnce(Reply<T>) -> Cmd) -> Option<T> {
     let (tx, rx) = oneshot::channel();
-    hub.send(cmd(tx)).ok()?;
+    hub.send(cmd(tx)).await.ok()?;
     rx.await.ok()
 }
 
@@ -525,7 +571,7 @@ async fn stream(
                 conn,
             };
             let end = s.run(claims).await;
-            let _ = s.state.hub.send(Cmd::Close { conn });
+            let _ = s.state.hub.send(Cmd::Close { conn }).await;
             if let Err((code, reason)) = end {
                 let frame = CloseFrame {
                     code,
@@ -588,26 +634,35 @@ impl Conn {
         let mut expires_ms = self.authorize(claims).await?;
         let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
         let (kill_tx, mut kill) = oneshot::channel();
-        let _ = self.state.hub.send(Cmd::Open {
-            conn: self.conn,
-            user,
-            tx,
-            kill: kill_tx,
-        });
+        let _ = self
+            .state
+            .hub
+            .send(Cmd::Open {
+                conn: self.conn,
+                user,
+                tx,
+                kill: kill_tx,
+            })
+            .await;
         let mut stop = self.state.stop.clone();
         let mut fixes = Vec::new();
+        let deadline = |expires_ms: i64| {
+            tokio::time::Instant::now()
+                + Duration::from_millis((expires_ms - unix_ms()).max(0) as u64)
+        };
+        // One timer for the token's expiry, moved only when a `token` frame extends it.
+        let expiry = tokio::time::sleep_until(deadline(expires_ms));
+        tokio::pin!(expiry);
         loop {
-            let left = Duration::from_millis((expires_ms - unix_ms()).max(0) as u64);
             tokio::select! {
                 frame = rx.recv() => {
                     let Some(frame) = frame else { return Err((1001, "the server is shutting down".into())) };
                     self.send(Utf8Bytes::from(&*frame)).await?;
                 }
-                code = &mut kill => {
-                    let code = code.unwrap_or(1001);
-                    return Err((code, "the stream was not read".into()));
+                end = &mut kill => {
+                    return Err(end.unwrap_or((1001, "the server is shutting down".into())));
                 }
-                () = tokio::time::sleep(left) => {
+                () = &mut expiry => {
                     return Err((CLOSE_UNAUTHORIZED, "the location token expired".into()));
                 }
                 () = stopped(&mut stop) => {
@@ -640,35 +695,30 @@ impl Conn {
                                 if claims.sub != user {
                                     return Err((CLOSE_UNAUTHORIZED, "the token is for another user".into()));
                                 }
-                                expires_ms = expires_ms.max(self.authorize(claims).await?);
+                                let renewed = self.authorize(claims).await?;
+                                if renewed > expires_ms {
+                                    expires_ms = renewed;
+                                    expiry.as_mut().reset(deadline(expires_ms));
+                                }
                             }
                             ClientFrame::Pause {} => {
-                                let _ = self.state.hub.send(Cmd::Pause { user, pause: true });
+                                let _ = self.state.hub.send(Cmd::Pause { user, pause: true }).await;
                             }
                             ClientFrame::Resume {} => {
-                                let _ = self.state.hub.send(Cmd::Pause { user, pause: false });
+                                let _ = self.state.hub.send(Cmd::Pause { user, pause: false }).await;
                             }
                             ClientFrame::Ping {} => {
-                                self.send(ServerFrame::Pong {}.encode().into()).await?;
+                                let _ = self.state.hub.send(Cmd::Ping { conn: self.conn }).await;
                             }
                         },
                         Message::Close(_) => return Ok(()),
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
                     if !fixes.is_empty() {
-                        let batch = std::mem::take(&mut fixes);
-                        match ask(&self.state.hub, |reply| Cmd::Fixes { user, fixes: batch, reply }).await {
-                            None => return Err((1001, "the server is shutting down".into())),
-                            Some(Err(FixesError::TooMany)) => {
-                                return Err((CLOSE_TOO_MANY, FixesError::TooMany.to_string()));
-                            }
-                            Some(Err(e @ FixesError::NoGrant)) => {
-                                return Err((CLOSE_UNAUTHORIZED, e.to_string()));
-                            }
-                            Some(Ok((_, rejected))) if !rejected.is_empty() => {
-                                self.send(ServerFrame::Rejected { rejected }.encode().into()).await?;
-                            }
-                            Some(Ok(_)) => {}
+                        // Not waited for: refusals and closes come back through the queue.
+                        let fixes = std::mem::take(&mut fixes);
+                        if self.state.hub.send(Cmd::StreamFixes { conn: self.conn, user, fixes }).await.is_err() {
+                            return Err((1001, "the server is shutting down".into()));
                         }
                     }
                 }

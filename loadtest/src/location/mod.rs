@@ -12,9 +12,10 @@
 //! tokio current-thread runtime, pinned to `--engine-cpu`: the real server over real sockets,
 //! with one core's worth of CPU. Every user opens one stream (`--connect-concurrency` at once).
 //!
-//! Load: an open loop. Each user sends one fix a binary frame every `users / rate` seconds, the
-//! users' phases spread evenly over that period; a writer more than a period late drops the
-//! missed fixes (counted as `skipped`) rather than bursting into the engine's rate limit. The
+//! Load: an open loop. Each user takes a fix every `users / rate` seconds and sends it in a
+//! binary frame, or with `--fixes-per-frame K` sends K at once every K periods (their times a
+//! period apart, the last one now), the users' phases spread evenly over that period; a writer
+//! more than a frame's period late drops the missed fixes (counted as `skipped`) rather than bursting into the engine's rate limit. The
 //! generator is one thread (`--cpu`) so it does not take the engine's core; its busy ratio and
 //! send lag are reported, and the achieved rate is what is counted, not what was asked for.
 //!
@@ -89,6 +90,10 @@ pub struct LocationArgs {
     /// Fixes per second over all users (open loop; at most 20 a user).
     #[arg(long, default_value_t = 20_000.0)]
     pub rate: f64,
+    /// Fixes a binary frame: a user sends this many at once, taken `users / rate` seconds
+    /// apart (a phone uploading what it recorded meanwhile; 1: each fix as it is taken).
+    #[arg(long, default_value_t = 1)]
+    pub fixes_per_frame: usize,
     /// Seconds measured.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -143,6 +148,12 @@ pub fn run(args: LocationArgs) -> anyhow::Result<bool> {
     let per_user = args.rate / args.users.max(1) as f64;
     if args.users < 2 {
         bail!("--users must be at least 2");
+    }
+    if !(1..=protocol::location::MAX_BATCH).contains(&args.fixes_per_frame) {
+        bail!(
+            "--fixes-per-frame must be 1 to {}",
+            protocol::location::MAX_BATCH
+        );
     }
     if !(per_user > 0.0 && per_user <= f64::from(MAX_FIXES_PER_SEC)) {
         bail!(
@@ -363,6 +374,7 @@ async fn scenario(
     let schedule = Schedule {
         start,
         period: Duration::from_secs_f64(1.0 / per_user),
+        per_frame: args.fixes_per_frame,
         users: n,
         end,
     };
@@ -472,6 +484,7 @@ async fn scenario(
             streams_per_fix,
             rate: args.rate,
             per_user_rate: per_user,
+            fixes_per_frame: args.fixes_per_frame,
             warmup_seconds: args.warmup,
             duration_seconds: args.duration,
             seed: args.seed,

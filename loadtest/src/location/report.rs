@@ -46,6 +46,8 @@ pub struct Scenario {
     /// Fixes a second asked for, over every user.
     pub rate: f64,
     pub per_user_rate: f64,
+    /// Fixes in one binary frame.
+    pub fixes_per_frame: usize,
     pub warmup_seconds: f64,
     pub duration_seconds: f64,
     pub seed: u64,
@@ -190,7 +192,7 @@ impl LocationReport {
         let sc = &self.scenario;
         let _ = writeln!(
             s,
-            "loadtest location: {} users in {} groups ({}–{}, a fix's group {:.1}), {:.0} fixes/s offered ({:.2}/s each), {:.1} s measured after {:.1} s, engine {}",
+            "loadtest location: {} users in {} groups ({}–{}, a fix's group {:.1}), {:.0} fixes/s offered ({:.2}/s each, {} a frame), {:.1} s measured after {:.1} s, engine {}",
             sc.users,
             sc.groups,
             sc.group_min,
@@ -198,6 +200,7 @@ impl LocationReport {
             sc.streams_per_fix,
             self.fixes.offered_per_second,
             sc.per_user_rate,
+            sc.fixes_per_frame,
             sc.duration_seconds,
             sc.warmup_seconds,
             sc.target
@@ -346,6 +349,7 @@ mod tests {
                 streams_per_fix: 12.0,
                 rate: 1000.0,
                 per_user_rate: 10.0,
+                fixes_per_frame: 1,
                 warmup_seconds: 1.0,
                 duration_seconds: 2.0,
                 seed: 1,

@@ -31,11 +31,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reasons of refusals and closes kept for the report.
 const KEEP_REASONS: usize = 8;
 
-/// When fixes are sent: user `i` sends at `start + i·period/users + k·period` while before `end`.
+/// When fixes are sent: user `i` sends at `start + i·period/users + k·per_frame·period` while
+/// before `end`, `per_frame` fixes a frame taken `period` apart.
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
     pub start: Instant,
+    /// Between two fixes of a user.
     pub period: Duration,
+    pub per_frame: usize,
     pub users: usize,
     pub end: Instant,
 }
@@ -312,8 +315,8 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Sends user `i`'s fixes on schedule (one fix a binary frame), then a `ping` (answered only
-/// after every fix before it went through the engine), then waits for `close` to close.
+/// Sends user `i`'s fixes on schedule (`per_frame` a binary frame), then a `ping` (answered
+/// only after every fix before it went through the engine), then waits for `close` to close.
 pub async fn writer(
     shared: Rc<Shared>,
     i: usize,
@@ -322,11 +325,14 @@ pub async fn writer(
     schedule: Schedule,
     mut close: watch::Receiver<bool>,
 ) {
-    let period = schedule.period;
-    let phase = period.mul_f64(i as f64 / schedule.users as f64);
+    let per_frame = schedule.per_frame.max(1);
+    let fix_ms = schedule.period.as_secs_f64() * 1000.0;
+    let period = schedule.period * per_frame as u32;
+    let phase = schedule.period.mul_f64(i as f64 / schedule.users as f64);
     let mut due = schedule.start + phase;
     let mut last_t = 0i64;
-    let mut frame = Vec::with_capacity(32);
+    let mut fixes = Vec::with_capacity(per_frame);
+    let mut frame = Vec::with_capacity(2 + 27 * per_frame);
     let mut alive = true;
     while due < schedule.end {
         tokio::time::sleep_until(due.into()).await;
@@ -336,14 +342,19 @@ pub async fn writer(
             // More than a period behind: the missed fixes are not sent in a burst (which could
             // exceed the engine's rate limit), they are counted as the generator's shortfall.
             let missed = (late.as_nanos() / period.as_nanos()) as u32;
-            Shared::bump(&shared.skipped, u64::from(missed));
+            Shared::bump(&shared.skipped, u64::from(missed) * per_frame as u64);
             due += period * missed;
         }
-        let t = unix_ms().max(last_t + 1);
-        last_t = t;
-        let fix = walker.fix_at(t);
+        // The frame's fixes were taken a period apart, the last one now.
+        let now_ms = unix_ms();
+        fixes.clear();
+        for k in (0..per_frame).rev() {
+            let t = (now_ms - (k as f64 * fix_ms) as i64).max(last_t + 1);
+            last_t = t;
+            fixes.push(walker.fix_at(t));
+        }
         frame.clear();
-        if encode_fixes(&[fix], &mut frame).is_err() {
+        if encode_fixes(&fixes, &mut frame).is_err() {
             break;
         }
         now = Instant::now();
@@ -354,9 +365,9 @@ pub async fn writer(
             alive = false;
             break;
         }
-        Shared::bump(&shared.sent, 1);
+        Shared::bump(&shared.sent, per_frame as u64);
         if measured {
-            Shared::bump(&shared.sent_measured, 1);
+            Shared::bump(&shared.sent_measured, per_frame as u64);
             let lag = now.saturating_duration_since(due);
             record(
                 &mut shared.send_lag.borrow_mut(),
