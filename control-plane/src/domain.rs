@@ -157,6 +157,18 @@ impl GroupName {
     }
 }
 
+/// 0 (no proximity alerts) or a radius in the range the engine takes.
+pub(crate) fn proximity_radius(m: u32) -> Result<u32, Invalid> {
+    use protocol::api::{MAX_PROXIMITY_RADIUS_M, MIN_PROXIMITY_RADIUS_M};
+    if m == 0 || (MIN_PROXIMITY_RADIUS_M..=MAX_PROXIMITY_RADIUS_M).contains(&m) {
+        Ok(m)
+    } else {
+        Err(Invalid(
+            "proximity_radius_m must be 0 (no proximity alerts) or 25 to 10000 metres",
+        ))
+    }
+}
+
 /// At most 500 characters; line breaks and tabs allowed, other control characters not.
 pub(crate) fn group_description(s: &str) -> Result<String, Invalid> {
     if s.chars().count() > 500 {

@@ -91,6 +91,43 @@ async fn location_tokens_follow_membership_settings_and_the_chosen_end() {
             assert!(reply.status.is_client_error(), "{body} → {reply:?}");
             assert_ne!(reply.status, StatusCode::NOT_FOUND, "{body}");
         }
+        // The group's admins choose its proximity radius; the next token carries it.
+        let reply = app
+            .patch(
+                &format!("/v1/groups/{other}"),
+                &ann.access_token,
+                json!({"settings": {"proximity_radius_m": 750}}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        let view: protocol::api::GroupView = reply.parse(StatusCode::OK);
+        assert_eq!(view.settings.proximity_radius_m, 750);
+        let reply = ask(&app, &ann, json!({"groups": [{"group": other}]})).await;
+        let token: LocationToken = reply.parse(StatusCode::OK);
+        assert_eq!(claims(&app, &token.token).groups[0].near_m, 750);
+        assert_eq!(token.groups[0].near_m, 750);
+        // Out of range: 400, and the radius stays.
+        for bad in [1, 24, 10_001] {
+            let reply = app
+                .patch(
+                    &format!("/v1/groups/{other}"),
+                    &ann.access_token,
+                    json!({"settings": {"proximity_radius_m": bad}}),
+                )
+                .await;
+            reply.problem(StatusCode::BAD_REQUEST);
+        }
+        // 0 turns proximity alerts off.
+        let reply = app
+            .patch(
+                &format!("/v1/groups/{other}"),
+                &ann.access_token,
+                json!({"settings": {"proximity_radius_m": 0}}),
+            )
+            .await;
+        let view: protocol::api::GroupView = reply.parse(StatusCode::OK);
+        assert_eq!(view.settings.proximity_radius_m, 0);
+
         // The group turns location sharing off: 403.
         let reply = app
             .patch(

@@ -250,6 +250,22 @@ pub struct GroupSettings {
     pub location_sharing: bool,
     /// Members may start and control shared music in this group.
     pub music_sharing: bool,
+    /// Members sharing their location closer than this (metres) are `near`, farther than
+    /// max(1.2·r, r + 50 m) `apart`; 0: no proximity alerts. 0 or
+    /// [`MIN_PROXIMITY_RADIUS_M`]–[`MAX_PROXIMITY_RADIUS_M`].
+    #[serde(default = "default_proximity_radius")]
+    pub proximity_radius_m: u32,
+}
+
+/// A group's proximity radius unless its admins choose another.
+pub const DEFAULT_PROXIMITY_RADIUS_M: u32 = 200;
+/// The smallest proximity radius (a phone's fix is often 5–20 m off).
+pub const MIN_PROXIMITY_RADIUS_M: u32 = 25;
+/// The largest proximity radius.
+pub const MAX_PROXIMITY_RADIUS_M: u32 = 10_000;
+
+fn default_proximity_radius() -> u32 {
+    DEFAULT_PROXIMITY_RADIUS_M
 }
 
 impl Default for GroupSettings {
@@ -259,6 +275,7 @@ impl Default for GroupSettings {
             join_permission: JoinPermission::Admins,
             location_sharing: true,
             music_sharing: true,
+            proximity_radius_m: DEFAULT_PROXIMITY_RADIUS_M,
         }
     }
 }
@@ -317,6 +334,9 @@ pub struct UpdateGroupSettings {
     pub location_sharing: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub music_sharing: Option<bool>,
+    /// 0 (no proximity alerts) or [`MIN_PROXIMITY_RADIUS_M`]–[`MAX_PROXIMITY_RADIUS_M`] metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proximity_radius_m: Option<u32>,
 }
 
 /// A member of a group as the other members see them.

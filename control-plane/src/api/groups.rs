@@ -96,6 +96,10 @@ pub(super) async fn update(
         join_permission: settings.join_permission,
         location_sharing: settings.location_sharing,
         music_sharing: settings.music_sharing,
+        proximity_radius_m: settings
+            .proximity_radius_m
+            .map(domain::proximity_radius)
+            .transpose()?,
     };
     let (updated, event) = state
         .store

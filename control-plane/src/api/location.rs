@@ -17,9 +17,6 @@ use std::collections::HashSet;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// The proximity radius of every group, metres (groups have no setting for it yet).
-pub(crate) const DEFAULT_NEAR_M: u32 = 200;
-
 #[utoipa::path(post, path = "/v1/location/token", tag = "location", summary = "Get a location token to share with some groups", request_body = LocationTokenRequest, responses((status = 200, description = "The token, its expiry and the location engine's stream", body = LocationToken)))]
 pub(super) async fn token(
     State(state): State<AppState>,
@@ -68,17 +65,18 @@ pub(super) async fn token(
                 "a group named does not allow location sharing",
             ));
         }
+        let near_m = membership.group.settings.proximity_radius_m;
         grants.push(Grant {
             grp: share.group,
             precision: share.precision,
             until,
-            near_m: DEFAULT_NEAR_M,
+            near_m,
         });
         views.push(GrantView {
             group: share.group,
             precision: share.precision,
             until: until.map(|u| rfc3339(secs_to_ms(u))),
-            near_m: DEFAULT_NEAR_M,
+            near_m,
         });
     }
     // No longer than the latest chosen end: a token past every grant would share nothing.

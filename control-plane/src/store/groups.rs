@@ -77,6 +77,7 @@ pub(crate) struct GroupChanges {
     pub join_permission: Option<JoinPermission>,
     pub location_sharing: Option<bool>,
     pub music_sharing: Option<bool>,
+    pub proximity_radius_m: Option<u32>,
 }
 
 /// Why a membership change was refused.
@@ -98,7 +99,7 @@ pub(crate) type MemberChange = Result<Option<GroupEvent>, MemberRefusal>;
 /// A group with one member's role, joined seq and the member count; a `WHERE` follows.
 const MEMBER_GROUP_SELECT: &str = "SELECT g.id, g.name, g.created_by, g.created_at, \
      g.description, g.avatar_url, g.privacy, g.join_permission, g.location_sharing, \
-     g.music_sharing, g.last_seq, m.role, m.joined_seq, \
+     g.music_sharing, g.proximity_radius_m, g.last_seq, m.role, m.joined_seq, \
      (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id) AS member_count \
      FROM groups g JOIN group_members m ON m.group_id = g.id";
 
@@ -247,7 +248,8 @@ impl Store {
              avatar_url = CASE WHEN $4 = 1 THEN $5 ELSE avatar_url END, \
              privacy = COALESCE($6, privacy), join_permission = COALESCE($7, join_permission), \
              location_sharing = COALESCE($8, location_sharing), \
-             music_sharing = COALESCE($9, music_sharing) \
+             music_sharing = COALESCE($9, music_sharing), \
+             proximity_radius_m = COALESCE($10, proximity_radius_m) \
              WHERE id = $1",
         )
         .bind(group.to_string())
@@ -259,6 +261,7 @@ impl Store {
         .bind(c.join_permission.map(join_permission_str))
         .bind(c.location_sharing.map(i64::from))
         .bind(c.music_sharing.map(i64::from))
+        .bind(c.proximity_radius_m.map(i64::from))
         .execute(gtx.conn())
         .await?;
         let sql = format!("{MEMBER_GROUP_SELECT} WHERE g.id = $1 AND m.user_id = $2");
@@ -503,6 +506,8 @@ fn member_group_from_row(row: &AnyRow) -> Result<MemberGroup, sqlx::Error> {
                 join_permission: parsed_column(row, "join_permission", parse_join_permission)?,
                 location_sharing: flag("location_sharing")?,
                 music_sharing: flag("music_sharing")?,
+                proximity_radius_m: u32::try_from(row.try_get::<i64, _>("proximity_radius_m")?)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             },
             last_seq: row.try_get("last_seq")?,
         },
