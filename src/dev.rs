@@ -121,6 +121,7 @@ impl DevStack {
         let signer = cp.signer();
         let ingest = cp.session_events();
         let alerts = cp.location_alerts();
+        let history = cp.location_history();
         let control_plane_url = format!("http://{cp_addr}");
         let (stop, mut stop_rx) = watch::channel(false);
         let control_plane = tokio::spawn(control_plane::serve(listener, cp, async move {
@@ -133,6 +134,7 @@ impl DevStack {
                 listen: location_addr,
                 jwks_url: format!("{control_plane_url}/.well-known/jwks.json"),
                 alerts: Some(Arc::new(move |batch| alerts.submit(batch))),
+                history: Some(Arc::new(move |fixes| history.submit(fixes))),
             },
         )?;
 

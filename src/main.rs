@@ -374,19 +374,30 @@ async fn main() -> anyhow::Result<()> {
             jwks_url,
             redis_url,
         } => {
-            use location_engine::server::{LocationServer, ServerConfig, redis_alert_sink};
-            let alerts = match &redis_url {
-                Some(url) => Some(
-                    redis_alert_sink(url, protocol::node::REDIS_PREFIX, 100_000)
-                        .await
-                        .context("connecting to Redis")?,
+            use location_engine::server::{
+                LocationServer, ServerConfig, redis_alert_sink, redis_history_sink,
+            };
+            let prefix = protocol::node::REDIS_PREFIX;
+            let (alerts, history) = match &redis_url {
+                Some(url) => (
+                    Some(
+                        redis_alert_sink(url, prefix, 100_000)
+                            .await
+                            .context("connecting to Redis")?,
+                    ),
+                    Some(
+                        redis_history_sink(url, prefix, 100_000)
+                            .await
+                            .context("connecting to Redis")?,
+                    ),
                 ),
-                None => None,
+                None => (None, None),
             };
             let server = LocationServer::start(ServerConfig {
                 listen,
                 jwks_url,
                 alerts,
+                history,
             })
             .await
             .with_context(|| format!("binding {listen}"))?;

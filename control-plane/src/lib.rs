@@ -55,7 +55,7 @@ pub use ice::{DEFAULT_TURN_TTL_SECS, IceConfig};
 pub use notify::PushConfig;
 pub use registry::{InProcessRegistry, NodeRegistry};
 pub use registry_redis::RedisRegistry;
-pub use session_events::{AlertIngest, EventIngest};
+pub use session_events::{AlertIngest, EventIngest, HistoryIngest};
 
 use anyhow::Context as _;
 use std::net::SocketAddr;
@@ -212,6 +212,7 @@ pub struct ControlPlane {
     state: api::AppState,
     events: EventIngest,
     alerts: AlertIngest,
+    history: HistoryIngest,
     keys: signing::KeySource,
 }
 
@@ -306,15 +307,18 @@ impl ControlPlane {
             push: Arc::clone(&shared.push_queue),
         };
         let events = session_events::spawn_ingest(sink.clone());
-        let alerts = session_events::spawn_alert_ingest(sink);
+        let alerts = session_events::spawn_alert_ingest(sink.clone());
+        let history = session_events::spawn_history_ingest(sink);
         let state = api::AppState(Arc::new(shared));
         spawn_key_refresh(Arc::downgrade(&state.0), key_source.clone());
         notify::spawn(Arc::downgrade(&state.0), push_queue, vapid);
         api::spawn_attachment_sweeper(Arc::downgrade(&state.0));
+        api::spawn_history_sweeper(Arc::downgrade(&state.0));
         Ok(Self {
             state,
             events,
             alerts,
+            history,
             keys: key_source,
         })
     }
@@ -327,6 +331,17 @@ impl ControlPlane {
     /// Where location engines of this process hand their alerts.
     pub fn location_alerts(&self) -> AlertIngest {
         self.alerts.clone()
+    }
+
+    /// Where location engines of this process hand the fixes of users who keep a history.
+    pub fn location_history(&self) -> HistoryIngest {
+        self.history.clone()
+    }
+
+    /// What the hourly sweep does, at a given time: deletes stored fixes older than their
+    /// owner's retention. Answers how many. Tests call it with a simulated clock.
+    pub async fn purge_location_history_at(&self, now_ms: i64) -> anyhow::Result<u64> {
+        Ok(self.state.store.purge_location_history(now_ms).await?)
     }
 
     /// Starts consuming the session events media nodes and the alerts location engines append
@@ -350,7 +365,11 @@ impl ControlPlane {
             fanout: self.state.fanout.clone(),
             push: Arc::clone(&self.state.push_queue),
         };
-        for feed in [session_events::Feed::Sessions, session_events::Feed::Alerts] {
+        for feed in [
+            session_events::Feed::Sessions,
+            session_events::Feed::Alerts,
+            session_events::Feed::History,
+        ] {
             session_events::consume_redis(
                 feed,
                 sink.clone(),

@@ -1,5 +1,6 @@
-//! Session events from media nodes into SQL (participants joined, left, muted), and alerts from
-//! location engines into the groups' logs (near, apart, arrived, left, lost).
+//! Session events from media nodes into SQL (participants joined, left, muted), alerts from
+//! location engines into the groups' logs (near, apart, arrived, left, lost), and the fixes of
+//! users who keep a location history into theirs.
 //!
 //! A node in this process hands its events to [`EventIngest::submit`] (applied in order); nodes in
 //! other processes append them to a Redis stream that [`consume_redis`] reads as a consumer group,
@@ -13,7 +14,9 @@ use crate::fanout::Fanout;
 use crate::notify::PushQueue;
 use crate::store::Store;
 use protocol::events::{REDIS_EVENT_FIELD, SessionEvent, redis_stream_key};
-use protocol::location::{LocationAlert, redis_alert_stream_key};
+use protocol::location::{
+    HistoryBatch, HistoryFix, LocationAlert, redis_alert_stream_key, redis_history_stream_key,
+};
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
@@ -37,6 +40,8 @@ pub(crate) enum Feed {
     Sessions,
     /// Alerts of location engines.
     Alerts,
+    /// Fixes of location engines for users' histories.
+    History,
 }
 
 impl Feed {
@@ -44,6 +49,7 @@ impl Feed {
         match self {
             Feed::Sessions => redis_stream_key(prefix),
             Feed::Alerts => redis_alert_stream_key(prefix),
+            Feed::History => redis_history_stream_key(prefix),
         }
     }
 }
@@ -76,6 +82,42 @@ impl AlertIngest {
         for alert in alerts {
             let _ = self.tx.send(alert);
         }
+    }
+}
+
+/// Hands the fixes an in-process location engine took from users who keep a history.
+#[derive(Debug, Clone)]
+pub struct HistoryIngest {
+    tx: mpsc::UnboundedSender<Vec<HistoryFix>>,
+}
+
+impl HistoryIngest {
+    /// Queues fixes; those of users who keep a history (now) are stored.
+    pub fn submit(&self, fixes: Vec<HistoryFix>) {
+        let _ = self.tx.send(fixes);
+    }
+}
+
+/// Starts the task that stores submitted history fixes. Call within a tokio runtime.
+pub(crate) fn spawn_history_ingest(sink: Sink) -> HistoryIngest {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<HistoryFix>>();
+    tokio::spawn(async move {
+        while let Some(mut fixes) = rx.recv().await {
+            // Whatever queued meanwhile goes in the same transaction.
+            while let Ok(more) = rx.try_recv() {
+                fixes.extend(more);
+            }
+            apply_history(&sink, &fixes).await;
+        }
+    });
+    HistoryIngest { tx }
+}
+
+async fn apply_history(sink: &Sink, fixes: &[HistoryFix]) {
+    let now = crate::clock::Now::read().ms;
+    match sink.store.store_history(fixes, now).await {
+        Ok(stored) => tracing::debug!(stored, offered = fixes.len(), "location history"),
+        Err(e) => tracing::warn!(error = %e, fixes = fixes.len(), "location history not stored"),
     }
 }
 
@@ -240,10 +282,12 @@ async fn apply_and_ack(
         let applied = match feed {
             Feed::Sessions => serde_json::from_str::<SessionEvent>(&json).map(Inbound::Session),
             Feed::Alerts => serde_json::from_str::<LocationAlert>(&json).map(Inbound::Alert),
+            Feed::History => serde_json::from_str::<HistoryBatch>(&json).map(Inbound::History),
         };
         match &applied {
             Ok(Inbound::Session(event)) => apply(sink, event).await,
             Ok(Inbound::Alert(alert)) => apply_alert(sink, alert).await,
+            Ok(Inbound::History(batch)) => apply_history(sink, &batch.fixes).await,
             Err(_) => {}
         }
         if let Err(e) = applied {
@@ -257,10 +301,11 @@ async fn apply_and_ack(
     }
 }
 
-/// An entry of either stream.
+/// An entry of one of the streams.
 enum Inbound {
     Session(SessionEvent),
     Alert(LocationAlert),
+    History(HistoryBatch),
 }
 
 /// Creates the consumer group (and the stream) unless it exists.

@@ -211,11 +211,13 @@ impl Tokens {
 }
 
 impl Tokens {
-    /// A location token for `user` sharing with `groups`, valid until `exp` (Unix seconds).
+    /// A location token for `user` sharing with `groups`, valid until `exp` (Unix seconds);
+    /// `hist`: the user keeps a location history.
     pub(crate) fn location(
         &self,
         user: UserId,
         groups: Vec<protocol::location::Grant>,
+        hist: bool,
         now: u64,
         exp: u64,
     ) -> String {
@@ -230,6 +232,7 @@ impl Tokens {
                 exp,
                 jti: random_b64(16),
                 groups,
+                hist,
             })
     }
 

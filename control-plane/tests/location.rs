@@ -1,6 +1,6 @@
 //! Location on the control plane's side, on SQLite and PostgreSQL: location tokens (who may share
-//! with which group, for how long) and the alerts of location engines logged once in the group's
-//! log and delivered on `/v1/events`.
+//! with which group, for how long), the alerts of location engines logged once in the group's
+//! log and delivered on `/v1/events`, and users' own location history (consent, retention).
 
 mod support;
 
@@ -9,7 +9,10 @@ use control_plane::InProcessRegistry;
 use futures_util::{SinkExt as _, StreamExt as _};
 use protocol::api::{AuthResponse, Jwks};
 use protocol::ids::{GroupId, UserId};
-use protocol::location::{AlertKind, LocationAlert, LocationClaims, LocationToken, Precision};
+use protocol::location::{
+    AlertKind, HistoryFix, LocationAlert, LocationClaims, LocationHistory, LocationToken,
+    Precision, WireFix,
+};
 use protocol::realtime::{EventData, GroupEvent, ServerFrame};
 use protocol::token::{AUD_LOCATION, VerifyingKeys};
 use serde_json::json;
@@ -258,4 +261,173 @@ async fn alerts_are_logged_once_for_members_only() {
         ));
     })
     .await;
+}
+
+fn fix(t: i64, east: f64) -> WireFix {
+    WireFix {
+        t,
+        lat: 38.7223,
+        lon: -9.1393 + east * 1e-5,
+        acc: 8.0,
+        alt: Some(40.0),
+        speed: None,
+        heading: None,
+        battery: Some(80),
+    }
+}
+
+async fn history(app: &TestApp, who: &AuthResponse, query: &str) -> LocationHistory {
+    app.get(
+        &format!("/v1/users/me/location-history{query}"),
+        &who.access_token,
+    )
+    .await
+    .parse(StatusCode::OK)
+}
+
+/// Waits until `who`'s history holds `n` points (the ingest is a task of its own; what was
+/// submitted before the fixes awaited was stored or refused before them).
+async fn history_of(app: &TestApp, who: &AuthResponse, n: usize) -> LocationHistory {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let h = history(app, who, "").await;
+            if h.points.len() >= n {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the history in time")
+}
+
+async fn set_days(app: &TestApp, who: &AuthResponse, days: u32) -> support::Reply {
+    app.patch(
+        "/v1/users/me/settings",
+        &who.access_token,
+        json!({"privacy": {"location_history_days": days}}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn location_history_is_kept_only_with_consent_and_for_the_chosen_days() {
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let g = app.group(&ann).await;
+        let now = now_s() as i64 * 1000;
+        let token = |who: &AuthResponse| {
+            let app = &app;
+            let who = who.clone();
+            let g = g.clone();
+            async move {
+                let reply = ask(app, &who, json!({"groups": [{"group": g}]})).await;
+                claims(app, &reply.parse::<LocationToken>(StatusCode::OK).token)
+            }
+        };
+        // Off by default: the token does not ask the engine for the fixes.
+        assert!(history(&app, &ann, "").await.points.is_empty());
+        assert!(!token(&ann).await.hist);
+        set_days(&app, &ann, 366)
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+        let reply = set_days(&app, &ann, 30).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(reply.json["privacy"]["location_history_days"], 30);
+        assert!(token(&ann).await.hist);
+
+        let ingest = app.control_plane.location_history();
+        let of = |user: UserId, fixes: Vec<WireFix>| -> Vec<HistoryFix> {
+            fixes
+                .into_iter()
+                .map(|fix| HistoryFix { user, fix })
+                .collect()
+        };
+        // Bob keeps no history: nothing of his is stored, whatever the engine sends.
+        ingest.submit(of(bob.user.id, vec![fix(now, 0.0)]));
+        ingest.submit(of(
+            ann.user.id,
+            vec![
+                fix(now - 40 * DAY, 1.0), // before the 30 days: not stored
+                fix(now - 2 * DAY, 2.0),
+                fix(now - DAY, 3.0),
+                fix(now - DAY, 3.0), // redelivered: once
+                fix(now, 4.0),
+                fix(now + 600_000, 5.0), // ten minutes ahead: a clock gone wrong
+            ],
+        ));
+        let h = history_of(&app, &ann, 3).await;
+        let times: Vec<i64> = h
+            .points
+            .iter()
+            .map(|p| {
+                (time::OffsetDateTime::parse(&p.at, &time::format_description::well_known::Rfc3339)
+                    .unwrap()
+                    .unix_timestamp_nanos()
+                    / 1_000_000) as i64
+            })
+            .collect();
+        assert_eq!(times, [now - 2 * DAY, now - DAY, now]);
+        assert!((h.points[2].lon - fix(now, 4.0).lon).abs() < 1e-12);
+        assert_eq!((h.points[2].acc, h.points[2].alt), (8.0, Some(40.0)));
+        assert!(h.next.is_none());
+        assert!(history(&app, &bob, "").await.points.is_empty());
+
+        // Pages and ranges.
+        let page = history(&app, &ann, "?limit=2").await;
+        assert_eq!(page.points, h.points[..2]);
+        let next = page.next.expect("a next page");
+        let rest = history(&app, &ann, &format!("?from={}", urlencode(&next))).await;
+        assert_eq!((rest.points.as_slice(), rest.next), (&h.points[2..], None));
+        let to = urlencode(&h.points[1].at);
+        assert_eq!(
+            history(&app, &ann, &format!("?to={to}")).await.points,
+            h.points[..1]
+        );
+        for bad in ["?from=yesterday", "?limit=0", "?limit=5001", "?colour=red"] {
+            app.get(
+                &format!("/v1/users/me/location-history{bad}"),
+                &ann.access_token,
+            )
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+        }
+
+        // A shorter retention hides the older points at once and the sweep deletes them.
+        set_days(&app, &ann, 1).await;
+        assert_eq!(history(&app, &ann, "").await.points, h.points[2..]);
+        assert_eq!(
+            app.control_plane
+                .purge_location_history_at(now + 1)
+                .await
+                .unwrap(),
+            2
+        );
+        set_days(&app, &ann, 30).await;
+        assert_eq!(
+            history(&app, &ann, "").await.points,
+            h.points[2..],
+            "deleted, not hidden"
+        );
+
+        // Deleting, and withdrawing consent, remove what was kept.
+        let reply = app
+            .delete("/v1/users/me/location-history", &ann.access_token)
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT);
+        assert!(history(&app, &ann, "").await.points.is_empty());
+        ingest.submit(of(ann.user.id, vec![fix(now + 1, 6.0)]));
+        assert_eq!(history_of(&app, &ann, 1).await.points.len(), 1);
+        let reply = set_days(&app, &ann, 0).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(history(&app, &ann, "").await.points.is_empty());
+        assert!(!token(&ann).await.hist);
+    })
+    .await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(':', "%3A").replace('+', "%2B")
 }

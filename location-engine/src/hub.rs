@@ -13,8 +13,8 @@ use crate::geo::LatLon;
 use crate::proximity::Rule;
 use protocol::ids::{GroupId, UserId};
 use protocol::location::{
-    FIX_BURST, Grant, LocationAlert, LocationClaims, MAX_FIXES_PER_SEC, MemberPosition, Refusal,
-    Rejected, ServerFrame, Sharing as SharingView, WireFix,
+    FIX_BURST, Grant, HistoryFix, LocationAlert, LocationClaims, MAX_FIXES_PER_SEC, MemberPosition,
+    Refusal, Rejected, ServerFrame, Sharing as SharingView, WireFix,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +36,8 @@ pub struct Outbox {
     pub frames: Vec<(Vec<ConnId>, Arc<str>)>,
     /// Alerts for the bus (the control plane logs and pushes them).
     pub alerts: Vec<LocationAlert>,
+    /// Accepted fixes of users who keep a history, for the control plane to store.
+    pub history: Vec<HistoryFix>,
 }
 
 /// Why fixes were not taken at all.
@@ -51,6 +53,8 @@ pub enum FixesError {
 struct UserState {
     /// `iat` of the newest token seen.
     iat: u64,
+    /// That token says the user keeps a history.
+    hist: bool,
     /// The groups that token grants, with the sharing they give.
     grants: Vec<(GroupId, Sharing)>,
     conns: Vec<ConnId>,
@@ -75,6 +79,7 @@ pub struct Hub {
     next_due: i64,
     conns: HashMap<ConnId, UserId>,
     alerts: Vec<Alert>,
+    history: Vec<HistoryFix>,
     changed: Vec<GroupId>,
 }
 
@@ -89,6 +94,7 @@ impl Hub {
             next_due: i64::MAX,
             conns: HashMap::new(),
             alerts: Vec::new(),
+            history: Vec::new(),
             changed: Vec::new(),
         }
     }
@@ -108,6 +114,7 @@ impl Hub {
         let user = claims.sub;
         let state = self.users.entry(user).or_insert_with(|| UserState {
             iat: 0,
+            hist: false,
             grants: Vec::new(),
             conns: Vec::new(),
             budget: f64::from(FIX_BURST),
@@ -116,6 +123,7 @@ impl Hub {
         let mut refused = Vec::new();
         if claims.iat >= state.iat {
             state.iat = claims.iat;
+            state.hist = claims.hist;
             let old = std::mem::take(&mut state.grants);
             let exp_ms = ms(claims.exp);
             let mut grants = Vec::with_capacity(claims.groups.len());
@@ -227,6 +235,7 @@ impl Hub {
             return Err(FixesError::TooMany);
         }
         state.budget -= fixes.len() as f64;
+        let hist = state.hist;
         let mut accepted = 0;
         let mut rejected = Vec::new();
         for (i, w) in fixes.iter().enumerate() {
@@ -245,7 +254,12 @@ impl Hub {
                     self.engine.ingest(user, &fix, now_ms)
                 });
             match result {
-                Ok(()) => accepted += 1,
+                Ok(()) => {
+                    accepted += 1;
+                    if hist {
+                        self.history.push(HistoryFix { user, fix: *w });
+                    }
+                }
                 Err(e) => rejected.push(Rejected {
                     index: i as u32,
                     reason: e.to_string(),
@@ -283,6 +297,7 @@ impl Hub {
     /// and the positions of every group that moved (at most once per group per
     /// [`POSITIONS_INTERVAL_MS`]; what is held back goes out at a later flush).
     pub fn flush(&mut self, now_ms: i64, out: &mut Outbox) {
+        out.history.append(&mut self.history);
         self.engine.take_alerts(&mut self.alerts);
         for alert in self.alerts.drain(..) {
             let wire = wire_alert(&alert);

@@ -28,8 +28,9 @@ use axum::serve::ListenerExt as _;
 use protocol::api::{Jwks, PROBLEM_JSON, Problem};
 use protocol::location::{
     BINARY_MEDIA_TYPE, BatchResult, CLOSE_BAD_FRAME, CLOSE_TOO_MANY, CLOSE_TOO_SLOW,
-    CLOSE_UNAUTHORIZED, ClientFrame, FixBatch, LocationAlert, LocationClaims, MAX_BATCH, MAX_FRAME,
-    Refusal, Rejected, ServerFrame, Sharing, WireFix, decode_fixes,
+    CLOSE_UNAUTHORIZED, ClientFrame, FixBatch, HistoryBatch, HistoryFix, LocationAlert,
+    LocationClaims, MAX_BATCH, MAX_FRAME, Refusal, Rejected, ServerFrame, Sharing, WireFix,
+    decode_fixes,
 };
 use protocol::token::{self, AUD_LOCATION, TokenError, VerifyingKeys};
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where alerts go for the control plane.
 pub type AlertSink = Arc<dyn Fn(Vec<LocationAlert>) + Send + Sync>;
+/// Where the fixes of users who keep a history go for the control plane.
+pub type HistorySink = Arc<dyn Fn(Vec<HistoryFix>) + Send + Sync>;
 
 /// How to run a location engine.
 #[derive(Clone)]
@@ -65,6 +68,8 @@ pub struct ServerConfig {
     pub jwks_url: String,
     /// Alerts for the control plane, if any.
     pub alerts: Option<AlertSink>,
+    /// History fixes for the control plane; without it none are kept.
+    pub history: Option<HistorySink>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -73,6 +78,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("jwks_url", &self.jwks_url)
             .field("alerts", &self.alerts.is_some())
+            .field("history", &self.history.is_some())
             .finish()
     }
 }
@@ -104,7 +110,13 @@ impl LocationServer {
             incarnation: now as u64,
             seed: now as u64 ^ 0x9E37_79B9_7F4A_7C15,
         });
-        let hub = tokio::spawn(run_hub(hub, cmd_rx, stop_rx.clone(), config.alerts));
+        let hub = tokio::spawn(run_hub(
+            hub,
+            cmd_rx,
+            stop_rx.clone(),
+            config.alerts,
+            config.history,
+        ));
         let state = AppState {
             keys: Arc::new(Keys::new(config.jwks_url)),
             hub: cmd_tx,
@@ -233,6 +245,7 @@ async fn run_hub(
     mut rx: mpsc::Receiver<Cmd>,
     mut stop: watch::Receiver<bool>,
     sink: Option<AlertSink>,
+    history: Option<HistorySink>,
 ) {
     let mut streams: HashMap<ConnId, Stream> = HashMap::new();
     let mut out = Outbox::default();
@@ -271,6 +284,12 @@ async fn run_hub(
             let alerts = std::mem::take(&mut out.alerts);
             if let Some(sink) = &sink {
                 sink(alerts);
+            }
+        }
+        if !out.history.is_empty() {
+            let fixes = std::mem::take(&mut out.history);
+            if let Some(history) = &history {
+                history(fixes);
             }
         }
     }
@@ -728,44 +747,69 @@ impl Conn {
 }
 
 /// Alerts onto the Redis stream [`protocol::location::redis_alert_stream_key`] (capped near
-/// `max_len` entries), for control planes in other processes. Alerts queue in memory while
-/// Redis is unreachable and go out when it is back.
+/// `max_len` entries, one alert an entry), for control planes in other processes. Alerts queue
+/// in memory while Redis is unreachable and go out when it is back.
 pub async fn redis_alert_sink(
     url: &str,
     prefix: &str,
     max_len: usize,
 ) -> anyhow::Result<AlertSink> {
+    let key = protocol::location::redis_alert_stream_key(prefix);
+    let entries = redis_stream(url, key, max_len).await?;
+    Ok(Arc::new(move |alerts: Vec<LocationAlert>| {
+        for alert in alerts {
+            let _ = entries.send(serde_json::to_string(&alert).unwrap_or_default());
+        }
+    }))
+}
+
+/// History fixes onto the Redis stream [`protocol::location::redis_history_stream_key`] (one
+/// [`HistoryBatch`] an entry, capped near `max_len` entries), as [`redis_alert_sink`].
+pub async fn redis_history_sink(
+    url: &str,
+    prefix: &str,
+    max_len: usize,
+) -> anyhow::Result<HistorySink> {
+    let key = protocol::location::redis_history_stream_key(prefix);
+    let entries = redis_stream(url, key, max_len).await?;
+    Ok(Arc::new(move |fixes: Vec<HistoryFix>| {
+        let batch = HistoryBatch { fixes };
+        let _ = entries.send(serde_json::to_string(&batch).unwrap_or_default());
+    }))
+}
+
+/// A task appending the JSON entries sent to it to the stream `key`, in order, retrying each
+/// until Redis takes it.
+async fn redis_stream(
+    url: &str,
+    key: String,
+    max_len: usize,
+) -> anyhow::Result<mpsc::UnboundedSender<String>> {
     let client = redis::Client::open(url)?;
     let mut conn = redis::aio::ConnectionManager::new(client).await?;
-    let key = protocol::location::redis_alert_stream_key(prefix);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<LocationAlert>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
-        while let Some(alerts) = rx.recv().await {
-            for alert in alerts {
-                let json = serde_json::to_string(&alert).unwrap_or_default();
-                loop {
-                    let added: redis::RedisResult<String> = redis::cmd("XADD")
-                        .arg(&key)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(max_len)
-                        .arg("*")
-                        .arg(protocol::events::REDIS_EVENT_FIELD)
-                        .arg(&json)
-                        .query_async(&mut conn)
-                        .await;
-                    match added {
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "putting an alert on Redis; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
+        while let Some(json) = rx.recv().await {
+            loop {
+                let added: redis::RedisResult<String> = redis::cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(max_len)
+                    .arg("*")
+                    .arg(protocol::events::REDIS_EVENT_FIELD)
+                    .arg(&json)
+                    .query_async(&mut conn)
+                    .await;
+                match added {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %key, "appending to a Redis stream; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
             }
         }
     });
-    Ok(Arc::new(move |alerts| {
-        let _ = tx.send(alerts);
-    }))
+    Ok(tx)
 }

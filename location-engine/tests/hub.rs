@@ -41,6 +41,7 @@ fn claims(u: u128, iat: u64, groups: Vec<Grant>) -> LocationClaims {
         exp: iat + 900,
         jti: format!("{u}-{iat}"),
         groups,
+        hist: false,
     }
 }
 
@@ -337,4 +338,39 @@ fn groups_held_back_at_different_times_each_go_out_when_their_second_is_up() {
     assert_eq!((moved(&out, 10), moved(&out, 20)), (0, 0));
     let out = flush(&mut h, T0 + 1_500);
     assert_eq!((moved(&out, 10), moved(&out, 20)), (0, 1));
+}
+
+#[test]
+fn the_fixes_of_users_who_keep_a_history_go_to_the_control_plane_and_only_theirs() {
+    let mut h = hub();
+    let mut keeping = claims(1, S0, vec![grant(1, Precision::Approx)]);
+    keeping.hist = true;
+    h.authorize(&keeping, T0);
+    h.authorize(&claims(2, S0, vec![grant(1, Precision::Exact)]), T0);
+    let (_, rejected) = h
+        .fixes(
+            user(1),
+            &[fix(T0, 0.0), fix(T0 - 5, 1.0), fix(T0 + 10, 2.0)],
+            T0,
+        )
+        .unwrap();
+    assert_eq!(rejected.len(), 1, "the older fix is refused");
+    h.fixes(user(2), &[fix(T0, 3.0)], T0).unwrap();
+    let out = flush(&mut h, T0);
+    // Their own history is exact whatever the group sees.
+    assert_eq!(
+        out.history
+            .iter()
+            .map(|f| (f.user, f.fix))
+            .collect::<Vec<_>>(),
+        [(user(1), fix(T0, 0.0)), (user(1), fix(T0 + 10, 2.0))]
+    );
+    assert!(flush(&mut h, T0 + 1).history.is_empty(), "handed over once");
+    // A newer token without the flag stops it.
+    h.authorize(
+        &claims(1, S0 + 1, vec![grant(1, Precision::Approx)]),
+        T0 + 20,
+    );
+    h.fixes(user(1), &[fix(T0 + 30, 4.0)], T0 + 30).unwrap();
+    assert!(flush(&mut h, T0 + 30).history.is_empty());
 }

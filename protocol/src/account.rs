@@ -92,6 +92,11 @@ pub struct PrivacySettings {
     pub show_presence: bool,
     /// The user's position may be shared in groups that allow location sharing.
     pub share_location: bool,
+    /// Days the user's own shared positions are kept for them (`GET
+    /// /v1/users/me/location-history`); 0, the default: none is stored. Turning it to 0 deletes
+    /// what was kept.
+    #[serde(default)]
+    pub location_history_days: u16,
 }
 
 /// Audio processing and levels the user's clients apply.
@@ -180,6 +185,9 @@ pub struct UpdatePrivacySettings {
     pub show_presence: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_location: Option<bool>,
+    /// 0 (keep no history, delete what was kept) to 365.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_history_days: Option<u16>,
 }
 
 /// Audio settings to change.

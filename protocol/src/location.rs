@@ -73,6 +73,10 @@ pub struct LocationClaims {
     pub exp: u64,
     pub jti: String,
     pub groups: Vec<Grant>,
+    /// The user keeps a location history (consented, in their settings): the engine hands their
+    /// accepted fixes to the control plane, which stores them for the chosen days.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hist: bool,
 }
 
 impl Claims for LocationClaims {
@@ -445,6 +449,55 @@ pub fn decode_fixes(frame: &[u8], out: &mut Vec<WireFix>) -> Result<(), BinaryEr
 pub fn redis_alert_stream_key(prefix: &str) -> String {
     format!("{prefix}location-alerts")
 }
+
+/// The Redis stream location engines put [`HistoryBatch`]es on for the control planes.
+pub fn redis_history_stream_key(prefix: &str) -> String {
+    format!("{prefix}location-history")
+}
+
+/// An accepted fix of a user whose token says they keep a history (engine → control plane).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryFix {
+    pub user: UserId,
+    pub fix: WireFix,
+}
+
+/// Fixes for the control plane's history, one Redis stream entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryBatch {
+    pub fixes: Vec<HistoryFix>,
+}
+
+/// One stored position of `GET /v1/users/me/location-history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HistoryPoint {
+    /// When the device took it, RFC 3339 with milliseconds.
+    pub at: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// The 68 % radius, metres.
+    pub acc: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading: Option<f64>,
+}
+
+/// `GET /v1/users/me/location-history`: oldest first; `next` (when more remain) is the `from` of
+/// the following page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LocationHistory {
+    pub points: Vec<HistoryPoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The longest a location history may be kept, days.
+pub const MAX_HISTORY_DAYS: u16 = 365;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use protocol::api::GroupView;
 use protocol::location::{
     AlertKind, BINARY_MEDIA_TYPE, BatchResult, CLOSE_BAD_FRAME, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED,
-    LocationToken, MemberPosition, Precision, ServerFrame, WireFix, encode_fixes,
+    LocationHistory, LocationToken, MemberPosition, Precision, ServerFrame, WireFix, encode_fixes,
 };
 use protocol::realtime::{self, EventData};
 use std::path::PathBuf;
@@ -298,6 +298,15 @@ async fn approximate_members_are_seen_on_their_cell_only() {
         .await
         .unwrap();
     let (ann, bob, _cat, group) = three_in_a_group(&stack).await;
+    // Bob keeps a location history: his own, exact, whatever the group sees.
+    let res = reqwest::Client::new()
+        .patch(format!("{}/v1/users/me/settings", bob.base))
+        .bearer_auth(&bob.token)
+        .json(&serde_json::json!({"privacy": {"location_history_days": 7}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
     let ann_token = token_for(&ann, &group, "exact").await;
     let bob_token = token_for(&bob, &group, "approx").await;
     let url = ann_token.stream_url.clone().unwrap();
@@ -326,6 +335,31 @@ async fn approximate_members_are_seen_on_their_cell_only() {
             bob_seen.battery
         ),
         (None, None, None, None)
+    );
+    // The engine handed the fix on; the control plane stored it (its ingest is a task of its
+    // own, hence the wait for the condition).
+    let history = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let h: LocationHistory = reqwest::Client::new()
+                .get(format!("{}/v1/users/me/location-history", bob.base))
+                .bearer_auth(&bob.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if !h.points.is_empty() {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the fix in bob's history");
+    assert_eq!(
+        (history.points[0].lat, history.points[0].lon),
+        (51.501_234, -0.141_987)
     );
     stack.shutdown().await.unwrap();
 }
@@ -450,7 +484,9 @@ async fn bad_tokens_frames_and_floods_get_clear_answers() {
 /// not the dev stack's) consumes them into the group log. Needs `CONVOY_TEST_REDIS_URL`.
 #[tokio::test]
 async fn alerts_travel_to_the_control_plane_through_redis() {
-    use location_engine::server::{LocationServer, ServerConfig, redis_alert_sink};
+    use location_engine::server::{
+        LocationServer, ServerConfig, redis_alert_sink, redis_history_sink,
+    };
     let Some(url) = tests::external("CONVOY_TEST_REDIS_URL", "location alerts on Redis") else {
         return;
     };
@@ -474,6 +510,7 @@ async fn alerts_travel_to_the_control_plane_through_redis() {
         listen: "127.0.0.1:0".parse().unwrap(),
         jwks_url: format!("{base}/.well-known/jwks.json"),
         alerts: Some(redis_alert_sink(&url, &prefix, 1_000).await.unwrap()),
+        history: Some(redis_history_sink(&url, &prefix, 1_000).await.unwrap()),
     })
     .await
     .unwrap();

@@ -3,17 +3,25 @@
 //! group's settings, and the caller's own privacy setting must allow sharing. The token lives at
 //! most [`MAX_TOKEN_SECS`]; sharing ends at the earlier of the chosen `until` and the token's
 //! expiry, so a client that stops renewing stops sharing.
+//!
+//! `GET`/`DELETE /v1/users/me/location-history`: the caller's own fixes, stored only while their
+//! `privacy.location_history_days` is above 0 and only for that many days.
 
-use super::AppState;
 use super::error::AppError;
 use super::extract::{Caller, Json};
 use super::groups::member_of;
+use super::{AppState, Shared};
 use crate::clock::{Now, rfc3339};
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use protocol::location::{
-    Grant, GrantView, LocationToken, LocationTokenRequest, MAX_GRANTS, MAX_TOKEN_SECS,
+    Grant, GrantView, HistoryPoint, LocationHistory, LocationToken, LocationTokenRequest,
+    MAX_GRANTS, MAX_TOKEN_SECS,
 };
+use serde::Deserialize;
 use std::collections::HashSet;
+use std::sync::Weak;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -86,7 +94,10 @@ pub(super) async fn token(
         .max()
         .unwrap_or(u64::MAX);
     let exp = (now.secs() + MAX_TOKEN_SECS).min(latest);
-    let token = state.tokens.location(caller.user, grants, now.secs(), exp);
+    let hist = account.settings.privacy.location_history_days > 0;
+    let token = state
+        .tokens
+        .location(caller.user, grants, hist, now.secs(), exp);
     Ok(Json(LocationToken {
         token,
         expires_at: rfc3339(secs_to_ms(exp)),
@@ -97,4 +108,109 @@ pub(super) async fn token(
 
 fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// Points in one page of `GET /v1/users/me/location-history` unless `limit` says fewer.
+const HISTORY_PAGE: u32 = 500;
+/// The most points in one page.
+const MAX_HISTORY_PAGE: u32 = 5_000;
+
+/// `from`, `to` and `limit` of `GET /v1/users/me/location-history`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<u32>,
+}
+
+fn time_param(name: &str, text: Option<&str>) -> Result<Option<i64>, AppError> {
+    text.map(|text| {
+        OffsetDateTime::parse(text, &Rfc3339)
+            .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+            .map_err(|_| AppError::InvalidInput(format!("{name} {text:?} is not an RFC 3339 time")))
+    })
+    .transpose()
+}
+
+#[utoipa::path(get, path = "/v1/users/me/location-history", tag = "location", summary = "Your own location history, oldest first (kept only with privacy.location_history_days > 0)", params(("from" = Option<String>, Query, description = "RFC 3339; points at or after (default: as old as kept)"), ("to" = Option<String>, Query, description = "RFC 3339; points before (default: now)"), ("limit" = Option<u32>, Query, description = "1 to 5000 (default 500)")), responses((status = 200, description = "Points, and the next page's from", body = LocationHistory)))]
+pub(super) async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<LocationHistory>, AppError> {
+    let Query(q) = query.map_err(|e| AppError::InvalidInput(e.body_text()))?;
+    let limit = q.limit.unwrap_or(HISTORY_PAGE);
+    if !(1..=MAX_HISTORY_PAGE).contains(&limit) {
+        return Err(AppError::InvalidInput(format!(
+            "limit must be 1 to {MAX_HISTORY_PAGE}"
+        )));
+    }
+    let now = Now::read().ms;
+    let from = time_param("from", q.from.as_deref())?.unwrap_or(i64::MIN);
+    // A device clock a little ahead is stored; `to` defaults past it.
+    let to = time_param("to", q.to.as_deref())?.unwrap_or(i64::MAX);
+    let mut rows = state
+        .store
+        .location_history(caller.user, from, to, limit + 1, now)
+        .await?;
+    let next = (rows.len() > limit as usize).then(|| {
+        rows.truncate(limit as usize);
+        rfc3339_ms(rows[rows.len() - 1].t_ms + 1)
+    });
+    Ok(Json(LocationHistory {
+        points: rows
+            .into_iter()
+            .map(|r| HistoryPoint {
+                at: rfc3339_ms(r.t_ms),
+                lat: r.lat,
+                lon: r.lon,
+                acc: r.acc,
+                alt: r.alt,
+                speed: r.speed,
+                heading: r.heading,
+            })
+            .collect(),
+        next,
+    }))
+}
+
+/// RFC 3339 with milliseconds (points are often less than a second apart).
+fn rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| rfc3339(ms))
+}
+
+#[utoipa::path(delete, path = "/v1/users/me/location-history", tag = "location", summary = "Delete your location history (keeping it stays as set)", responses((status = 204, description = "Deleted")))]
+pub(super) async fn delete_history(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<StatusCode, AppError> {
+    state.store.delete_location_history(caller.user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// How often stored fixes past their owner's retention are deleted.
+const HISTORY_SWEEP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes stored fixes past their owner's retention every [`HISTORY_SWEEP`] while the control
+/// plane lives (reads never return them in between: they filter by the retention too).
+pub(crate) fn spawn_history_sweeper(shared: Weak<Shared>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HISTORY_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match shared.store.purge_location_history(Now::read().ms).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "location history past its retention"),
+                Err(e) => tracing::warn!(error = %e, "sweeping location history failed"),
+            }
+        }
+    });
 }

@@ -36,6 +36,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, patch, post};
 use error::AppError;
+pub(crate) use location::spawn_history_sweeper;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -158,6 +159,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::events))
         .route("/v1/calls", post(calls::create))
         .route("/v1/location/token", post(location::token))
+        .route(
+            "/v1/users/me/location-history",
+            get(location::history).delete(location::delete_history),
+        )
         .route("/v1/push/vapid-public-key", get(users::vapid_public_key))
         .route("/v1/users/me", get(users::me).patch(users::update_me))
         .route("/v1/users/me/settings", patch(users::update_settings))

@@ -72,6 +72,8 @@ impl ToSchema for AnyJson {}
         super::users::vapid_public_key,
         super::calls::create,
         super::location::token,
+        super::location::history,
+        super::location::delete_history,
         super::groups::create,
         super::groups::list,
         super::groups::get,
@@ -224,7 +226,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(operations, 53);
+        assert_eq!(operations, 55);
         assert!(doc["components"]["schemas"]["MessageView"].is_object());
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
         let register = &doc["paths"]["/v1/auth/register"]["post"];

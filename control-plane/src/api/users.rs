@@ -75,6 +75,15 @@ pub(super) async fn update_settings(
     caller: Caller,
     Json(req): Json<UpdateSettingsRequest>,
 ) -> Result<Json<UserSettings>, AppError> {
+    if req
+        .privacy
+        .and_then(|p| p.location_history_days)
+        .is_some_and(|d| d > protocol::location::MAX_HISTORY_DAYS)
+    {
+        return Err(AppError::InvalidInput(
+            "privacy.location_history_days must be 0 to 365".into(),
+        ));
+    }
     if let Some(audio) = req.audio {
         if audio.voice_volume.is_some_and(|v| v > 200) {
             return Err(AppError::InvalidInput(

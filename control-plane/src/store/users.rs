@@ -157,6 +157,7 @@ pub(crate) const MAX_DEVICES: i64 = 20;
 
 const ACCOUNT_SELECT: &str = "SELECT id, username, email, picture_url, created_at, last_login_at, \
      notify_messages, notify_calls, notify_proximity, show_presence, share_location, \
+     location_history_days, \
      noise_suppression, echo_cancellation, auto_gain, voice_volume, music_volume, \
      subscription_tier, subscription_status, subscription_renews_at FROM users WHERE id = $1";
 
@@ -210,6 +211,7 @@ impl Store {
         let n = req.notifications.unwrap_or_default();
         let p = req.privacy.unwrap_or_default();
         let a = req.audio.unwrap_or_default();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE users SET notify_messages = COALESCE($2, notify_messages), \
              notify_calls = COALESCE($3, notify_calls), \
@@ -220,7 +222,8 @@ impl Store {
              echo_cancellation = COALESCE($8, echo_cancellation), \
              auto_gain = COALESCE($9, auto_gain), \
              voice_volume = COALESCE($10, voice_volume), \
-             music_volume = COALESCE($11, music_volume) WHERE id = $1",
+             music_volume = COALESCE($11, music_volume), \
+             location_history_days = COALESCE($12, location_history_days) WHERE id = $1",
         )
         .bind(id.to_string())
         .bind(n.messages.map(MessageNotifications::as_str))
@@ -233,9 +236,17 @@ impl Store {
         .bind(a.auto_gain.map(i64::from))
         .bind(a.voice_volume.map(i64::from))
         .bind(a.music_volume.map(i64::from))
-        .execute(&self.pool)
-        .await
-        .map(drop)
+        .bind(p.location_history_days.map(i64::from))
+        .execute(&mut *tx)
+        .await?;
+        // Keeping no history deletes what was kept, in the same transaction.
+        if p.location_history_days == Some(0) {
+            sqlx::query("DELETE FROM location_history WHERE user_id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
     }
 
     /// Whether `viewer` may see `user`'s profile: it is their own, or they share a group.
@@ -382,6 +393,10 @@ fn account_from_row(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
             privacy: PrivacySettings {
                 show_presence: flag("show_presence")?,
                 share_location: flag("share_location")?,
+                location_history_days: u16::try_from(
+                    row.try_get::<i64, _>("location_history_days")?,
+                )
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             },
             audio: AudioSettings {
                 noise_suppression: flag("noise_suppression")?,

@@ -54,6 +54,7 @@ pub fn token(signer: &Signer, user: UserId, group: GroupId) -> String {
             until: None,
             near_m: NEAR_M,
         }],
+        hist: false,
     })
 }
 
@@ -183,6 +184,7 @@ impl InProcessEngine {
                         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                         jwks_url,
                         alerts: None,
+                        history: None,
                     })
                     .await
                     {
