@@ -23,8 +23,8 @@
 use libfuzzer_sys::fuzz_target;
 use protocol::api::Jwks;
 use protocol::location::{
-    BINARY_FIX_LEN, ClientFrame, FixBatch, LocationAlert, LocationClaims, MAX_BATCH, WireFix,
-    decode_fixes, encode_fixes,
+    BINARY_FIX_LEN, ClientFrame, FixBatch, HistoryBatch, LocationAlert, LocationClaims, MAX_BATCH,
+    WireFix, decode_fixes, encode_fixes,
 };
 use protocol::token::{Signer, VerifyingKeys};
 use std::sync::LazyLock;
@@ -123,6 +123,14 @@ fn text_frames(text: &str) {
         let json = serde_json::to_string(&alert).expect("an alert serialises");
         let again = serde_json::from_str::<LocationAlert>(&json);
         assert_eq!(again.ok(), Some(alert), "{json}");
+    }
+    // What the control plane reads off the history stream.
+    if let Ok(history) = serde_json::from_str::<HistoryBatch>(text) {
+        let json = serde_json::to_string(&history).expect("a history batch serialises");
+        assert!(
+            serde_json::from_str::<HistoryBatch>(&json).is_ok(),
+            "does not parse again: {json}"
+        );
     }
     let claims = KEYS.verify::<LocationClaims>(text, "location", NOW, 60);
     assert!(
