@@ -54,14 +54,12 @@ pub(super) async fn token(
     let mut grants = Vec::with_capacity(req.groups.len());
     let mut views = Vec::with_capacity(req.groups.len());
     for share in &req.groups {
-        let until = match &share.until {
+        let until = match time_param("until", share.until.as_deref())? {
             None => None,
-            Some(text) => {
-                let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
-                    AppError::InvalidInput(format!("until {text:?} is not an RFC 3339 time"))
-                })?;
-                let secs = u64::try_from(t.unix_timestamp()).unwrap_or(0);
+            Some(ms) => {
+                let secs = u64::try_from(ms.div_euclid(1000)).unwrap_or(0);
                 if secs <= now.secs() {
+                    let text = share.until.as_deref().unwrap_or_default();
                     return Err(AppError::InvalidInput(format!("until {text:?} has passed")));
                 }
                 Some(secs)
@@ -156,13 +154,13 @@ pub(super) async fn history(
         .await?;
     let next = (rows.len() > limit as usize).then(|| {
         rows.truncate(limit as usize);
-        rfc3339_ms(rows[rows.len() - 1].t_ms + 1)
+        rfc3339(rows[rows.len() - 1].t_ms + 1)
     });
     Ok(Json(LocationHistory {
         points: rows
             .into_iter()
             .map(|r| HistoryPoint {
-                at: rfc3339_ms(r.t_ms),
+                at: rfc3339(r.t_ms),
                 lat: r.lat,
                 lon: r.lon,
                 acc: r.acc,
@@ -173,14 +171,6 @@ pub(super) async fn history(
             .collect(),
         next,
     }))
-}
-
-/// RFC 3339 with milliseconds (points are often less than a second apart).
-fn rfc3339_ms(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| rfc3339(ms))
 }
 
 #[utoipa::path(delete, path = "/v1/users/me/location-history", tag = "location", summary = "Delete your location history (keeping it stays as set)", responses((status = 204, description = "Deleted")))]

@@ -94,12 +94,14 @@ impl Store {
         fixes: &[HistoryFix],
         now_ms: i64,
     ) -> Result<u64, sqlx::Error> {
-        let mut users: Vec<UserId> = fixes.iter().map(|f| f.user).collect();
-        users.sort_unstable();
-        users.dedup();
+        // One settings read a user: the batch sorted by user (stable: each user's fixes keep
+        // their order).
+        let mut by_user: Vec<&HistoryFix> = fixes.iter().collect();
+        by_user.sort_by_key(|f| f.user);
         let mut stored = 0;
         let mut tx = self.pool.begin().await?;
-        for user in users {
+        for run in by_user.chunk_by(|a, b| a.user == b.user) {
+            let user = run[0].user;
             let days: Option<i64> =
                 sqlx::query_scalar("SELECT location_history_days FROM users WHERE id = $1")
                     .bind(user.to_string())
@@ -109,7 +111,7 @@ impl Store {
                 continue;
             };
             let oldest = now_ms.saturating_sub(days.saturating_mul(DAY_MS));
-            for f in fixes.iter().filter(|f| f.user == user).map(|f| &f.fix) {
+            for f in run.iter().map(|f| &f.fix) {
                 if f.t < oldest || f.t > now_ms.saturating_add(MAX_AHEAD_MS) {
                     continue;
                 }
