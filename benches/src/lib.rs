@@ -71,9 +71,11 @@ impl Client {
                         publish: publisher,
                         subscribe: true,
                         admin: false,
+                        music_ctl: false,
                     },
                     e2ee: false,
                     offer: offer.to_sdp_string(),
+                    music: false,
                 },
             )
             .expect("the shard accepts a str0m offer");

@@ -36,9 +36,11 @@ pub fn join_request(offer: String) -> JoinRequest {
             publish: true,
             subscribe: true,
             admin: false,
+            music_ctl: false,
         },
         e2ee: false,
         offer,
+        music: false,
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod forwarder;
 mod metrics;
+pub mod music;
 pub mod node;
 pub mod participant;
 pub mod red;

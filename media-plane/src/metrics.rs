@@ -15,6 +15,8 @@ pub struct FeedbackCounters {
     pub keyframe_requests_forwarded: AtomicU64,
     pub keyframe_requests_dropped: AtomicU64,
     pub control_rate_limited: AtomicU64,
+    pub music_packets_out: AtomicU64,
+    pub music_frames_skipped: AtomicU64,
 }
 
 impl FeedbackCounters {
@@ -34,13 +36,15 @@ impl FeedbackCounters {
         );
         set(&self.keyframe_requests_dropped, s.keyframe_requests_dropped);
         set(&self.control_rate_limited, s.control_rate_limited);
+        set(&self.music_packets_out, s.music_packets_out);
+        set(&self.music_frames_skipped, s.music_frames_skipped);
     }
 }
 
 /// Renders the node's metrics.
 pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
     type Read = fn(&CoreLoad) -> u64;
-    let series: [(&str, &str, &str, Read); 18] = [
+    let series: [(&str, &str, &str, Read); 20] = [
         ("convoy_media_rooms", "gauge", "Rooms hosted.", |c| {
             u64::from(c.rooms.load(Ordering::Relaxed))
         }),
@@ -154,6 +158,18 @@ pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
             "Room-control messages dropped because their sender was over its budget.",
             |c| c.feedback.control_rate_limited.load(Ordering::Relaxed),
         ),
+        (
+            "convoy_media_music_packets_total",
+            "counter",
+            "Music packets sent to listeners.",
+            |c| c.feedback.music_packets_out.load(Ordering::Relaxed),
+        ),
+        (
+            "convoy_media_music_frames_skipped_total",
+            "counter",
+            "Music frames skipped because the core got to them more than 100 ms late.",
+            |c| c.feedback.music_frames_skipped.load(Ordering::Relaxed),
+        ),
     ];
     let mut out = String::with_capacity(4096);
     for (name, kind, help, read) in series {
@@ -221,6 +237,8 @@ mod tests {
             keyframe_requests_forwarded: 3,
             keyframe_requests_dropped: 2,
             control_rate_limited: 9,
+            music_packets_out: 11,
+            music_frames_skipped: 12,
             ..ShardStats::default()
         });
         let text = render(&[&a, &b], true);
@@ -235,6 +253,8 @@ mod tests {
             ("keyframe_requests_forwarded", 3),
             ("keyframe_requests_dropped", 2),
             ("control_rate_limited", 9),
+            ("music_packets", 11),
+            ("music_frames_skipped", 12),
         ] {
             let name = format!("convoy_media_{name}_total");
             assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");
@@ -248,8 +268,8 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // 18 series and busy time per core, the histogram's buckets + sum + count per core, draining.
-        assert_eq!(samples, 19 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
+        // 20 series and busy time per core, the histogram's buckets + sum + count per core, draining.
+        assert_eq!(samples, 21 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(

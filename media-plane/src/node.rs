@@ -4,15 +4,16 @@ use crate::auth::JoinVerifier;
 use crate::runtime::Core;
 use crate::shard::ShardEvent;
 use crate::signaling::{self, CoreRef, Placement, Signaling};
-use protocol::NodeId;
 use protocol::events::{ParticipantChange, SessionEvent};
 use protocol::node::{HEARTBEAT_INTERVAL_SECS, NodeRecord, NodeState};
+use protocol::{NodeId, ParticipantId};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 /// Participants per core the stress figure is measured against (refined by the loadtest).
 const PARTICIPANTS_PER_CORE: f32 = 2_000.0;
@@ -143,6 +144,7 @@ impl MediaNode {
                 .collect(),
             placement: Mutex::new(Placement::default()),
             draining: AtomicBool::new(false),
+            transcodes: tokio::sync::Semaphore::new(signaling::TRANSCODES_AT_ONCE),
         });
         if let Err(e) = signaling.verifier.refresh().await {
             tracing::warn!(error = %e, url = %config.jwks_url, "JWKS not loaded yet; will retry on first join");
@@ -368,7 +370,34 @@ async fn track_events(
             ShardEvent::Speakers { session, speakers } => {
                 tracing::debug!(core, %session, ?speakers, "active speakers");
             }
+            ShardEvent::Music {
+                session,
+                user,
+                participant,
+                mut state,
+                at,
+            } => {
+                tracing::info!(core, %session, %user, playing = state.playing, "music changed");
+                state.at_ms = Some(unix_ms_at(at));
+                let participant = participant.unwrap_or(ParticipantId::from_uuid(Uuid::nil()));
+                report(
+                    session,
+                    participant,
+                    user,
+                    ParticipantChange::Music { state },
+                );
+            }
         }
+    }
+}
+
+/// Unix milliseconds of an instant near now.
+fn unix_ms_at(at: std::time::Instant) -> u64 {
+    let (now, ms) = (std::time::Instant::now(), unix_ms());
+    if at >= now {
+        ms + (at - now).as_millis() as u64
+    } else {
+        ms.saturating_sub((now - at).as_millis() as u64)
     }
 }
 

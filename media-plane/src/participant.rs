@@ -24,6 +24,8 @@ pub struct Grants {
     pub subscribe: bool,
     /// May moderate the room (mute others, allow to speak, remove).
     pub admin: bool,
+    /// May control the room's music (play, pause, seek, skip, clear).
+    pub music_ctl: bool,
 }
 
 /// A change of a participant's mute state; `None` leaves that side as it is.
@@ -60,6 +62,9 @@ pub(crate) struct Participant {
     /// This peer's payload type for RFC 2198 RED over Opus, if it negotiated RED.
     pub red_pt: Option<Pt>,
     pub slots: Vec<DownSlot>,
+    /// In a music room: the slot that carries the music (the first receiving one); voices use
+    /// the others.
+    pub music_slot: Option<usize>,
     /// What str0m's stats of each slot's stream already added to the shard's counters, by slot.
     pub egress: Vec<EgressCounts>,
     /// Loss of each stream this peer sends us, by SSRC (one, unless it restarts its stream).

@@ -1,6 +1,7 @@
 //! A room: the participants of one session on this shard, and who of them is speaking.
 //! A room lives on exactly one shard.
 
+use crate::music::Player;
 use crate::participant::ParticipantKey;
 use crate::speakers::{SpeakerConfig, SpeakerDetector};
 
@@ -12,14 +13,17 @@ pub(crate) struct Room {
     /// End-to-end encrypted: payloads are forwarded byte for byte or not at all (RED is neither
     /// stripped nor renamed), and the room is never mixed.
     pub e2ee: bool,
+    /// A music session's room: its music.
+    pub music: Option<Player>,
 }
 
 impl Room {
-    pub fn new(speakers: SpeakerConfig, e2ee: bool) -> Self {
+    pub fn new(speakers: SpeakerConfig, e2ee: bool, music: Option<Player>) -> Self {
         Self {
             members: Vec::new(),
             speakers: SpeakerDetector::new(speakers),
             e2ee,
+            music,
         }
     }
 

@@ -5,7 +5,9 @@
 //! loop (joins and leaves from the HTTP side) and the timer loop. Nothing on the packet path crosses
 //! a thread: commands come in on a channel, events go out on another.
 
+use crate::music::Track;
 use crate::participant::ParticipantKey;
+use crate::shard::MusicRefusal;
 use crate::shard::{Datagram, JoinError, JoinRequest, Joined, Shard, ShardConfig, ShardEvent};
 use crate::udp::{BATCH, RecvBatch, SendBatch};
 use futures_lite::future;
@@ -14,6 +16,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use nix::sched::{CpuSet, sched_getaffinity};
 use nix::unistd::Pid;
 use protocol::api::Moderation;
+use protocol::music::{MusicAction, MusicState};
+use protocol::{SessionId, UserId};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +51,20 @@ pub(crate) enum Command {
         participant: ParticipantKey,
         action: Moderation,
         reply: oneshot::Sender<bool>,
+    },
+    /// A music action for a room, on a user's behalf (relayed from the REST API).
+    Music {
+        session: SessionId,
+        user: UserId,
+        action: MusicAction,
+        reply: oneshot::Sender<Result<MusicState, MusicRefusal>>,
+    },
+    /// A track for the end of a room's queue.
+    QueueTrack {
+        session: SessionId,
+        user: UserId,
+        track: Track,
+        reply: oneshot::Sender<Result<MusicState, MusicRefusal>>,
     },
 }
 
@@ -371,6 +389,32 @@ async fn run_core(
                 reply,
             } => {
                 let r = local.shard.borrow_mut().moderate(participant, action);
+                local.flush().await;
+                let _ = reply.send(r);
+            }
+            Command::Music {
+                session,
+                user,
+                action,
+                reply,
+            } => {
+                let r = local
+                    .shard
+                    .borrow_mut()
+                    .music(Instant::now(), session, user, &action);
+                local.flush().await;
+                let _ = reply.send(r);
+            }
+            Command::QueueTrack {
+                session,
+                user,
+                track,
+                reply,
+            } => {
+                let r = local
+                    .shard
+                    .borrow_mut()
+                    .queue_track(Instant::now(), session, user, track);
                 local.flush().await;
                 let _ = reply.send(r);
             }

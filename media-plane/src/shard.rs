@@ -14,6 +14,9 @@
 
 mod control;
 pub mod keyframe;
+mod music;
+
+pub use music::{MUSIC_SOURCE, MusicRefusal};
 pub(crate) mod loss;
 pub mod ratelimit;
 
@@ -105,6 +108,9 @@ pub struct JoinRequest {
     pub e2ee: bool,
     /// The SDP offer of the WHIP POST.
     pub offer: String,
+    /// The session is a music session (from the join token's `kind`): its room has music, which
+    /// each participant receives on its first receiving m-line.
+    pub music: bool,
 }
 
 /// A successful join.
@@ -180,6 +186,16 @@ pub enum ShardEvent {
         session: SessionId,
         speakers: Vec<Speaker>,
     },
+    /// The room's music changed: by a member (on the data channel, or `participant` is `None`
+    /// through the REST API), or a track ended (reported as the last changer's).
+    Music {
+        session: SessionId,
+        user: UserId,
+        participant: Option<ParticipantId>,
+        state: protocol::music::MusicState,
+        /// When `state.position_ms` holds.
+        at: Instant,
+    },
 }
 
 /// A datagram to send from the shard's socket.
@@ -215,6 +231,10 @@ pub struct ShardStats {
     pub keyframe_requests_dropped: u64,
     /// Room-control messages dropped because their sender was over its budget.
     pub control_rate_limited: u64,
+    /// Music packets sent to listeners.
+    pub music_packets_out: u64,
+    /// Music frames skipped because the core got to them too late.
+    pub music_frames_skipped: u64,
 }
 
 /// The RTCP feedback for Opus we answer: what the offer asks for, as far as we can honour it.
@@ -286,6 +306,10 @@ pub struct Shard {
     to_reap: Vec<ParticipantKey>,
     scratch: Vec<ParticipantKey>,
     fanout: Vec<ParticipantKey>,
+    /// The earliest music frame due in any room.
+    music_due: Option<Instant>,
+    /// The latest `now` given, for what happens without one (a leave).
+    last_now: Instant,
     stats: ShardStats,
 }
 
@@ -320,6 +344,8 @@ impl Shard {
             to_reap: Vec::new(),
             scratch: Vec::new(),
             fanout: Vec::new(),
+            music_due: None,
+            last_now: now,
             stats: ShardStats::default(),
         })
     }
@@ -351,6 +377,7 @@ impl Shard {
 
     /// Adds a participant to the room of `req.session` (creating the room), answering its offer.
     pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<Joined, JoinError> {
+        self.last_now = now;
         if let Some(room) = self.rooms.get(&req.session)
             && room.e2ee != req.e2ee
         {
@@ -463,7 +490,10 @@ impl Shard {
             }
         }
 
+        // In a music room the first receiving slot carries the music, never a voice.
+        let music_slot = (req.music && !slots.is_empty()).then_some(0);
         let participant = Participant {
+            music_slot,
             id: req.id,
             session: req.session,
             user: req.user,
@@ -494,9 +524,12 @@ impl Shard {
             self.timers.push(Reverse((t, key)));
         }
         let speakers = self.config.speakers;
+        let music = req
+            .music
+            .then(|| crate::music::Player::new(now, self.rng.r#gen::<u32>()));
         self.rooms
             .entry(req.session)
-            .or_insert_with(|| Room::new(speakers, req.e2ee))
+            .or_insert_with(|| Room::new(speakers, req.e2ee, music))
             .members
             .push(key);
         self.events.push_back(ShardEvent::Joined {
@@ -575,6 +608,7 @@ impl Shard {
 
     /// Feeds one datagram received on the shard's socket.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, buf: &[u8]) {
+        self.last_now = now;
         self.stats.datagrams_in += 1;
         let ufrag = stun::local_ufrag(buf);
         let key = match ufrag {
@@ -633,6 +667,7 @@ impl Shard {
 
     /// Drives every participant whose deadline has passed, and housekeeping.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
         self.scratch.clear();
         while let Some(Reverse((t, key))) = self.timers.peek().copied() {
             if t > now {
@@ -663,6 +698,9 @@ impl Shard {
             }
         }
         self.scratch = due;
+        if self.music_due.is_some_and(|t| t <= now) {
+            self.play_music(now);
+        }
         if now >= self.speakers_at {
             self.speakers_at = now + self.config.speakers.interval;
             let changed: Vec<ShardEvent> = self
@@ -753,7 +791,10 @@ impl Shard {
     pub fn poll_timeout(&mut self) -> Instant {
         while let Some(Reverse((t, key))) = self.timers.peek().copied() {
             match self.participants.get(&key).and_then(|p| p.deadline) {
-                Some(d) if d <= t => return d.min(self.housekeeping_at).min(self.speakers_at),
+                Some(d) if d <= t => {
+                    let t = d.min(self.housekeeping_at).min(self.speakers_at);
+                    return self.music_due.map_or(t, |m| m.min(t));
+                }
                 Some(d) => {
                     // Moved later: the entry stands for the later deadline now.
                     self.timers.pop();
@@ -764,7 +805,8 @@ impl Shard {
                 }
             }
         }
-        self.housekeeping_at.min(self.speakers_at)
+        let t = self.housekeeping_at.min(self.speakers_at);
+        self.music_due.map_or(t, |m| m.min(t))
     }
 
     /// Drains one participant's `Rtc` until it asks for a timeout.
@@ -933,18 +975,21 @@ impl Shard {
                 if large && !wanted(from, to) {
                     continue;
                 }
+                let music_slot = sub.music_slot;
+                let voice = |i: usize| Some(i) != music_slot;
                 let slot = match sub.slots.iter().position(|s| s.source() == Some(source)) {
                     Some(i) => Some(i),
-                    None => sub
-                        .slots
-                        .iter()
-                        .position(|s| s.source().is_none())
+                    None => (0..sub.slots.len())
+                        .find(|&i| voice(i) && sub.slots[i].source().is_none())
                         // Full: a speaker displaces a slot whose publisher is not wanted now.
                         .or_else(|| {
                             wanted(from, to)
                                 .then(|| {
-                                    sub.slots.iter().position(|s| {
-                                        s.source().is_some_and(|src| !wanted(src.participant, to))
+                                    (0..sub.slots.len()).find(|&i| {
+                                        voice(i)
+                                            && sub.slots[i]
+                                                .source()
+                                                .is_some_and(|src| !wanted(src.participant, to))
                                     })
                                 })
                                 .flatten()
@@ -1045,7 +1090,18 @@ impl Shard {
         if let Some(room) = self.rooms.get_mut(&p.session) {
             room.remove(key);
             if room.members.is_empty() {
-                self.rooms.remove(&p.session);
+                let music = self.rooms.remove(&p.session).and_then(|r| r.music);
+                // The queue goes with the room: say so, as the last listener's doing.
+                if music.is_some_and(|m| m.changed_by().is_some()) {
+                    self.events.push_back(ShardEvent::Music {
+                        session: p.session,
+                        user: p.user,
+                        participant: Some(p.id),
+                        state: protocol::music::MusicState::default(),
+                        at: self.last_now,
+                    });
+                }
+                self.refresh_music_due();
                 self.events
                     .push_back(ShardEvent::RoomClosed { session: p.session });
             }

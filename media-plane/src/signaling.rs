@@ -6,18 +6,21 @@
 //! else to the least-loaded core.
 
 use crate::auth::{AuthError, JoinVerifier};
+use crate::music::{MusicError, Track};
 use crate::participant::{Grants, ParticipantKey};
 use crate::runtime::{Command, CoreLoad};
-use crate::shard::{JoinError, JoinRequest};
+use crate::shard::{JoinError, JoinRequest, MusicRefusal};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use protocol::api::Moderation;
 use protocol::api::{PROBLEM_JSON, Problem};
+use protocol::ids::AttachmentId;
+use protocol::music::{MusicAction, MusicState, MusicTrack};
 use protocol::{ParticipantId, SessionId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +30,11 @@ use tower_http::cors::{Any, CorsLayer};
 
 /// Largest SDP offer accepted.
 pub const MAX_OFFER_BYTES: usize = 64 * 1024;
+/// Largest music file the control plane may hand over.
+pub const MAX_TRACK_BYTES: usize = 100 << 20;
+/// Music files decoded at once: transcoding runs off the media cores, and at most this many
+/// threads compete with them for the CPU.
+pub(crate) const TRANSCODES_AT_ONCE: usize = 1;
 
 /// A core as the HTTP side sees it.
 #[derive(Debug, Clone)]
@@ -97,11 +105,21 @@ pub(crate) struct Signaling {
     pub placement: Mutex<Placement>,
     /// Draining: calls in progress go on (their members may still join), no new room starts.
     pub draining: AtomicBool,
+    /// Admits the transcoding of music files.
+    pub transcodes: tokio::sync::Semaphore,
 }
 
 impl Signaling {
     fn placement(&self) -> std::sync::MutexGuard<'_, Placement> {
         self.placement.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The core hosting `session`'s room, if it is placed here.
+    fn core_of(&self, session: SessionId) -> Option<u16> {
+        self.placement()
+            .sessions
+            .get(&session)
+            .map(|&(core, _)| core)
     }
 }
 
@@ -125,6 +143,11 @@ pub(crate) fn router(state: Arc<Signaling>) -> Router {
         .route(
             "/v1/admin/sessions/{session}/participants/{participant}",
             post(moderate),
+        )
+        .route("/v1/admin/sessions/{session}/music", post(music))
+        .route(
+            "/v1/admin/sessions/{session}/music/tracks",
+            post(queue_track).layer(DefaultBodyLimit::max(MAX_TRACK_BYTES)),
         )
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -221,9 +244,11 @@ async fn whip_post(
         publish: claims.publish,
         subscribe: claims.sub_media,
         admin: claims.admin,
+        music_ctl: claims.music_ctl,
     };
     let e2ee = claims.e2ee;
-    match tokio::spawn(join(sig, session, user, grants, e2ee, offer)).await {
+    let music = claims.kind == protocol::api::SessionKind::Music;
+    match tokio::spawn(join(sig, session, user, grants, e2ee, music, offer)).await {
         Ok(res) => res,
         Err(_) => problem(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -241,6 +266,7 @@ async fn join(
     user: protocol::UserId,
     grants: Grants,
     e2ee: bool,
+    music: bool,
     offer: String,
 ) -> Response {
     let id = ParticipantId::from_uuid(uuid::Uuid::new_v4());
@@ -265,6 +291,7 @@ async fn join(
         grants,
         e2ee,
         offer,
+        music,
     };
     let sent = sig.cores[usize::from(core)]
         .commands
@@ -433,6 +460,205 @@ async fn moderate(
             None,
         ),
     }
+}
+
+/// The control plane relays a member's music action (moderation token, `sub` = the member).
+async fn music(
+    State(sig): State<Arc<Signaling>>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::Json<MusicAction>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let (session, user) = match relayed(&sig, &session, &headers).await {
+        Ok(v) => v,
+        Err(res) => return res,
+    };
+    let action = match body {
+        Ok(axum::Json(a)) => a,
+        Err(e) => {
+            return problem(
+                e.status(),
+                "bad-body",
+                "The music action could not be read",
+                Some(e.body_text()),
+            );
+        }
+    };
+    if let Err(e) = action.validate() {
+        return problem(StatusCode::BAD_REQUEST, "bad-body", e, None);
+    }
+    let Some(core) = sig.core_of(session) else {
+        return refused(MusicRefusal::NoRoom);
+    };
+    let (reply, done) = oneshot::channel();
+    let cmd = Command::Music {
+        session,
+        user,
+        action,
+        reply,
+    };
+    core_answer(sig.cores[usize::from(core)].commands.send(cmd).await, done).await
+}
+
+/// Where a queued track's file came from: `?track=<attachment>&name=<file name>&type=<media type>`.
+#[derive(Debug, serde::Deserialize)]
+struct TrackQuery {
+    track: AttachmentId,
+    name: String,
+    #[serde(rename = "type", default)]
+    content_type: String,
+}
+
+/// The control plane hands over an audio file to queue: it is decoded and encoded here, off the
+/// media cores, then given to the room's core.
+async fn queue_track(
+    State(sig): State<Arc<Signaling>>,
+    Path(session): Path<String>,
+    Query(query): Query<TrackQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (session, user) = match relayed(&sig, &session, &headers).await {
+        Ok(v) => v,
+        Err(res) => return res,
+    };
+    let bytes = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return problem(
+                e.status(),
+                "bad-body",
+                "The file could not be read",
+                Some(e.body_text()),
+            );
+        }
+    };
+    if sig.core_of(session).is_none() {
+        return refused(MusicRefusal::NoRoom);
+    }
+    let encoded = {
+        let Ok(_permit) = sig.transcodes.acquire().await else {
+            return unavailable();
+        };
+        let ext = extension(&query.content_type);
+        match tokio::task::spawn_blocking(move || {
+            crate::music::transcode_guarded(bytes.to_vec(), ext)
+        })
+        .await
+        {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad-track",
+                    "The file cannot be played",
+                    Some(e.to_string()),
+                );
+            }
+            Err(_) => return unavailable(),
+        }
+    };
+    let track = Track {
+        info: MusicTrack {
+            id: query.track,
+            name: query.name.chars().take(255).collect(),
+            duration_ms: encoded.duration_ms(),
+        },
+        audio: Arc::new(encoded),
+    };
+    // The room may have moved on while the file was decoded (emptied, even).
+    let Some(core) = sig.core_of(session) else {
+        return refused(MusicRefusal::NoRoom);
+    };
+    let (reply, done) = oneshot::channel();
+    let cmd = Command::QueueTrack {
+        session,
+        user,
+        track,
+        reply,
+    };
+    core_answer(sig.cores[usize::from(core)].commands.send(cmd).await, done).await
+}
+
+/// The session and the user of a request the control plane relays with a moderation token.
+async fn relayed(
+    sig: &Signaling,
+    session: &str,
+    headers: &HeaderMap,
+) -> Result<(SessionId, protocol::UserId), Response> {
+    let claims = match bearer(headers) {
+        None => return Err(unauthorized(AuthError::Missing)),
+        Some(t) => sig
+            .verifier
+            .verify_moderation(t)
+            .await
+            .map_err(unauthorized)?,
+    };
+    let Ok(session) = session.parse::<SessionId>() else {
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such session",
+            None,
+        ));
+    };
+    if claims.sid != session {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "wrong-session",
+            "The token is for another session",
+            None,
+        ));
+    }
+    Ok((session, claims.sub))
+}
+
+/// The core's answer to a music command.
+async fn core_answer<E>(
+    sent: Result<(), E>,
+    done: oneshot::Receiver<Result<MusicState, MusicRefusal>>,
+) -> Response {
+    match (sent, done.await) {
+        (Ok(()), Ok(Ok(state))) => axum::Json(state).into_response(),
+        (Ok(()), Ok(Err(e))) => refused(e),
+        _ => unavailable(),
+    }
+}
+
+fn refused(e: MusicRefusal) -> Response {
+    let status = match e {
+        MusicRefusal::NoRoom => StatusCode::NOT_FOUND,
+        MusicRefusal::Player(MusicError::QueueHere) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::CONFLICT,
+    };
+    problem(
+        status,
+        "music-refused",
+        "The music action was refused",
+        Some(e.to_string()),
+    )
+}
+
+fn unavailable() -> Response {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "core-unavailable",
+        "The media core is not running",
+        None,
+    )
+}
+
+/// A file extension for the decoder's format probe, from the upload's media type.
+fn extension(content_type: &str) -> Option<&'static str> {
+    Some(match content_type {
+        "audio/mpeg" => "mp3",
+        "audio/ogg" | "audio/opus" => "ogg",
+        "audio/mp4" | "audio/aac" => "m4a",
+        "audio/webm" => "webm",
+        "audio/wav" => "wav",
+        "audio/flac" => "flac",
+        _ => return None,
+    })
 }
 
 async fn readyz(State(sig): State<Arc<Signaling>>) -> Response {

@@ -1,4 +1,5 @@
-//! Session events: what a media node reports to the control plane about who is in its rooms.
+//! Session events: what a media node reports to the control plane about who is in its rooms and
+//! what their music does.
 //! In one process they are handed over directly; across processes they travel on the Redis stream
 //! [`redis_stream_key`], one JSON [`SessionEvent`] per entry (field `e`).
 
@@ -13,12 +14,16 @@ pub fn redis_stream_key(prefix: &str) -> String {
     format!("{prefix}session-events")
 }
 
-/// A change of one participant of a session.
+/// A change of one participant of a session, or of its music.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEvent {
     pub node: NodeId,
     pub session: SessionId,
+    /// Who it concerns; for a music change, who made it (the nil id when it came through the
+    /// REST API or a track ended).
     pub participant: ParticipantId,
+    /// The participant's user; for a music change, who made it (a track that ended is the last
+    /// changer's).
     pub user: UserId,
     /// When it happened on the node, Unix milliseconds.
     pub at_ms: u64,
@@ -30,8 +35,17 @@ pub struct SessionEvent {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ParticipantChange {
     Joined,
-    Left { reason: String },
-    Muted { microphone: bool, speaker: bool },
+    Left {
+        reason: String,
+    },
+    Muted {
+        microphone: bool,
+        speaker: bool,
+    },
+    /// The session's music changed: its state after the change.
+    Music {
+        state: crate::music::MusicState,
+    },
 }
 
 #[cfg(test)]

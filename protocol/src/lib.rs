@@ -6,6 +6,7 @@
 //! - [`events`]: what media nodes report about their sessions to the control plane.
 //! - [`location`]: the location stream's frames (JSON and binary), the location token's claims and
 //!   the alerts location engines put on the bus.
+//! - [`music`]: a session's shared music: the actions members ask for and the state they are told.
 //! - [`node`]: the media node record the registry holds.
 //! - [`realtime`]: the `/v1/events` WebSocket frames and the events of a group's log.
 //! - [`room`]: room control messages on the data channel.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod events;
 pub mod ids;
 pub mod location;
+pub mod music;
 pub mod node;
 pub mod realtime;
 pub mod room;

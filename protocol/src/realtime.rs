@@ -266,6 +266,12 @@ pub enum EventData {
         participant: crate::ids::ParticipantId,
         user: UserId,
     },
+    /// The music of a session changed (a member played, paused, sought, skipped or queued, or
+    /// a track ended). `actor` made the change (a track that ended is the last changer's).
+    Music {
+        session: crate::ids::SessionId,
+        music: crate::music::MusicState,
+    },
     /// A location engine's alert: two members came near or moved apart, one arrived at or left
     /// a place of the group, or went silent. `alert_id` (32 hex digits) is the engine's.
     Location {
@@ -291,6 +297,7 @@ impl EventData {
             EventData::ParticipantJoined { .. } => "participant_joined",
             EventData::ParticipantLeft { .. } => "participant_left",
             EventData::Location { .. } => "location",
+            EventData::Music { .. } => "music",
         }
     }
 }

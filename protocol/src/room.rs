@@ -6,6 +6,7 @@
 //! [`ClientMessage::decode`] returns an error for anything malformed or oversized.
 
 use crate::ids::UserId;
+use crate::music::{MusicAction, MusicState};
 use serde::{Deserialize, Serialize};
 
 /// Label of the data channel that carries room control.
@@ -46,6 +47,9 @@ pub enum ClientMessage {
     Remove { participant: ParticipantRef },
     /// Ask for the participant list.
     ListParticipants,
+    /// Control the room's music (needs the join token's `music_ctl`). `queue` is refused here:
+    /// files are queued through the REST API.
+    Music(MusicAction),
 }
 
 /// Why a decoded control message was refused.
@@ -102,6 +106,8 @@ pub enum ErrorCode {
     Malformed,
     Forbidden,
     UnknownParticipant,
+    /// The request cannot be carried out now (e.g. play with nothing queued).
+    Conflict,
     /// Too many control messages: this one and the next ones are dropped until the budget
     /// refills (20 at once, then 10 a second).
     RateLimited,
@@ -139,6 +145,8 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<ParticipantRef>,
     },
+    /// The room's music (on open when there is some, and at every change).
+    Music(MusicState),
     /// A request was refused.
     Error {
         code: ErrorCode,
@@ -179,6 +187,23 @@ mod tests {
             ClientMessage::decode(br#"{"type":"list_participants"}"#),
             Ok(ClientMessage::ListParticipants)
         );
+        let m = ClientMessage::Music(MusicAction::Seek { position_ms: 3000 });
+        assert_eq!(
+            m.encode(),
+            r#"{"type":"music","action":"seek","position_ms":3000}"#
+        );
+        assert_eq!(ClientMessage::decode(m.encode().as_bytes()), Ok(m));
+        let s = ServerMessage::Music(MusicState {
+            playing: true,
+            position_ms: 20,
+            ..MusicState::default()
+        });
+        let text = s.encode();
+        assert!(
+            text.starts_with(r#"{"type":"music","playing":true"#),
+            "{text}"
+        );
+        assert_eq!(ServerMessage::decode(text.as_bytes()), Ok(s));
     }
 
     #[test]
@@ -191,6 +216,9 @@ mod tests {
             br#"{"type":"explode"}"#,
             br#"{"type":"remove"}"#,
             br#"{"type":"mute","extra":1}"#,
+            br#"{"type":"music"}"#,
+            br#"{"type":"music","action":"play","x":1}"#,
+            br#"{"type":"music","action":"seek","position_ms":"far"}"#,
             &[0xff, 0xfe],
         ] {
             assert!(

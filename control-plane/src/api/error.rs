@@ -62,6 +62,10 @@ pub(crate) enum AppError {
     /// A media node did not carry out a relayed request (502).
     #[error("{0}")]
     BadGateway(&'static str),
+    /// A media node refused a relayed request for a reason of the caller's (409 or 422); the
+    /// detail is the node's, worded for clients.
+    #[error("{detail}")]
+    Refused { status: u16, detail: String },
     /// The database does not answer (503).
     #[error("the database does not answer")]
     NotReady,
@@ -93,6 +97,9 @@ impl AppError {
             AppError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::NoMediaNode | AppError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            AppError::Refused { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::CONFLICT)
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,6 +133,9 @@ impl AppError {
             AppError::NoMediaNode => ("no-media-node", "No media capacity"),
             AppError::NotReady => ("not-ready", "Not ready"),
             AppError::BadGateway(_) => ("media-node-failed", "The media node did not answer"),
+            AppError::Refused { .. } => {
+                ("media-node-refused", "The media node refused the request")
+            }
             AppError::Internal(_) => ("internal", "Internal server error"),
         }
     }
@@ -135,6 +145,7 @@ impl AppError {
         let (slug, title) = self.kind();
         let detail = match self {
             AppError::Internal(_) => None,
+            AppError::Refused { detail, .. } => Some(clipped(detail.clone())),
             other => Some(other.to_string()),
         };
         Problem {

@@ -17,6 +17,7 @@ mod groups;
 mod health;
 mod location;
 mod messages;
+mod music;
 mod openapi;
 mod participants;
 mod sessions;
@@ -204,6 +205,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/groups/{id}/sessions", post(sessions::allocate))
         .route("/v1/invites/{code}/accept", post(groups::accept))
         .route("/v1/sessions/{id}/participants", get(participants::list))
+        .route(
+            "/v1/sessions/{id}/music",
+            get(music::get).post(music::control),
+        )
         .route(
             "/v1/sessions/{id}/participants/{pid}",
             delete(participants::remove),

@@ -96,6 +96,8 @@ impl ToSchema for AnyJson {}
         super::participants::mute,
         super::participants::speak,
         super::participants::remove,
+        super::music::get,
+        super::music::control,
         super::events::events,
         super::attachments::upload,
         super::attachments::download,
@@ -211,6 +213,7 @@ mod tests {
             "/v1/attachments/{id}",
             "/v1/sessions/{id}/participants/{pid}/mute",
             "/v1/location/token",
+            "/v1/sessions/{id}/music",
         ] {
             assert!(paths.contains_key(route), "{route} is missing");
         }
@@ -226,7 +229,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(operations, 55);
+        assert_eq!(operations, 57);
         assert!(doc["components"]["schemas"]["MessageView"].is_object());
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
         let register = &doc["paths"]["/v1/auth/register"]["post"];

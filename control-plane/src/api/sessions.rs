@@ -34,8 +34,10 @@ pub(super) async fn allocate(
     Json(req): Json<CreateSessionRequest>,
 ) -> Result<(StatusCode, Json<SessionAllocation>), AppError> {
     let membership = member_of(&state, group, caller).await?;
-    // Admins control the music and moderate the room.
+    // Admins moderate the room; they control the music, and so does everyone when the group
+    // shares music.
     let admin = membership.role == Role::Admin;
+    let music_ctl = admin || membership.group.settings.music_sharing;
     let kind = req.kind;
 
     for _ in 0..MAX_ROUNDS {
@@ -51,7 +53,8 @@ pub(super) async fn allocate(
                             "the group's active session is not end-to-end encrypted: ask without e2ee"
                         }));
                     }
-                    let answer = answer(&state, caller, admin, &active, vec![node], now);
+                    let answer =
+                        answer(&state, caller, (admin, music_ctl), &active, vec![node], now);
                     return Ok((StatusCode::OK, Json(answer)));
                 }
                 _ => {
@@ -94,7 +97,14 @@ pub(super) async fn allocate(
         {
             state.fanout.event(event);
             tracing::info!(session = %session.id, node = %session.node, "session created");
-            let answer = answer(&state, caller, admin, &session, candidates, now);
+            let answer = answer(
+                &state,
+                caller,
+                (admin, music_ctl),
+                &session,
+                candidates,
+                now,
+            );
             return Ok((StatusCode::CREATED, Json(answer)));
         }
         // Another request created the group's session meanwhile: go round and join it.
@@ -106,7 +116,7 @@ pub(super) async fn allocate(
 fn answer(
     state: &AppState,
     caller: Caller,
-    admin: bool,
+    (admin, music_ctl): (bool, bool),
     session: &SessionRow,
     candidates: Vec<NodeRecord>,
     now: Now,
@@ -118,7 +128,7 @@ fn answer(
             session: session.id,
             group: session.group,
             kind: session.kind,
-            music_ctl: admin,
+            music_ctl,
             admin,
             e2ee: session.e2ee,
         },

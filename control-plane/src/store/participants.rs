@@ -62,6 +62,10 @@ impl Store {
                 user: e.user,
             }),
             ParticipantChange::Muted { .. } => None,
+            ParticipantChange::Music { ref state } => Some(EventData::Music {
+                session: e.session,
+                music: state.clone(),
+            }),
         };
         let Some(data) = logged else {
             let mut conn = self.pool.acquire().await?;
@@ -121,6 +125,24 @@ impl Store {
         .as_ref()
         .map(ParticipantRow::from_row)
         .transpose()
+    }
+
+    /// A session's music as its node last reported it (idle when it never did).
+    pub(crate) async fn session_music(
+        &self,
+        session: SessionId,
+    ) -> Result<protocol::music::MusicState, sqlx::Error> {
+        let row = sqlx::query("SELECT music_state FROM sessions WHERE id = $1")
+            .bind(session.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let json: Option<String> = match row {
+            Some(row) => row.try_get("music_state")?,
+            None => None,
+        };
+        Ok(json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default())
     }
 
     /// A session by id.
@@ -199,6 +221,21 @@ async fn apply_change(conn: &mut AnyConnection, e: &SessionEvent) -> Result<bool
             .bind(e.node.as_str())
             .bind(i64::from(*microphone))
             .bind(i64::from(*speaker))
+            .execute(&mut *conn)
+            .await?
+        }
+        ParticipantChange::Music { state } => {
+            // The latest report wins whatever the order it arrives in (the node's times are
+            // strictly increasing); a repeated one changes nothing and logs nothing.
+            let json = serde_json::to_string(state).unwrap_or_default();
+            sqlx::query(
+                "UPDATE sessions SET music_state = $1, music_changed_at = $2 \
+                 WHERE id = $3 AND node_id = $4 AND music_changed_at < $2",
+            )
+            .bind(json)
+            .bind(at)
+            .bind(e.session.to_string())
+            .bind(e.node.as_str())
             .execute(&mut *conn)
             .await?
         }

@@ -36,6 +36,7 @@ impl Shard {
             let me = info(key, p);
             self.send(key, &ServerMessage::Welcome { participant: key });
             self.send_participants(key);
+            self.send_music(now, key);
             self.broadcast_except(
                 session,
                 key,
@@ -72,7 +73,7 @@ impl Shard {
         }
     }
 
-    fn handle_request(&mut self, _now: Instant, from: ParticipantKey, msg: ClientMessage) {
+    fn handle_request(&mut self, now: Instant, from: ParticipantKey, msg: ClientMessage) {
         let Some(p) = self.participants.get(&from) else {
             return;
         };
@@ -99,6 +100,7 @@ impl Shard {
                 }
             }
             ClientMessage::ListParticipants => self.send_participants(from),
+            ClientMessage::Music(action) => self.music_from(now, from, action),
             ClientMessage::MuteParticipant { .. }
             | ClientMessage::SetSpeak { .. }
             | ClientMessage::Remove { .. }
@@ -272,11 +274,11 @@ impl Shard {
         );
     }
 
-    fn refuse(&mut self, to: ParticipantKey, code: ErrorCode, message: String) {
+    pub(super) fn refuse(&mut self, to: ParticipantKey, code: ErrorCode, message: String) {
         self.send(to, &ServerMessage::Error { code, message });
     }
 
-    fn broadcast_except(
+    pub(super) fn broadcast_except(
         &mut self,
         session: SessionId,
         except: ParticipantKey,
@@ -298,7 +300,7 @@ impl Shard {
         self.fanout = members;
     }
 
-    fn send(&mut self, to: ParticipantKey, msg: &ServerMessage) {
+    pub(super) fn send(&mut self, to: ParticipantKey, msg: &ServerMessage) {
         self.send_text(to, &msg.encode());
     }
 

@@ -38,6 +38,8 @@ struct Opts {
     keyframes: bool,
     /// The join token says the session is end-to-end encrypted.
     e2ee: bool,
+    /// The join token's session is a music session.
+    music: bool,
 }
 
 /// `p` with an RTX payload type paired with it, keeping everything else (RED included).
@@ -77,6 +79,8 @@ struct Peer {
     answer: String,
     /// The media time of every received frame, in microseconds, in arrival order.
     times: Vec<u64>,
+    /// When each received frame arrived (simulated time), in arrival order.
+    arrived: Vec<Instant>,
     /// 20 ms ticks so far; with `dtx`, a frame is sent only every `dtx`-th tick (Opus DTX).
     ticks: u32,
     dtx: Option<u32>,
@@ -153,6 +157,7 @@ impl Peer {
             keyframe_requests: 0,
             answer: String::new(),
             times: Vec::new(),
+            arrived: Vec::new(),
             ticks: 0,
             dtx: None,
             sent: 0,
@@ -169,7 +174,7 @@ impl Peer {
         self.drain(now);
     }
 
-    fn drain(&mut self, _now: Instant) {
+    fn drain(&mut self, now: Instant) {
         loop {
             match self.rtc.poll_output().unwrap() {
                 Output::Timeout(t) => {
@@ -209,6 +214,7 @@ impl Peer {
                 Output::Event(Event::KeyframeRequest(_)) => self.keyframe_requests += 1,
                 Output::Event(Event::MediaData(d)) => {
                     self.times.push(d.time.as_micros());
+                    self.arrived.push(now);
                     if let Some(c) = d.data.get(1..5) {
                         self.counters
                             .push(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
@@ -340,6 +346,7 @@ impl Sim {
                     grants,
                     e2ee: opts.e2ee,
                     offer,
+                    music: opts.music,
                 },
             )
             .unwrap();
@@ -447,6 +454,7 @@ const ALL: Grants = Grants {
     publish: true,
     subscribe: true,
     admin: false,
+    music_ctl: false,
 };
 
 #[test]
@@ -521,6 +529,7 @@ fn rooms_are_isolated_and_listeners_without_publish_grant_are_not_forwarded() {
         publish: false,
         subscribe: true,
         admin: false,
+        music_ctl: false,
     };
     sim.join(session(1), 3, listen_only, true, 0);
     sim.run(Duration::from_secs(2));
@@ -577,6 +586,7 @@ fn a_peer_that_never_connects_is_removed_after_the_join_timeout() {
                 grants: ALL,
                 e2ee: false,
                 offer,
+                music: false,
             },
         )
         .unwrap()
@@ -599,6 +609,7 @@ fn bad_offers_are_refused_with_a_reason_and_leave_the_call_running() {
         grants: ALL,
         e2ee: false,
         offer: offer.to_string(),
+        music: false,
     };
     assert_eq!(
         sim.shard.join(sim.now, req("hello")).unwrap_err(),
@@ -826,6 +837,7 @@ const ADMIN: Grants = Grants {
     publish: true,
     subscribe: true,
     admin: true,
+    music_ctl: false,
 };
 
 /// Sends a control message from peer `i` and runs the network until it is handled.
@@ -1082,6 +1094,7 @@ fn publishers_get_transport_wide_congestion_control_feedback() {
         publish: false,
         subscribe: true,
         admin: false,
+        music_ctl: false,
     };
     sim.join(session(10), 2, listen_only, false, 1);
     sim.run(Duration::from_secs(2));
@@ -1223,6 +1236,7 @@ fn nack_and_rtx_recover_what_the_network_lost_and_plain_opus_keeps_its_gaps() {
         publish: false,
         subscribe: true,
         admin: false,
+        music_ctl: false,
     };
     let rtx = Opts {
         rtx: true,
@@ -1320,6 +1334,7 @@ fn red_is_never_retransmitted_but_red_stripped_for_an_rtx_subscriber_is() {
         publish: false,
         subscribe: true,
         admin: false,
+        music_ctl: false,
     };
     let red = Opts {
         red: true,
@@ -1369,6 +1384,7 @@ fn keyframe_requests_reach_a_publisher_at_most_once_per_interval() {
         publish: false,
         subscribe: true,
         admin: false,
+        music_ctl: false,
     };
     let keyframes = Opts {
         keyframes: true,
@@ -1441,6 +1457,7 @@ fn a_join_that_disagrees_with_the_rooms_end_to_end_encryption_is_refused() {
             grants: ALL,
             e2ee,
             offer,
+            music: false,
         }
     };
     let (plain_into_e2ee, e2ee_into_plain) = (req(session(30), false), req(session(31), true));
@@ -1473,6 +1490,7 @@ fn an_e2ee_room_forwards_payloads_as_they_came_and_red_only_to_red_subscribers()
         publish: false,
         subscribe: true,
         admin: false,
+        music_ctl: false,
     };
     let e2ee = Opts {
         e2ee: true,
@@ -1506,4 +1524,333 @@ fn an_e2ee_room_forwards_payloads_as_they_came_and_red_only_to_red_subscribers()
     for p in &sim.peers {
         assert!(p.received.iter().all(|r| r.2 == 100), "payloads as sent");
     }
+}
+
+// ---- Music rooms ----
+
+/// A track of `frames` frames whose frame k reads `[0xAA, k (4 bytes BE), …]`, like the peers'
+/// own frames, so the peers' bookkeeping reads music too.
+fn music_track(id: u128, frames: u32) -> media_plane::music::Track {
+    use media_plane::music::{Encoded, Track};
+    use protocol::music::MusicTrack;
+    Track {
+        info: MusicTrack {
+            id: protocol::ids::AttachmentId::from_uuid(Uuid::from_u128(id)),
+            name: format!("song{id}.mp3"),
+            duration_ms: u64::from(frames) * 20,
+        },
+        audio: std::sync::Arc::new(Encoded {
+            frames: (0..frames)
+                .map(|k| {
+                    let mut f = vec![0xAA; 80];
+                    f[1..5].copy_from_slice(&k.to_be_bytes());
+                    std::sync::Arc::from(f.as_slice())
+                })
+                .collect(),
+        }),
+    }
+}
+
+const MUSIC: Opts = Opts {
+    red: false,
+    nack: false,
+    rtx: false,
+    keyframes: false,
+    e2ee: false,
+    music: true,
+};
+
+fn last_music(p: &Peer) -> Option<&protocol::music::MusicState> {
+    p.inbox.iter().rev().find_map(|m| match m {
+        ServerMessage::Music(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn music_events(sim: &Sim) -> Vec<(Option<protocol::ParticipantId>, protocol::music::MusicState)> {
+    sim.events
+        .iter()
+        .filter_map(|e| match e {
+            ShardEvent::Music {
+                participant, state, ..
+            } => Some((*participant, state.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_listener_hears_each_music_frame_at_the_same_moment_and_controls_take_effect() {
+    use protocol::music::MusicAction;
+    let mut sim = Sim::new();
+    let room = session(40);
+    let dj = Grants {
+        music_ctl: true,
+        ..ALL
+    };
+    let listener = Grants {
+        publish: false,
+        ..ALL
+    };
+    // The DJ also talks (one sendrecv m-line for the music, one recvonly for a voice); two
+    // listeners have one receiving m-line each.
+    sim.join_opts(room, 1, dj, false, 2, MUSIC);
+    sim.join_opts(room, 2, listener, false, 1, MUSIC);
+    sim.join_opts(room, 3, listener, false, 1, MUSIC);
+    sim.run(Duration::from_secs(1));
+    assert!(sim.peers.iter().all(|p| p.connected && p.control.is_some()));
+    assert!(
+        sim.peers.iter().all(|p| p.received.is_empty()),
+        "silence so far"
+    );
+
+    // Nothing queued: play is refused on the data channel, queueing there is not allowed.
+    sim.peers[0].send_control(sim.now, br#"{"type":"music","action":"play"}"#);
+    sim.peers[0].send_control(
+        sim.now,
+        br#"{"type":"music","action":"queue","track":"00000000-0000-0000-0000-000000000001"}"#,
+    );
+    // A listener without the right may not.
+    sim.peers[1].send_control(sim.now, br#"{"type":"music","action":"pause"}"#);
+    sim.run(Duration::from_millis(100));
+    let codes = |p: &Peer| -> Vec<ErrorCode> {
+        p.inbox
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::Error { code, .. } => Some(*code),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        codes(&sim.peers[0]),
+        [ErrorCode::Conflict, ErrorCode::Forbidden]
+    );
+    assert_eq!(codes(&sim.peers[1]), [ErrorCode::Forbidden]);
+
+    // A track queued (through the REST relay), then played from the data channel.
+    let dj_user = UserId::from_uuid(Uuid::from_u128(1));
+    let state = sim
+        .shard
+        .queue_track(sim.now, room, dj_user, music_track(7, 150))
+        .unwrap();
+    assert_eq!(state.current.as_ref().map(|t| t.duration_ms), Some(3_000));
+    assert!(!state.playing);
+    let played_at = sim.now;
+    sim.peers[0].send_control(sim.now, br#"{"type":"music","action":"play"}"#);
+    sim.run(Duration::from_secs(1));
+    for p in &sim.peers {
+        let s = last_music(p).expect("every member is told");
+        assert!(s.playing && s.at_ms.is_none(), "{s:?}");
+    }
+    // Listeners hear frames 0, 1, 2, … on their one m-line, starting a lead after the play.
+    let heard: Vec<Vec<u32>> = sim.peers.iter().map(|p| p.counters.clone()).collect();
+    assert!(
+        heard[1].len() >= 40,
+        "{} frames in a second",
+        heard[1].len()
+    );
+    for h in &heard {
+        let n = h.len().min(heard[1].len());
+        assert_eq!(
+            h[..n],
+            (0..n as u32).collect::<Vec<_>>()[..],
+            "in order, none lost"
+        );
+    }
+    assert!(
+        sim.peers
+            .iter()
+            .all(|p| p.received.iter().all(|r| r.1 == 0xAA))
+    );
+    // The same frame reaches every listener at the same simulated instant, 20 ms apart,
+    // and their media clocks agree on the spacing.
+    let first = sim.peers[1].arrived[0];
+    assert!(first - played_at >= media_plane::music::player::LEAD);
+    for k in 0..40 {
+        let at = sim.peers[1].arrived[k];
+        assert_eq!(
+            sim.peers[2].arrived[k], at,
+            "frame {k} at once for both listeners"
+        );
+        assert_eq!(sim.peers[0].arrived[k], at, "and for the DJ");
+        assert_eq!(at - first, FRAME * k as u32);
+        for p in &sim.peers {
+            assert_eq!(p.times[k] - p.times[0], 20_000 * k as u64);
+        }
+    }
+
+    // Pause through the REST relay: silence; the state says where it stopped.
+    let paused = sim
+        .shard
+        .music(sim.now, room, dj_user, &MusicAction::Pause {})
+        .unwrap();
+    assert!(!paused.playing);
+    let before = sim.peers[1].counters.len();
+    assert_eq!(paused.position_ms, before as u64 * 20);
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.peers[1].counters.len(), before, "nothing while paused");
+
+    // A late joiner hears from where the music is, not from the start.
+    sim.join_opts(room, 4, listener, false, 1, MUSIC);
+    sim.run(Duration::from_millis(500));
+    sim.shard
+        .music(sim.now, room, dj_user, &MusicAction::Play {})
+        .unwrap();
+    sim.run(Duration::from_millis(500));
+    let late = &sim.peers[3].counters;
+    assert_eq!(late.first().copied(), Some(before as u32), "{late:?}");
+    assert_eq!(
+        sim.peers[1].counters[before], before as u32,
+        "the others resume where they stopped"
+    );
+    assert_eq!(
+        sim.peers[3].arrived[0], sim.peers[1].arrived[before],
+        "the late joiner hears it with the rest"
+    );
+
+    // Deafened: no music.
+    let deaf_key = sim
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ShardEvent::Joined {
+                participant, user, ..
+            } if *user == UserId::from_uuid(Uuid::from_u128(3)) => Some(*participant),
+            _ => None,
+        })
+        .unwrap();
+    sim.shard.set_mute(
+        deaf_key,
+        MuteChange {
+            microphone: None,
+            speaker: Some(true),
+        },
+    );
+    let deaf_before = sim.peers[2].counters.len();
+    sim.run(Duration::from_millis(500));
+    assert_eq!(sim.peers[2].counters.len(), deaf_before);
+    assert!(sim.peers[1].counters.len() > deaf_before + 20);
+
+    // The track ends by itself: the music stops and everyone is told.
+    sim.run(Duration::from_secs(3));
+    assert_eq!(sim.peers[1].counters.last().copied(), Some(149));
+    let end = last_music(&sim.peers[1]).unwrap();
+    assert!(!end.playing && end.current.is_none(), "{end:?}");
+
+    // The node was told of every change: the DJ's (with their participation), the relayed
+    // ones (none), the track's end (as the last changer's).
+    let events = music_events(&sim);
+    let dj_id = sim.events.iter().find_map(|e| match e {
+        ShardEvent::Joined { id, user, .. } if *user == dj_user => Some(*id),
+        _ => None,
+    });
+    let who: Vec<(Option<protocol::ParticipantId>, bool)> =
+        events.iter().map(|(p, s)| (*p, s.playing)).collect();
+    assert_eq!(
+        who,
+        [
+            (None, false), // queued
+            (dj_id, true), // played on the data channel
+            (None, false), // paused through the relay
+            (None, true),  // played through the relay
+            (None, false), // the track ended
+        ]
+    );
+    assert!(sim.shard.stats().music_packets_out > 400);
+    assert_eq!(
+        sim.shard.stats().rtp_forwarded,
+        0,
+        "music is not forwarded voice"
+    );
+}
+
+#[test]
+fn in_a_music_room_voices_take_the_other_slots_and_the_music_keeps_the_first() {
+    let mut sim = Sim::new();
+    let room = session(41);
+    let dj = Grants {
+        music_ctl: true,
+        ..ALL
+    };
+    // A talker; a listener with room for music and one voice; one with room for music only.
+    sim.join_opts(room, 1, dj, true, 0, MUSIC);
+    sim.join_opts(room, 2, ALL, false, 2, MUSIC);
+    sim.join_opts(room, 3, ALL, false, 1, MUSIC);
+    sim.run(Duration::from_secs(1));
+    let dj_user = UserId::from_uuid(Uuid::from_u128(1));
+    sim.shard
+        .queue_track(sim.now, room, dj_user, music_track(1, 500))
+        .unwrap();
+    sim.shard
+        .music(
+            sim.now,
+            room,
+            dj_user,
+            &protocol::music::MusicAction::Play {},
+        )
+        .unwrap();
+    sim.run(Duration::from_secs(2));
+    let mids = |p: &Peer, tag: u8| -> std::collections::BTreeSet<Mid> {
+        p.received
+            .iter()
+            .filter(|r| r.1 == tag)
+            .map(|r| r.0)
+            .collect()
+    };
+    let two = &sim.peers[1];
+    let (music, voice) = (mids(two, 0xAA), mids(two, 1));
+    assert_eq!(music.len(), 1, "music on one m-line");
+    assert_eq!(voice.len(), 1, "the voice on another");
+    assert!(music.is_disjoint(&voice));
+    let one = &sim.peers[2];
+    assert_eq!(mids(one, 0xAA).len(), 1);
+    assert!(
+        mids(one, 1).is_empty(),
+        "the music is never displaced by a voice"
+    );
+    // The talker hears the music on its only m-line too, not itself.
+    assert!(mids(&sim.peers[0], 1).is_empty());
+    assert_eq!(mids(&sim.peers[0], 0xAA).len(), 1);
+}
+
+#[test]
+fn music_is_refused_where_it_cannot_play_and_leaves_with_the_room() {
+    let mut sim = Sim::new();
+    let user = UserId::from_uuid(Uuid::from_u128(1));
+    let play = protocol::music::MusicAction::Play {};
+    // Nobody there.
+    assert_eq!(
+        sim.shard.music(sim.now, session(50), user, &play),
+        Err(media_plane::shard::MusicRefusal::NoRoom)
+    );
+    // A voice room has no music.
+    sim.join(session(51), 1, ALL, true, 0);
+    assert_eq!(
+        sim.shard.music(sim.now, session(51), user, &play),
+        Err(media_plane::shard::MusicRefusal::NotMusic)
+    );
+    // An end-to-end encrypted music room cannot carry the server's music.
+    let e2ee = Opts {
+        e2ee: true,
+        ..MUSIC
+    };
+    sim.join_opts(session(52), 2, ALL, false, 1, e2ee);
+    assert_eq!(
+        sim.shard
+            .queue_track(sim.now, session(52), user, music_track(1, 5)),
+        Err(media_plane::shard::MusicRefusal::Encrypted)
+    );
+    // The queue goes with the room: the last one out is reported as ending the music.
+    let k = sim.join_opts(session(53), 3, ALL, false, 1, MUSIC);
+    sim.shard
+        .queue_track(sim.now, session(53), user, music_track(1, 5))
+        .unwrap();
+    sim.run(Duration::from_millis(200));
+    assert!(sim.shard.leave(k));
+    sim.deliver();
+    let (last_by, last) = music_events(&sim).pop().unwrap();
+    assert_eq!(last, protocol::music::MusicState::default());
+    assert!(last_by.is_some());
+    assert!(!sim.shard.has_room(session(53)));
 }
