@@ -1024,3 +1024,163 @@ async fn with_redis_gone_a_replica_fans_out_locally_and_the_others_catch_up_when
     })
     .await;
 }
+
+#[tokio::test]
+async fn music_reports_are_logged_once_latest_first_and_only_those_allowed_control_it() {
+    use control_plane::NodeRegistry as _;
+    use protocol::api::{AttachmentView, SessionAllocation};
+    use protocol::events::{ParticipantChange, SessionEvent};
+    use protocol::music::{MusicState, MusicTrack};
+    use protocol::node::NodeState;
+    use protocol::{NodeId, ParticipantId};
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        let addr = app.serve().await;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let carol = app.register("carol").await;
+        let g = app.group(&ann).await;
+        app.join(&g, &ann, &bob).await;
+        app.registry
+            .heartbeat(support::node("eu-1", "eu", 0.1, NodeState::Serving));
+        let sessions = format!("/v1/groups/{g}/sessions");
+        let alloc: SessionAllocation = app
+            .post(&sessions, &bob.access_token, json!({"kind": "music"}))
+            .await
+            .parse(StatusCode::CREATED);
+        let session = alloc.session.id;
+        // The group shares music (the default): a member's join token lets them control it.
+        let claims = |token: &str| -> Value {
+            use base64::Engine as _;
+            let payload = token.split('.').nth(1).unwrap();
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        assert_eq!(claims(&alloc.join_token)["music_ctl"], true);
+        let (mut ws, _, _) = Client::connect(addr, &ann, &BTreeMap::new()).await;
+
+        // The node reports bob playing a track, the same report again, a pause, and late an
+        // older report (another control plane took it first, say).
+        let track = MusicTrack {
+            id: protocol::ids::AttachmentId::from_uuid(uuid::Uuid::from_u128(5)),
+            name: "song.mp3".into(),
+            duration_ms: 180_000,
+        };
+        let state = |playing, position_ms, at_ms| MusicState {
+            playing,
+            current: Some(track.clone()),
+            position_ms,
+            queue: vec![],
+            at_ms: Some(at_ms),
+        };
+        let report = |at_ms, music: MusicState| SessionEvent {
+            node: NodeId::new("eu-1").unwrap(),
+            session,
+            participant: ParticipantId::from_uuid(uuid::Uuid::now_v7()),
+            user: bob.user.id,
+            at_ms,
+            change: ParticipantChange::Music { state: music },
+        };
+        let (t1, t2, t3) = (1_800_000_000_000, 1_800_000_002_000, 1_800_000_003_000);
+        app.events.submit(report(t1, state(true, 0, t1)));
+        app.events.submit(report(t1, state(true, 0, t1)));
+        app.events.submit(report(t3, state(false, 3_000, t3)));
+        app.events.submit(report(t2, state(true, 2_000, t2)));
+        let mut logged = Vec::new();
+        while logged.len() < 2 {
+            let e = ws.event().await;
+            if let EventData::Music { session: s, music } = e.data {
+                assert_eq!(s, session);
+                assert_eq!(e.actor, bob.user.id);
+                logged.push(music);
+            }
+        }
+        assert_eq!(logged, [state(true, 0, t1), state(false, 3_000, t3)]);
+        // The music as it is now: the latest report, not the last to arrive.
+        let uri = format!("/v1/sessions/{session}/music");
+        let now: MusicState = app.get(&uri, &bob.access_token).await.parse(StatusCode::OK);
+        assert_eq!(now, state(false, 3_000, t3));
+        // A message after them shows nothing else was logged in between.
+        app.say(&g, &ann, "m1", "after the music").await;
+        assert!(matches!(ws.event().await.data, EventData::Message { .. }));
+
+        // Who may do what.
+        let control = |user: &AuthResponse, body: Value| {
+            let (uri, token) = (uri.clone(), user.access_token.clone());
+            let app = &app;
+            async move { app.post(&uri, &token, body).await }
+        };
+        app.get(&uri, &carol.access_token)
+            .await
+            .problem(StatusCode::NOT_FOUND);
+        control(&carol, json!({"action": "play"}))
+            .await
+            .problem(StatusCode::NOT_FOUND);
+        control(
+            &bob,
+            json!({"action": "seek", "position_ms": 99_999_999_999u64}),
+        )
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+        control(&bob, json!({"action": "louder"}))
+            .await
+            .problem(StatusCode::UNPROCESSABLE_ENTITY);
+        // Allowed, but the node (eu-1.test) cannot be reached.
+        control(&bob, json!({"action": "pause"}))
+            .await
+            .problem(StatusCode::BAD_GATEWAY);
+        // Queueing: only audio files of the group.
+        let png = {
+            let request = axum::http::Request::builder()
+                .method(axum::http::Method::POST)
+                .uri(format!("/v1/groups/{g}/attachments?name=a.png"))
+                .header("authorization", format!("Bearer {}", bob.access_token))
+                .header("content-type", "image/png")
+                .body(axum::body::Body::from(b"\x89PNG\r\n\x1a\n0000".to_vec()))
+                .unwrap();
+            app.send(request)
+                .await
+                .parse::<AttachmentView>(StatusCode::CREATED)
+        };
+        let refused = control(&bob, json!({"action": "queue", "track": png.id}))
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+        assert!(refused.detail.unwrap().contains("not an audio file"));
+        // Another member's upload that no message took is not theirs to queue.
+        control(&ann, json!({"action": "queue", "track": png.id}))
+            .await
+            .problem(StatusCode::NOT_FOUND);
+        control(
+            &bob,
+            json!({"action": "queue", "track": uuid::Uuid::new_v4()}),
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
+        // A voice session has no music.
+        let voice: SessionAllocation = app.allocate(&g, &ann).await.parse(StatusCode::CREATED);
+        let voice_uri = format!("/v1/sessions/{}/music", voice.session.id);
+        app.post(&voice_uri, &ann.access_token, json!({"action": "play"}))
+            .await
+            .problem(StatusCode::CONFLICT);
+        // The admin stops sharing music: members may no longer control it, nor get the right.
+        app.patch(
+            &format!("/v1/groups/{g}"),
+            &ann.access_token,
+            json!({"settings": {"music_sharing": false}}),
+        )
+        .await;
+        control(&bob, json!({"action": "play"}))
+            .await
+            .problem(StatusCode::FORBIDDEN);
+        control(&ann, json!({"action": "play"}))
+            .await
+            .problem(StatusCode::BAD_GATEWAY);
+        let again: SessionAllocation = app
+            .post(&sessions, &bob.access_token, json!({"kind": "music"}))
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(claims(&again.join_token)["music_ctl"], false);
+    })
+    .await;
+}

@@ -1,8 +1,8 @@
 //! A small REST client of the control plane for tests that act as users.
 
 use protocol::api::{
-    AuthResponse, CreateGroupRequest, CreateSessionRequest, GroupView, InviteView, RegisterRequest,
-    SessionAllocation, SessionKind,
+    AttachmentView, AuthResponse, CreateGroupRequest, CreateSessionRequest, GroupView, InviteView,
+    RegisterRequest, SessionAllocation, SessionKind,
 };
 
 /// One signed-in user.
@@ -84,11 +84,60 @@ impl User {
 
     /// Allocates (or joins) the group's audio session: (HTTP status, allocation).
     pub async fn allocate(&self, group: &GroupView) -> anyhow::Result<(u16, SessionAllocation)> {
-        let body = serde_json::to_value(CreateSessionRequest {
-            kind: SessionKind::Audio,
-            e2ee: false,
-        })?;
+        self.allocate_kind(group, SessionKind::Audio).await
+    }
+
+    /// Allocates (or joins) the group's session of `kind`: (HTTP status, allocation).
+    pub async fn allocate_kind(
+        &self,
+        group: &GroupView,
+        kind: SessionKind,
+    ) -> anyhow::Result<(u16, SessionAllocation)> {
+        let body = serde_json::to_value(CreateSessionRequest { kind, e2ee: false })?;
         self.post(&format!("/v1/groups/{}/sessions", group.id), Some(body))
             .await
+    }
+
+    /// Uploads a file to the group: its attachment.
+    pub async fn upload(
+        &self,
+        group: &GroupView,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<AttachmentView> {
+        let res = self
+            .http
+            .post(format!("{}/v1/groups/{}/attachments", self.base, group.id))
+            .query(&[("name", name)])
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes)
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 201, "upload: {}", res.status());
+        Ok(res.json().await?)
+    }
+
+    /// `POST /v1/sessions/{id}/music`: (HTTP status, the body as JSON).
+    pub async fn music(
+        &self,
+        session: protocol::SessionId,
+        action: serde_json::Value,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        self.post(&format!("/v1/sessions/{session}/music"), Some(action))
+            .await
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 200, "GET {path}: {}", res.status());
+        Ok(res.json().await?)
     }
 }

@@ -476,6 +476,30 @@ mod tests {
     }
 
     #[test]
+    fn mp3_flac_aac_and_ogg_opus_files_decode_to_their_tone_and_length() {
+        for (ext, bytes) in [
+            ("mp3", &include_bytes!("testdata/tone440.mp3")[..]),
+            ("flac", &include_bytes!("testdata/tone440.flac")[..]),
+            ("m4a", &include_bytes!("testdata/tone440.m4a")[..]),
+            ("ogg", &include_bytes!("testdata/tone440.opus")[..]),
+        ] {
+            let e = transcode(bytes.to_vec(), Some(ext)).unwrap_or_else(|e| panic!("{ext}: {e}"));
+            // 500 ms; MP3 and AAC files carry an encoder delay of a frame or two.
+            assert!(
+                (25..=28).contains(&e.frames.len()),
+                "{ext}: {} frames",
+                e.frames.len()
+            );
+            let pcm = decode(&e);
+            let (l, r) = (channel(&pcm, 0), channel(&pcm, 1));
+            assert_eq!(peak(&l[4_800..19_200]), 440.0, "{ext}");
+            assert_eq!(peak(&r[4_800..19_200]), 440.0, "{ext}");
+            // Without the hint too: the format is found from the bytes.
+            assert!(transcode(bytes.to_vec(), None).is_ok(), "{ext} unhinted");
+        }
+    }
+
+    #[test]
     fn what_is_not_audio_is_refused_and_never_panics() {
         assert!(matches!(
             transcode(b"certainly not a song".to_vec(), Some("mp3")),
