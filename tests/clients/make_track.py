@@ -1,7 +1,7 @@
 """Writes an audio file of one sine tone with PyAV (FFmpeg), to hand to Convoy as music.
 
 The container and codec follow the extension of --out: .opus (Ogg Opus, libopus), .mp3
-(libmp3lame), .flac, .m4a (AAC in MP4). The tone is the same on both channels.
+(libmp3lame), .flac, .m4a (AAC in MP4), .webm (WebM Opus), .ogg (Vorbis). The tone is the same on both channels.
 """
 
 import argparse
@@ -15,6 +15,9 @@ CODECS = {
     ".mp3": ("mp3", "libmp3lame", 44100, "s16p"),
     ".flac": ("flac", "flac", 44100, "s16"),
     ".m4a": ("mp4", "aac", 44100, "fltp"),
+    ".webm": ("webm", "libopus", 48000, "s16"),
+    # FFmpeg's own Vorbis encoder (the build has no libvorbis) is marked experimental.
+    ".ogg": ("ogg", "vorbis", 44100, "fltp"),
 }
 
 
@@ -31,6 +34,8 @@ def main():
     out = av.open(args.out, "w", format=fmt)
     stream = out.add_stream(codec, rate=rate)
     stream.layout = "stereo"
+    if codec == "vorbis":
+        stream.codec_context.options = {"strict": "experimental"}
     n = int(args.seconds * rate)
     t = np.arange(n) / rate
     tone = (args.amplitude * np.sin(2 * np.pi * args.hz * t)).astype(np.float32)

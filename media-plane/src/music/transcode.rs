@@ -476,12 +476,14 @@ mod tests {
     }
 
     #[test]
-    fn mp3_flac_aac_and_ogg_opus_files_decode_to_their_tone_and_length() {
+    fn mp3_flac_aac_opus_and_vorbis_files_decode_to_their_tone_and_length() {
         for (ext, bytes) in [
             ("mp3", &include_bytes!("testdata/tone440.mp3")[..]),
             ("flac", &include_bytes!("testdata/tone440.flac")[..]),
             ("m4a", &include_bytes!("testdata/tone440.m4a")[..]),
             ("ogg", &include_bytes!("testdata/tone440.opus")[..]),
+            ("webm", &include_bytes!("testdata/tone440.webm")[..]),
+            ("ogg", &include_bytes!("testdata/tone440.ogg")[..]),
         ] {
             let e = transcode(bytes.to_vec(), Some(ext)).unwrap_or_else(|e| panic!("{ext}: {e}"));
             // 500 ms; MP3 and AAC files carry an encoder delay of a frame or two.
