@@ -147,7 +147,7 @@ pub(crate) fn router(state: Arc<Signaling>) -> Router {
         .route("/v1/admin/sessions/{session}/music", post(music))
         .route(
             "/v1/admin/sessions/{session}/music/tracks",
-            post(queue_track).layer(DefaultBodyLimit::max(MAX_TRACK_BYTES)),
+            post(queue_track),
         )
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -516,20 +516,21 @@ async fn queue_track(
     Path(session): Path<String>,
     Query(query): Query<TrackQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
+    // The token first: nobody else gets to send the node a file.
     let (session, user) = match relayed(&sig, &session, &headers).await {
         Ok(v) => v,
         Err(res) => return res,
     };
-    let bytes = match body {
+    let bytes = match axum::body::to_bytes(body, MAX_TRACK_BYTES).await {
         Ok(b) => b,
-        Err(e) => {
+        Err(_) => {
             return problem(
-                e.status(),
+                StatusCode::PAYLOAD_TOO_LARGE,
                 "bad-body",
-                "The file could not be read",
-                Some(e.body_text()),
+                "The file could not be read whole",
+                Some(format!("at most {MAX_TRACK_BYTES} bytes")),
             );
         }
     };

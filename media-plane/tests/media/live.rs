@@ -437,3 +437,167 @@ async fn a_browser_page_on_another_origin_may_join_and_read_the_resource_url() {
     );
     live.node.shutdown().await;
 }
+
+/// A moderation token (what the control plane relays with) for `session` on this node.
+fn moderation(live: &Live, session: SessionId) -> String {
+    use protocol::token::ModerationClaims;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    live.signer.sign(&ModerationClaims {
+        iss: "convoy".into(),
+        sub: UserId::from_uuid(Uuid::now_v7()),
+        aud: NodeId::new(NODE).unwrap(),
+        typ: TokenKind::Moderation,
+        iat: now,
+        exp: now + 60,
+        jti: Uuid::new_v4().to_string(),
+        sid: session,
+    })
+}
+
+/// One second of a 48 kHz mono WAV tone.
+fn wav() -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut w = hound::WavWriter::new(&mut out, spec).unwrap();
+    for i in 0..48_000 {
+        let v = (std::f64::consts::TAU * 440.0 * f64::from(i) / 48_000.0).sin() * 8_000.0;
+        w.write_sample(v as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    out.into_inner()
+}
+
+#[tokio::test]
+async fn the_music_routes_refuse_bad_tokens_bodies_and_rooms_with_problems() {
+    let live = Live::start().await;
+    let session = SessionId::from_uuid(Uuid::now_v7());
+    let base = format!(
+        "http://{}/v1/admin/sessions/{session}/music",
+        live.node.http_addr()
+    );
+    let tracks = format!(
+        "{base}/tracks?track={}&name=a.wav&type=audio/wav",
+        Uuid::nil()
+    );
+    let play = r#"{"action":"play"}"#.to_string();
+    let json = "application/json";
+    assert_problem(
+        live.post(&base, None, json, play.clone()).await,
+        401,
+        "no token",
+    )
+    .await;
+    let join = live.token(session, NODE, 60);
+    assert_problem(
+        live.post(&base, Some(&join), json, play.clone()).await,
+        401,
+        "a join token is not a moderation token",
+    )
+    .await;
+    // Without a token a file is refused before it is read.
+    let big = "x".repeat(4 << 20);
+    assert_problem(
+        live.post(&tracks, None, "audio/wav", big).await,
+        401,
+        "a file without a token",
+    )
+    .await;
+    let token = moderation(&live, session);
+    assert_problem(
+        live.post(&base, Some(&token), json, play.clone()).await,
+        404,
+        "nobody in the session here",
+    )
+    .await;
+    let token = moderation(&live, session);
+    assert_problem(
+        live.post(
+            &base,
+            Some(&token),
+            json,
+            r#"{"action":"seek","position_ms":99999999999}"#.into(),
+        )
+        .await,
+        400,
+        "a seek past any track",
+    )
+    .await;
+    let token = moderation(&live, session);
+    assert_problem(
+        live.post(&base, Some(&token), json, r#"{"action":"dance"}"#.into())
+            .await,
+        422,
+        "an unknown action",
+    )
+    .await;
+
+    // A music session with one listener: a file that is not audio, then one that is.
+    let mut claims = claims(session, NODE, 60);
+    claims.kind = SessionKind::Music;
+    let res = live
+        .post(
+            &live.whip_url(session),
+            Some(&live.signer.sign(&claims)),
+            "application/sdp",
+            offer(),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let token = moderation(&live, session);
+    let res = live
+        .http
+        .post(&tracks)
+        .bearer_auth(token)
+        .body(b"RIFF\0\0\0\0WAVEjunkjunk".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 422, "not a playable file").await;
+    let token = moderation(&live, session);
+    let res = live
+        .http
+        .post(&tracks)
+        .bearer_auth(token)
+        .body(wav())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let state: protocol::music::MusicState = res.json().await.unwrap();
+    assert_eq!(state.current.map(|t| t.duration_ms), Some(1_000));
+    let token = moderation(&live, session);
+    let res = live.post(&base, Some(&token), json, play).await;
+    assert_eq!(res.status(), 200);
+    let state: protocol::music::MusicState = res.json().await.unwrap();
+    assert!(state.playing);
+    let token = moderation(&live, session);
+    let queue = format!(r#"{{"action":"queue","track":"{}"}}"#, Uuid::nil());
+    assert_problem(
+        live.post(&base, Some(&token), json, queue).await,
+        400,
+        "a queue action without its file",
+    )
+    .await;
+    // The token was used once: again is refused.
+    let token = moderation(&live, session);
+    let ok = live
+        .post(&base, Some(&token), json, r#"{"action":"pause"}"#.into())
+        .await;
+    assert_eq!(ok.status(), 200);
+    assert_problem(
+        live.post(&base, Some(&token), json, r#"{"action":"pause"}"#.into())
+            .await,
+        401,
+        "a moderation token twice",
+    )
+    .await;
+    live.node.shutdown().await;
+}
