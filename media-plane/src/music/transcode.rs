@@ -508,6 +508,12 @@ mod tests {
             Err(TranscodeError::Unsupported(_) | TranscodeError::Malformed(_))
         ));
         assert!(transcode(Vec::new(), None).is_err());
+        // symphonia's MKV reader panics on this file (found by the fuzz target): an error here.
+        let panics = include_bytes!("testdata/mkv-panic.bin").to_vec();
+        assert_eq!(
+            transcode_guarded(panics, None).map(|e| e.frames.len()),
+            Err(TranscodeError::Malformed("the decoder gave up".into()))
+        );
         // A WAV cut short decodes what is there; a header alone has no audio.
         let whole = wav(48_000, 2, 1.0);
         let cut = transcode(whole[..whole.len() / 2].to_vec(), Some("wav")).unwrap();
