@@ -41,6 +41,11 @@ def emit(obj):
     print(json.dumps(obj), flush=True)
 
 
+async def read_line():
+    """The next line on stdin, without blocking the event loop."""
+    return (await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)).strip()
+
+
 class ToneTrack(MediaStreamTrack):
     """A microphone: silence until `start` is set, then the WAV file once, then silence."""
 
@@ -110,10 +115,14 @@ class Client:
         )
         self.token = data["access_token"]
 
-    async def join(self, alloc, wav_path, start):
+    async def join(self, alloc, wav_path=None, start=None):
+        """Joins over WHIP: sending the WAV file from `start` on, or only listening without one."""
         self.pc = RTCPeerConnection()
-        self.track = ToneTrack(wav_path, start)
-        self.pc.addTransceiver(self.track, direction="sendrecv")
+        if wav_path is None:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        else:
+            self.track = ToneTrack(wav_path, start)
+            self.pc.addTransceiver(self.track, direction="sendrecv")
 
         @self.pc.on("connectionstatechange")
         def on_state():

@@ -14,42 +14,10 @@ Anything else goes to stderr.
 
 import argparse
 import asyncio
-import sys
 
 import aiohttp
-from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from aiortc_call import Client, emit, log  # also keeps aioice on 127.0.0.1
-
-
-async def read_line():
-    return (await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)).strip()
-
-
-async def join(me, whip_url, join_token):
-    me.pc = RTCPeerConnection()
-    me.pc.addTransceiver("audio", direction="recvonly")
-
-    @me.pc.on("connectionstatechange")
-    def on_state():
-        log(me.name, "connection", me.pc.connectionState)
-        if me.pc.connectionState == "connected":
-            me.connected.set()
-
-    @me.pc.on("track")
-    def on_track(track):
-        me.got_track.set()
-        asyncio.ensure_future(me.record(track))
-
-    await me.pc.setLocalDescription(await me.pc.createOffer())
-    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {join_token}"}
-    async with me.http.post(whip_url, data=me.pc.localDescription.sdp, headers=headers) as r:
-        answer = await r.text()
-        if r.status != 201:
-            raise RuntimeError(f"{me.name}: WHIP POST -> {r.status} {answer}")
-        location = r.headers["Location"]
-    me.resource = location if location.startswith("http") else whip_url.split("/v1/")[0] + location
-    await me.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+from aiortc_call import Client, emit, log, read_line  # also keeps aioice on 127.0.0.1
 
 
 async def main():
@@ -62,7 +30,8 @@ async def main():
 
     async with aiohttp.ClientSession() as http:
         me = Client(args.name, None, http)
-        await join(me, args.whip_url, args.join_token)
+        alloc = {"join_token": args.join_token, "candidates": [{"whip_url": args.whip_url}]}
+        await me.join(alloc)
         await asyncio.wait_for(asyncio.gather(me.connected.wait(), me.got_track.wait()), timeout=20)
         emit({"event": "connected"})
 

@@ -14,15 +14,10 @@ Anything else goes to stderr.
 
 import argparse
 import asyncio
-import sys
 
 import aiohttp
 
-from aiortc_call import RATE, Client, emit, log  # also keeps aioice on 127.0.0.1
-
-
-async def read_line():
-    return (await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)).strip()
+from aiortc_call import RATE, Client, emit, log, read_line  # also keeps aioice on 127.0.0.1
 
 
 async def main():

@@ -40,3 +40,12 @@ pub fn missing(what: &str, why: &str) {
     }
     eprintln!("\n==== SKIPPED: {what} ({why}) ====\n");
 }
+
+/// The sum over every label set of the Prometheus series `name` in a `/metrics` text.
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -245,13 +245,7 @@ async fn two_aiortc_clients_hear_each_other_and_never_themselves() {
         .text()
         .await
         .unwrap();
-    let total = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let total = |name: &str| tests::metric_sum(&metrics, name);
     let forwarded = total("convoy_media_rtp_packets_forwarded_total");
     let observed = total("convoy_media_forward_latency_seconds_count");
     let within_1ms: f64 = metrics

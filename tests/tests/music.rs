@@ -323,11 +323,7 @@ async fn a_listener_hears_the_queued_tracks_in_turn_and_the_group_is_told_each_c
         .text()
         .await
         .unwrap();
-    let sent: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("convoy_media_music_packets_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let sent = tests::metric_sum(&metrics, "convoy_media_music_packets_total");
     assert!(sent >= 240.0, "5 s of music is 250 packets: {sent}");
     stack.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);

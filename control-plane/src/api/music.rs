@@ -11,8 +11,7 @@
 use super::AppState;
 use super::error::AppError;
 use super::extract::{Caller, Json, Path};
-use super::groups::member_of;
-use crate::clock::Now;
+use super::participants::{relay_to, session_of};
 use crate::store::object_key;
 use axum::extract::State;
 use protocol::api::{Role, SessionKind};
@@ -31,15 +30,8 @@ pub(super) async fn get(
     caller: Caller,
     Path(id): Path<SessionId>,
 ) -> Result<Json<MusicState>, AppError> {
-    let session = state
-        .store
-        .session(id)
-        .await?
-        .ok_or(AppError::NotFound("no such session"))?;
-    member_of(&state, session.group, caller)
-        .await
-        .map_err(|_| AppError::NotFound("no such session"))?;
-    Ok(Json(state.store.session_music(id).await?))
+    let (session, _) = session_of(&state, caller, id).await?;
+    Ok(Json(state.store.session_music(session.id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/music", tag = "sessions", summary = "Play, pause, seek, skip, queue or clear the music", request_body = MusicAction, params(("id" = protocol::ids::SessionId, Path, description = "The session")), responses((status = 200, description = "The music after the action", body = MusicState)))]
@@ -52,14 +44,7 @@ pub(super) async fn control(
     action
         .validate()
         .map_err(|e| AppError::InvalidInput(e.into()))?;
-    let session = state
-        .store
-        .session(id)
-        .await?
-        .ok_or(AppError::NotFound("no such session"))?;
-    let member = member_of(&state, session.group, caller)
-        .await
-        .map_err(|_| AppError::NotFound("no such session"))?;
+    let (session, member) = session_of(&state, caller, id).await?;
     if member.role != Role::Admin && !member.group.settings.music_sharing {
         return Err(AppError::Forbidden(
             "only a group admin may control the music (the group does not share music)",
@@ -68,23 +53,8 @@ pub(super) async fn control(
     if session.kind != SessionKind::Music {
         return Err(AppError::Conflict("the session is not a music session"));
     }
-    let node = state
-        .registry
-        .get(&session.node)
-        .ok_or(AppError::BadGateway(
-            "the session's media node is not reachable",
-        ))?;
-    let token = state.tokens.moderation(
-        caller.user,
-        session.node.clone(),
-        session.id,
-        Now::read().secs(),
-    );
-    let base = format!(
-        "{}/v1/admin/sessions/{}/music",
-        node.http_url.trim_end_matches('/'),
-        session.id
-    );
+    let (base, token) = relay_to(&state, caller, &session)?;
+    let base = format!("{base}/music");
     let request = match &action {
         MusicAction::Queue { track } => {
             let file = state

@@ -11,7 +11,7 @@ use super::error::AppError;
 use super::extract::{Caller, Json, Path};
 use super::groups::member_of;
 use crate::clock::{Now, rfc3339};
-use crate::store::{ParticipantRow, SessionRow};
+use crate::store::{MemberGroup, ParticipantRow, SessionRow};
 use axum::extract::State;
 use axum::http::StatusCode;
 use protocol::api::{Moderation, MuteRequest, MuteStatus, ParticipantView, Role, SpeakRequest};
@@ -34,12 +34,12 @@ fn view(p: ParticipantRow) -> ParticipantView {
     }
 }
 
-/// The session and the caller's role in its group (404 for non-members, as for groups).
-async fn session_of(
+/// The session and the caller's membership of its group (404 for non-members, as for groups).
+pub(super) async fn session_of(
     state: &AppState,
     caller: Caller,
     id: SessionId,
-) -> Result<(SessionRow, Role), AppError> {
+) -> Result<(SessionRow, MemberGroup), AppError> {
     let session = state
         .store
         .session(id)
@@ -48,7 +48,34 @@ async fn session_of(
     let membership = member_of(state, session.group, caller)
         .await
         .map_err(|_| AppError::NotFound("no such session"))?;
-    Ok((session, membership.role))
+    Ok((session, membership))
+}
+
+/// Where to relay a request about `session` on the caller's behalf: the base URL of the session
+/// on its node (`…/v1/admin/sessions/{id}`) and a single-use moderation token for it.
+pub(super) fn relay_to(
+    state: &AppState,
+    caller: Caller,
+    session: &SessionRow,
+) -> Result<(String, String), AppError> {
+    let node = state
+        .registry
+        .get(&session.node)
+        .ok_or(AppError::BadGateway(
+            "the session's media node is not reachable",
+        ))?;
+    let token = state.tokens.moderation(
+        caller.user,
+        session.node.clone(),
+        session.id,
+        Now::read().secs(),
+    );
+    let base = format!(
+        "{}/v1/admin/sessions/{}",
+        node.http_url.trim_end_matches('/'),
+        session.id
+    );
+    Ok((base, token))
 }
 
 #[utoipa::path(get, path = "/v1/sessions/{id}/participants", tag = "sessions", summary = "Who is in a session", params(("id" = protocol::ids::SessionId, Path, description = "The session")), responses((status = 200, description = "Participants", body = Vec<ParticipantView>)))]
@@ -107,7 +134,7 @@ async fn moderate(
     action: Moderation,
     self_allowed: bool,
 ) -> Result<StatusCode, AppError> {
-    let (session, role) = session_of(state, caller, id).await?;
+    let (session, member) = session_of(state, caller, id).await?;
     let participant = state
         .store
         .participant(session.id, pid)
@@ -115,27 +142,11 @@ async fn moderate(
         .filter(|p| p.left_at_ms.is_none())
         .ok_or(AppError::NotFound("no such participant in the session"))?;
     let is_self = participant.user == caller.user;
-    if role != Role::Admin && !(self_allowed && is_self) {
+    if member.role != Role::Admin && !(self_allowed && is_self) {
         return Err(AppError::Forbidden("only a group admin may do that"));
     }
-    let node = state
-        .registry
-        .get(&session.node)
-        .ok_or(AppError::BadGateway(
-            "the session's media node is not reachable",
-        ))?;
-    let token = state.tokens.moderation(
-        caller.user,
-        session.node.clone(),
-        session.id,
-        Now::read().secs(),
-    );
-    let url = format!(
-        "{}/v1/admin/sessions/{}/participants/{}",
-        node.http_url.trim_end_matches('/'),
-        session.id,
-        pid
-    );
+    let (base, token) = relay_to(state, caller, &session)?;
+    let url = format!("{base}/participants/{pid}");
     let res = state
         .http
         .post(&url)

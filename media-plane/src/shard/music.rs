@@ -6,15 +6,14 @@
 //! the room clock's timestamps, and the frame's due time is the RTP write's wall clock, so the
 //! sender reports of all listeners map the music to the same wall time.
 
-use super::{Shard, ShardEvent, mark};
+use super::{Shard, ShardEvent};
 use crate::forwarder::SourceKey;
 use crate::music::{MusicError, Player, Track};
-use crate::participant::{LeaveReason, ParticipantKey};
+use crate::participant::ParticipantKey;
 use protocol::music::{MusicAction, MusicState};
 use protocol::room::{ErrorCode, ServerMessage};
 use protocol::{SessionId, UserId};
 use std::time::Instant;
-use str0m::Input;
 use str0m::rtp::RtpWrite;
 
 /// The music as a source of slots: no participant has key 0.
@@ -222,15 +221,7 @@ impl Shard {
                 }
             }
         }
-        for &to in &written {
-            // As for forwarded packets: the timeout lets str0m's pacer release them now.
-            if let Some(sub) = self.participants.get_mut(&to) {
-                if sub.rtc.handle_input(Input::Timeout(now)).is_err() {
-                    mark(&mut self.to_reap, to, sub, LeaveReason::Failed);
-                }
-                self.drain(to);
-            }
-        }
+        self.release_written(now, &written);
         self.fanout = written;
         self.refresh_music_due();
     }
