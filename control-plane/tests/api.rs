@@ -366,7 +366,10 @@ async fn sessions_are_created_once_and_joined_on_the_same_node() {
             .verify(&second.join_token, "eu-1", unix_now(), 0)
             .unwrap();
         assert_eq!(claims.sub, bob.user.id);
-        assert!(!claims.music_ctl, "members do not control music");
+        assert!(
+            claims.music_ctl,
+            "members control the music while the group shares music (the default)"
+        );
         assert!(!claims.admin, "members do not moderate");
         assert_ne!(
             claims.jti,
