@@ -123,11 +123,6 @@ impl DevStack {
         let alerts = cp.location_alerts();
         let history = cp.location_history();
         let control_plane_url = format!("http://{cp_addr}");
-        let (stop, mut stop_rx) = watch::channel(false);
-        let control_plane = tokio::spawn(control_plane::serve(listener, cp, async move {
-            let _ = stop_rx.changed().await;
-        }));
-
         let location = LocationServer::serve(
             location_listener,
             ServerConfig {
@@ -135,8 +130,15 @@ impl DevStack {
                 jwks_url: format!("{control_plane_url}/.well-known/jwks.json"),
                 alerts: Some(Arc::new(move |batch| alerts.submit(batch))),
                 history: Some(Arc::new(move |fixes| history.submit(fixes))),
+                control_plane_url: Some(control_plane_url.clone()),
             },
         )?;
+        // Changes to groups' places reach the engine at once (it fetches them over HTTP).
+        cp.on_places_changed(location.places_hook());
+        let (stop, mut stop_rx) = watch::channel(false);
+        let control_plane = tokio::spawn(control_plane::serve(listener, cp, async move {
+            let _ = stop_rx.changed().await;
+        }));
 
         let node_config = NodeConfig {
             http_listen: config.media_http_listen,

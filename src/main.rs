@@ -177,10 +177,18 @@ enum Command {
             default_value = "http://127.0.0.1:8080/.well-known/jwks.json"
         )]
         jwks_url: String,
-        /// Redis to put alerts on for the control planes; without it alerts reach only the
-        /// members' open streams.
+        /// Redis to put alerts on for the control planes (and to hear of changed places);
+        /// without it alerts reach only the members' open streams.
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
+        /// The control plane's base URL, where groups' places are fetched; without it the
+        /// engine knows no places.
+        #[arg(
+            long,
+            env = "CONVOY_CONTROL_PLANE_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        control_plane_url: String,
     },
 }
 
@@ -373,9 +381,11 @@ async fn main() -> anyhow::Result<()> {
             listen,
             jwks_url,
             redis_url,
+            control_plane_url,
         } => {
             use location_engine::server::{
                 LocationServer, ServerConfig, redis_alert_sink, redis_history_sink,
+                redis_places_listener,
             };
             let prefix = protocol::node::REDIS_PREFIX;
             let (alerts, history) = match &redis_url {
@@ -398,9 +408,15 @@ async fn main() -> anyhow::Result<()> {
                 jwks_url,
                 alerts,
                 history,
+                control_plane_url: Some(control_plane_url),
             })
             .await
             .with_context(|| format!("binding {listen}"))?;
+            if let Some(url) = &redis_url {
+                redis_places_listener(url, prefix, server.places_hook())
+                    .await
+                    .context("subscribing to places notices on Redis")?;
+            }
             tracing::info!(addr = %server.addr(), "location engine up");
             stop_signal().await;
             server.shutdown().await;

@@ -28,7 +28,7 @@ const MAILBOX: usize = 512;
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// What travels on the bus.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub(crate) enum Item {
     /// A durable event, after its transaction committed.

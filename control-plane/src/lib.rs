@@ -33,6 +33,7 @@ mod keyring;
 mod keys;
 mod notify;
 mod passwords;
+mod places_notice;
 mod presence;
 pub mod registry;
 pub mod registry_redis;
@@ -53,6 +54,7 @@ use axum::serve::ListenerExt as _;
 pub use blobs_s3::S3Config;
 pub use ice::{DEFAULT_TURN_TTL_SECS, IceConfig};
 pub use notify::PushConfig;
+pub use places_notice::PlacesHook;
 pub use registry::{InProcessRegistry, NodeRegistry};
 pub use registry_redis::RedisRegistry;
 pub use session_events::{AlertIngest, EventIngest, HistoryIngest};
@@ -254,20 +256,23 @@ impl ControlPlane {
             .await
             .context("loading the signing keys")?;
         tracing::info!(kid = ring.signer.kid(), "signing key ready");
-        let (throttle, presence) = match &config.redis_url {
+        let (throttle, presence, places_notice) = match &config.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.as_str()).context("the Redis URL")?;
                 let conn = redis::aio::ConnectionManager::new(client)
                     .await
                     .context("connecting to Redis")?;
+                let prefix = protocol::node::REDIS_PREFIX;
                 (
-                    throttle::Throttle::redis(conn.clone(), protocol::node::REDIS_PREFIX),
-                    presence::Presence::redis(conn, protocol::node::REDIS_PREFIX),
+                    throttle::Throttle::redis(conn.clone(), prefix),
+                    presence::Presence::redis(conn.clone(), prefix),
+                    places_notice::PlacesNotice::with_redis(conn, prefix),
                 )
             }
             None => (
                 throttle::Throttle::in_process(),
                 presence::Presence::in_process(),
+                places_notice::PlacesNotice::default(),
             ),
         };
         let fanout = match &config.redis_url {
@@ -295,6 +300,7 @@ impl ControlPlane {
             totp_issuer: config.issuer.clone(),
             region_hint: config.region_hint.clone(),
             location_url: config.location_url.clone(),
+            places_notice,
             http: reqwest::Client::new(),
             writer: writer::MessageWriter::spawn(store_for_writer, fanout.clone()),
             fanout,
@@ -321,6 +327,11 @@ impl ControlPlane {
             history,
             keys: key_source,
         })
+    }
+
+    /// Tells a location engine of this process whenever a group's places change.
+    pub fn on_places_changed(&self, hook: PlacesHook) {
+        self.state.places_notice.subscribe(hook);
     }
 
     /// Where media nodes of this process report their session events.

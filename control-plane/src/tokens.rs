@@ -236,6 +236,23 @@ impl Tokens {
             })
     }
 
+    /// Checks a location token (what a location engine presents to fetch a group's places):
+    /// signature, kind, audience, time window, issuer.
+    pub(crate) fn verify_location(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<protocol::location::LocationClaims, Refused> {
+        let claims: protocol::location::LocationClaims =
+            self.current()
+                .keys
+                .verify(token, protocol::token::AUD_LOCATION, now, LEEWAY_SECS)?;
+        if claims.iss != self.issuer {
+            return Err(Refused::Issuer);
+        }
+        Ok(claims)
+    }
+
     /// A moderation token for `node`: act on a participant of `session` for `user` (60 s).
     pub(crate) fn moderation(
         &self,

@@ -431,3 +431,165 @@ async fn location_history_is_kept_only_with_consent_and_for_the_chosen_days() {
 fn urlencode(s: &str) -> String {
     s.replace(':', "%3A").replace('+', "%2B")
 }
+
+#[tokio::test]
+async fn places_are_kept_per_group_with_rights_checked_revisions_counted_and_members_told() {
+    use protocol::location::{GroupPlaces, PlaceView, PlacesChanged};
+    use std::sync::{Arc, Mutex};
+    with_each_backend(InProcessRegistry::new, |app| async move {
+        // An engine of this process hears of every change.
+        let notices: Arc<Mutex<Vec<PlacesChanged>>> = Arc::default();
+        let heard = notices.clone();
+        app.control_plane
+            .on_places_changed(Arc::new(move |n| heard.lock().unwrap().push(n)));
+        let addr = app.serve().await;
+        let ann = app.register("ann").await;
+        let bob = app.register("bob").await;
+        let cat = app.register("cat").await;
+        let g = app.group(&ann).await;
+        app.join(&g, &ann, &bob).await;
+        let gid: GroupId = g.parse().unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/events"))
+            .await
+            .unwrap();
+        ws.send(Message::Text(
+            json!({"type": "hello", "access_token": ann.access_token})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        let places = format!("/v1/groups/{g}/places");
+        let circle = json!({"type": "circle", "lat": 38.72, "lon": -9.14, "radius_m": 150});
+
+        // Bob (a member) adds home; the group is told, and so are the engines.
+        let home: PlaceView = app
+            .post(
+                &places,
+                &bob.access_token,
+                json!({"name": " Home ", "shape": circle}),
+            )
+            .await
+            .parse(StatusCode::CREATED);
+        assert_eq!((home.name.as_str(), home.dwell_s), ("Home", 60));
+        let saved = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let Some(Ok(Message::Text(text))) = ws.next().await else {
+                    panic!("/v1/events ended")
+                };
+                if let ServerFrame::Event(e) = serde_json::from_str(&text).unwrap()
+                    && let EventData::PlaceSaved { place } = e.data
+                {
+                    return (e.actor, place);
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(saved, (bob.user.id, home.clone()));
+        assert_eq!(
+            *notices.lock().unwrap(),
+            [PlacesChanged { group: gid, rev: 1 }]
+        );
+        // A location token carries the revision.
+        let token: LocationToken = ask(&app, &bob, json!({"groups": [{"group": g}]}))
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(claims(&app, &token.token).groups[0].places, 1);
+
+        // Shapes and names the engine would not take are refused.
+        for (body, what) in [
+            (json!({"name": "x", "shape": {"type": "circle", "lat": 38.7, "lon": -9.1, "radius_m": 5}}), "radius"),
+            (json!({"name": "x", "shape": {"type": "circle", "lat": 98.7, "lon": -9.1, "radius_m": 50}}), "latitude"),
+            (json!({"name": "x", "shape": {"type": "polygon", "points": [[0,0],[0.01,0.01],[0,0.01],[0.01,0]]}}), "edges"),
+            (json!({"name": "x", "shape": {"type": "polygon", "points": [[0,0],[0,1]]}}), "vertices"),
+            (json!({"name": "", "shape": circle}), "name"),
+            (json!({"name": "x", "shape": circle, "dwell_s": 90_000}), "dwell"),
+        ] {
+            let p = app.post(&places, &bob.access_token, body).await;
+            let problem = p.problem(StatusCode::BAD_REQUEST);
+            assert!(problem.detail.unwrap().contains(what), "{what}");
+        }
+        app.post(&places, &bob.access_token, json!({"name": "x"}))
+            .await
+            .problem(StatusCode::UNPROCESSABLE_ENTITY);
+        // Not a member: 404.
+        app.get(&places, &cat.access_token)
+            .await
+            .problem(StatusCode::NOT_FOUND);
+
+        // Ann adds school (a polygon); only its creator or an admin changes or removes a place.
+        let school: PlaceView = app
+            .post(
+                &places,
+                &ann.access_token,
+                json!({"name": "School", "dwell_s": 0, "shape": {"type": "polygon",
+                    "points": [[38.70, -9.15], [38.70, -9.14], [38.71, -9.14], [38.71, -9.15]]}}),
+            )
+            .await
+            .parse(StatusCode::CREATED);
+        let school_uri = format!("{places}/{}", school.id);
+        app.patch(&school_uri, &bob.access_token, json!({"name": "Mine"}))
+            .await
+            .problem(StatusCode::FORBIDDEN);
+        app.delete(&school_uri, &bob.access_token)
+            .await
+            .problem(StatusCode::FORBIDDEN);
+        let home_uri = format!("{places}/{}", home.id);
+        let renamed: PlaceView = app
+            .patch(&home_uri, &ann.access_token, json!({"name": "Our home", "dwell_s": 30}))
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!((renamed.name.as_str(), renamed.dwell_s), ("Our home", 30));
+        assert_eq!(renamed.shape, home.shape, "what was not named stays");
+        let listed: Vec<PlaceView> = app
+            .get(&places, &bob.access_token)
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(listed, [renamed.clone(), school.clone()]);
+
+        // The engine's fetch: a location token naming the group, of a member.
+        let fetch = |token: &str, group: &str| {
+            let request = axum::http::Request::builder()
+                .uri(format!("/v1/location/places?group={group}"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let app = &app;
+            async move { app.send(request).await }
+        };
+        let fetched: GroupPlaces = fetch(&token.token, &g).await.parse(StatusCode::OK);
+        assert_eq!((fetched.rev, fetched.places), (3, vec![renamed, school.clone()]));
+        let other = app.group(&ann).await;
+        fetch(&token.token, &other)
+            .await
+            .problem(StatusCode::FORBIDDEN);
+        fetch(&bob.access_token, &g)
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+        // Bob leaves: his token, still valid, no longer fetches the group's places.
+        let left = app
+            .delete(&format!("/v1/groups/{g}/members/{}", bob.user.id), &bob.access_token)
+            .await;
+        assert!(left.status.is_success(), "{left:?}");
+        fetch(&token.token, &g)
+            .await
+            .problem(StatusCode::FORBIDDEN);
+
+        app.delete(&home_uri, &ann.access_token).await;
+        let (rev, left): (Vec<u64>, Vec<_>) = notices
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| (n.rev, n.group))
+            .unzip();
+        assert_eq!(rev, [1, 2, 3, 4], "one notice per change, in order");
+        assert!(left.iter().all(|g| *g == gid));
+        let listed: Vec<PlaceView> = app
+            .get(&places, &ann.access_token)
+            .await
+            .parse(StatusCode::OK);
+        assert_eq!(listed, [school]);
+    })
+    .await;
+}

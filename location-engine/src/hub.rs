@@ -6,15 +6,22 @@
 //! being shared at once. Sharing with a group lasts until the earlier of the grant's `until` and
 //! the token's expiry; a fresh token extends it, and [`Hub::tick`] ends what was not extended.
 //! Every member a grant names sees the group's positions on each of their open streams.
+//!
+//! A group's places come from the control plane: a grant (or a notice) names the revision of the
+//! group's places, and when the hub holds an older one it asks the server to fetch them
+//! ([`Outbox::fetch_places`], with the token of a member sharing with the group), then applies
+//! what changed ([`Hub::apply_places`]). One fetch per group is under way at a time.
 
 use crate::engine::{Alert, Config, Engine, GroupConfig, IngestError, Seen, Sharing};
 use crate::fix::Fix;
 use crate::geo::LatLon;
+use crate::places::Shape;
 use crate::proximity::Rule;
-use protocol::ids::{GroupId, UserId};
+use protocol::ids::{GroupId, PlaceId, UserId};
 use protocol::location::{
-    FIX_BURST, Grant, HistoryFix, LocationAlert, LocationClaims, MAX_FIXES_PER_SEC, MemberPosition,
-    Refusal, Rejected, ServerFrame, Sharing as SharingView, WireFix,
+    FIX_BURST, Grant, GroupPlaces, HistoryFix, LocationAlert, LocationClaims, MAX_FIXES_PER_SEC,
+    MemberPosition, PlaceShape, PlacesChanged, Refusal, Rejected, ServerFrame,
+    Sharing as SharingView, WireFix,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +45,23 @@ pub struct Outbox {
     pub alerts: Vec<LocationAlert>,
     /// Accepted fixes of users who keep a history, for the control plane to store.
     pub history: Vec<HistoryFix>,
+    /// Groups whose places to fetch from the control plane, each with the user whose location
+    /// token to fetch with; the outcome goes to [`Hub::apply_places`] or
+    /// [`Hub::places_fetch_failed`].
+    pub fetch_places: Vec<(GroupId, UserId)>,
+}
+
+/// What the hub knows of a group's places.
+#[derive(Debug, Default)]
+struct PlacesState {
+    /// The revision applied (0: none).
+    applied: u64,
+    /// The newest revision heard of (a grant, a notice).
+    wanted: u64,
+    /// A fetch is under way.
+    fetching: bool,
+    /// The places applied, to tell what a new revision changed.
+    current: HashMap<PlaceId, (PlaceShape, u32)>,
 }
 
 /// Why fixes were not taken at all.
@@ -81,6 +105,8 @@ pub struct Hub {
     alerts: Vec<Alert>,
     history: Vec<HistoryFix>,
     changed: Vec<GroupId>,
+    places: Map<GroupId, PlacesState>,
+    fetches: Vec<(GroupId, UserId)>,
 }
 
 impl Hub {
@@ -96,6 +122,8 @@ impl Hub {
             alerts: Vec::new(),
             history: Vec::new(),
             changed: Vec::new(),
+            places: Map::default(),
+            fetches: Vec::new(),
         }
     }
 
@@ -135,7 +163,10 @@ impl Hub {
                 };
                 configure(&mut self.engine, &mut self.groups, g);
                 match self.engine.share(user, g.grp, sharing, now_ms) {
-                    Ok(()) => grants.push((g.grp, sharing)),
+                    Ok(()) => {
+                        grants.push((g.grp, sharing));
+                        want_places(&mut self.places, &mut self.fetches, g.grp, g.places, user);
+                    }
                     Err(e) => refused.push(Refusal {
                         group: g.grp,
                         reason: e.to_string(),
@@ -293,11 +324,87 @@ impl Hub {
         });
     }
 
+    /// The control plane says `notice.group`'s places changed: a group this hub serves fetches
+    /// them again, with the token of a member sharing with it.
+    pub fn places_changed(&mut self, notice: PlacesChanged) {
+        let via = self.users.iter().find_map(|(user, state)| {
+            state
+                .grants
+                .iter()
+                .any(|(g, _)| *g == notice.group)
+                .then_some(*user)
+        });
+        if let Some(user) = via {
+            want_places(
+                &mut self.places,
+                &mut self.fetches,
+                notice.group,
+                notice.rev,
+                user,
+            );
+        }
+    }
+
+    /// Applies a group's places as fetched: places gone are removed, new and changed ones set
+    /// (a member inside a new place is seeded silently: it announces no arrival). A revision
+    /// older than the one applied is ignored. Answers the places the engine refused.
+    pub fn apply_places(&mut self, places: &GroupPlaces, via: UserId, now_ms: i64) -> usize {
+        let state = self.places.entry(places.group).or_default();
+        state.fetching = false;
+        if places.rev < state.applied {
+            return 0;
+        }
+        let mut refused = 0;
+        let mut current = HashMap::with_capacity(places.places.len());
+        for p in &places.places {
+            let key = (p.shape.clone(), p.dwell_s);
+            if state.current.get(&p.id) != Some(&key) {
+                let set = Shape::from_wire(&p.shape).and_then(|shape| {
+                    self.engine.set_place(
+                        places.group,
+                        p.id,
+                        &shape,
+                        i64::from(p.dwell_s) * 1000,
+                        now_ms,
+                    )
+                });
+                if set.is_err() {
+                    refused += 1;
+                    continue;
+                }
+            }
+            current.insert(p.id, key);
+        }
+        for id in state.current.keys() {
+            if !current.contains_key(id) {
+                self.engine.remove_place(places.group, *id);
+            }
+        }
+        state.current = current;
+        state.applied = places.rev;
+        state.wanted = state.wanted.max(places.rev);
+        if state.wanted > state.applied {
+            // Changed again while this was fetched.
+            state.fetching = true;
+            self.fetches.push((places.group, via));
+        }
+        refused
+    }
+
+    /// A fetch of `group`'s places failed: the next grant or notice asks again.
+    pub fn places_fetch_failed(&mut self, group: GroupId) {
+        if let Some(state) = self.places.get_mut(&group) {
+            state.fetching = false;
+            state.wanted = state.applied;
+        }
+    }
+
     /// Collects what the inputs so far produced: alerts for the group's streams and the bus,
     /// and the positions of every group that moved (at most once per group per
     /// [`POSITIONS_INTERVAL_MS`]; what is held back goes out at a later flush).
     pub fn flush(&mut self, now_ms: i64, out: &mut Outbox) {
         out.history.append(&mut self.history);
+        out.fetch_places.append(&mut self.fetches);
         self.engine.take_alerts(&mut self.alerts);
         for alert in self.alerts.drain(..) {
             let wire = wire_alert(&alert);
@@ -345,6 +452,23 @@ impl Hub {
             false
         });
         self.next_due = next_due;
+    }
+}
+
+/// Notes that `group`'s places are at `rev` and asks for a fetch (with `via`'s token) unless one
+/// is under way or the revision is applied.
+fn want_places(
+    places: &mut Map<GroupId, PlacesState>,
+    fetches: &mut Vec<(GroupId, UserId)>,
+    group: GroupId,
+    rev: u64,
+    via: UserId,
+) {
+    let state = places.entry(group).or_default();
+    state.wanted = state.wanted.max(rev);
+    if state.wanted > state.applied && !state.fetching {
+        state.fetching = true;
+        fetches.push((group, via));
     }
 }
 

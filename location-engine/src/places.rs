@@ -53,6 +53,33 @@ pub enum PlaceError {
     TooMany,
     #[error("the dwell time must be from 0 to 24 hours")]
     Dwell,
+    #[error("a latitude must be from -90 to 90 degrees and a longitude from -180 to 180")]
+    Coordinates,
+}
+
+impl Shape {
+    /// The outline a client described (`protocol::location::PlaceShape`).
+    pub fn from_wire(shape: &protocol::location::PlaceShape) -> Result<Self, PlaceError> {
+        use protocol::location::PlaceShape;
+        let at = |lat: f64, lon: f64| LatLon::new(lat, lon).map_err(|_| PlaceError::Coordinates);
+        Ok(match shape {
+            PlaceShape::Circle { lat, lon, radius_m } => Shape::Circle {
+                center: at(*lat, *lon)?,
+                radius_m: *radius_m,
+            },
+            PlaceShape::Polygon { points } => {
+                if !(3..=MAX_VERTICES).contains(&points.len()) {
+                    return Err(PlaceError::Vertices);
+                }
+                Shape::Polygon {
+                    vertices: points
+                        .iter()
+                        .map(|&[lat, lon]| at(lat, lon))
+                        .collect::<Result<_, _>>()?,
+                }
+            }
+        })
+    }
 }
 
 /// A place ready to read fixes against.

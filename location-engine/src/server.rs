@@ -14,6 +14,11 @@
 //! The hub task takes commands from a channel, drains what is queued before it flushes (a moved
 //! group's positions at most once a second, alerts at once), ticks the engine every second, and
 //! hands alerts to the [`AlertSink`] (the control plane in-process, or a Redis stream).
+//!
+//! Groups' places come from the control plane (`GET {control plane}/v1/location/places?group=`,
+//! with the location token of a member sharing with the group) when a token or a notice names a
+//! newer revision than the hub holds; notices arrive through [`LocationServer::places_hook`] (in
+//! one process) or [`redis_places_listener`].
 
 use crate::engine::Config;
 use crate::hub::{ConnId, FixesError, Hub, Outbox};
@@ -28,9 +33,9 @@ use axum::serve::ListenerExt as _;
 use protocol::api::{Jwks, PROBLEM_JSON, Problem};
 use protocol::location::{
     BINARY_MEDIA_TYPE, BatchResult, CLOSE_BAD_FRAME, CLOSE_TOO_MANY, CLOSE_TOO_SLOW,
-    CLOSE_UNAUTHORIZED, ClientFrame, FixBatch, HistoryBatch, HistoryFix, LocationAlert,
-    LocationClaims, MAX_BATCH, MAX_FRAME, Refusal, Rejected, ServerFrame, Sharing, WireFix,
-    decode_fixes,
+    CLOSE_UNAUTHORIZED, ClientFrame, FixBatch, GroupPlaces, HistoryBatch, HistoryFix,
+    LocationAlert, LocationClaims, MAX_BATCH, MAX_FRAME, PlacesChanged, Refusal, Rejected,
+    ServerFrame, Sharing, WireFix, decode_fixes,
 };
 use protocol::token::{self, AUD_LOCATION, TokenError, VerifyingKeys};
 use std::collections::HashMap;
@@ -59,6 +64,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub type AlertSink = Arc<dyn Fn(Vec<LocationAlert>) + Send + Sync>;
 /// Where the fixes of users who keep a history go for the control plane.
 pub type HistorySink = Arc<dyn Fn(Vec<HistoryFix>) + Send + Sync>;
+/// Where the control plane's notices of changed places go (see [`LocationServer::places_hook`]).
+pub type PlacesHook = Arc<dyn Fn(PlacesChanged) + Send + Sync>;
+/// How long a fetch of a group's places may take.
+const PLACES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to run a location engine.
 #[derive(Clone)]
@@ -70,6 +79,9 @@ pub struct ServerConfig {
     pub alerts: Option<AlertSink>,
     /// History fixes for the control plane; without it none are kept.
     pub history: Option<HistorySink>,
+    /// The control plane's base URL, where groups' places are fetched; without it the engine
+    /// knows no places.
+    pub control_plane_url: Option<String>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -79,6 +91,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("jwks_url", &self.jwks_url)
             .field("alerts", &self.alerts.is_some())
             .field("history", &self.history.is_some())
+            .field("control_plane_url", &self.control_plane_url)
             .finish()
     }
 }
@@ -87,6 +100,7 @@ impl std::fmt::Debug for ServerConfig {
 #[derive(Debug)]
 pub struct LocationServer {
     addr: SocketAddr,
+    hub_tx: mpsc::Sender<Cmd>,
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     hub: JoinHandle<()>,
@@ -110,16 +124,25 @@ impl LocationServer {
             incarnation: now as u64,
             seed: now as u64 ^ 0x9E37_79B9_7F4A_7C15,
         });
+        let places = config.control_plane_url.map(|url| PlacesSource {
+            url: format!("{}/v1/location/places", url.trim_end_matches('/')),
+            http: reqwest::Client::builder()
+                .timeout(PLACES_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            replies: cmd_tx.clone(),
+        });
         let hub = tokio::spawn(run_hub(
             hub,
             cmd_rx,
             stop_rx.clone(),
             config.alerts,
             config.history,
+            places,
         ));
         let state = AppState {
             keys: Arc::new(Keys::new(config.jwks_url)),
-            hub: cmd_tx,
+            hub: cmd_tx.clone(),
             next_conn: Arc::new(AtomicU64::new(1)),
             stop: stop_rx.clone(),
         };
@@ -143,9 +166,19 @@ impl LocationServer {
         });
         Ok(Self {
             addr,
+            hub_tx: cmd_tx,
             stop,
             http,
             hub,
+        })
+    }
+
+    /// Where the control plane of this process tells the engine that a group's places changed.
+    pub fn places_hook(&self) -> PlacesHook {
+        let hub = self.hub_tx.clone();
+        Arc::new(move |notice| {
+            // A notice lost to a full queue is made up by the next token's revision.
+            let _ = hub.try_send(Cmd::PlacesChanged(notice));
         })
     }
 
@@ -186,7 +219,17 @@ type Reply<T> = oneshot::Sender<T>;
 enum Cmd {
     Authorize {
         claims: Box<LocationClaims>,
+        /// The token itself: the hub task keeps each user's newest to fetch places with.
+        token: Arc<str>,
         reply: Reply<(Vec<Sharing>, Vec<Refusal>)>,
+    },
+    /// The control plane changed a group's places.
+    PlacesChanged(PlacesChanged),
+    /// A fetch of a group's places ended (`None`: it failed).
+    Places {
+        group: protocol::GroupId,
+        via: protocol::UserId,
+        places: Option<GroupPlaces>,
     },
     Open {
         conn: ConnId,
@@ -240,14 +283,51 @@ impl Stream {
     }
 }
 
+/// Where and how groups' places are fetched.
+struct PlacesSource {
+    url: String,
+    http: reqwest::Client,
+    /// The outcome goes back to the hub task as a command.
+    replies: mpsc::Sender<Cmd>,
+}
+
+impl PlacesSource {
+    fn fetch(&self, group: protocol::GroupId, via: protocol::UserId, token: Arc<str>) {
+        let (request, replies) = (
+            self.http
+                .get(&self.url)
+                .query(&[("group", group.to_string())])
+                .bearer_auth(&*token),
+            self.replies.clone(),
+        );
+        tokio::spawn(async move {
+            let places = async { request.send().await?.error_for_status()?.json().await }
+                .await
+                .map_err(|e| tracing::warn!(error = %e, %group, "fetching a group's places"))
+                .ok()
+                .filter(|p: &GroupPlaces| p.group == group);
+            let _ = replies.send(Cmd::Places { group, via, places }).await;
+        });
+    }
+}
+
+/// The hub task's own state besides the hub.
+#[derive(Default)]
+struct Shell {
+    streams: HashMap<ConnId, Stream>,
+    /// Each user's newest location token and its `iat` and `exp` (Unix seconds).
+    tokens: HashMap<protocol::UserId, (Arc<str>, u64, u64)>,
+}
+
 async fn run_hub(
     mut hub: Hub,
     mut rx: mpsc::Receiver<Cmd>,
     mut stop: watch::Receiver<bool>,
     sink: Option<AlertSink>,
     history: Option<HistorySink>,
+    places: Option<PlacesSource>,
 ) {
-    let mut streams: HashMap<ConnId, Stream> = HashMap::new();
+    let mut shell = Shell::default();
     let mut out = Outbox::default();
     // Every 250 ms the held-back positions go out; every fourth time the engine ticks.
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -258,10 +338,10 @@ async fn run_hub(
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 let now = unix_ms();
-                handle(&mut hub, &mut streams, &mut out, cmd, now);
+                handle(&mut hub, &mut shell, &mut out, cmd, now);
                 for _ in 0..DRAIN {
                     let Ok(cmd) = rx.try_recv() else { break };
-                    handle(&mut hub, &mut streams, &mut out, cmd, now);
+                    handle(&mut hub, &mut shell, &mut out, cmd, now);
                 }
             }
             _ = tick.tick() => {
@@ -275,9 +355,21 @@ async fn run_hub(
         hub.flush(unix_ms(), &mut out);
         for (conns, frame) in out.frames.drain(..) {
             for conn in conns {
-                if let Some(s) = streams.get_mut(&conn) {
+                if let Some(s) = shell.streams.get_mut(&conn) {
                     s.push(frame.clone());
                 }
+            }
+        }
+        let now_s = (unix_ms() / 1000) as u64;
+        for (group, via) in out.fetch_places.drain(..) {
+            let token = shell
+                .tokens
+                .get(&via)
+                .filter(|(_, _, exp)| *exp > now_s)
+                .map(|(t, _, _)| t.clone());
+            match (&places, token) {
+                (Some(source), Some(token)) => source.fetch(group, via, token),
+                _ => hub.places_fetch_failed(group),
             }
         }
         if !out.alerts.is_empty() {
@@ -295,17 +387,35 @@ async fn run_hub(
     }
 }
 
-fn handle(
-    hub: &mut Hub,
-    streams: &mut HashMap<ConnId, Stream>,
-    out: &mut Outbox,
-    cmd: Cmd,
-    now: i64,
-) {
+fn handle(hub: &mut Hub, shell: &mut Shell, out: &mut Outbox, cmd: Cmd, now: i64) {
+    let streams = &mut shell.streams;
     match cmd {
-        Cmd::Authorize { claims, reply } => {
+        Cmd::Authorize {
+            claims,
+            token,
+            reply,
+        } => {
+            let newest = shell
+                .tokens
+                .get(&claims.sub)
+                .is_none_or(|(_, iat, _)| claims.iat >= *iat);
+            if newest {
+                shell
+                    .tokens
+                    .insert(claims.sub, (token, claims.iat, claims.exp));
+            }
             let _ = reply.send(hub.authorize(&claims, now));
         }
+        Cmd::PlacesChanged(notice) => hub.places_changed(notice),
+        Cmd::Places { group, via, places } => match places {
+            Some(places) => {
+                let refused = hub.apply_places(&places, via, now);
+                if refused > 0 {
+                    tracing::warn!(%group, refused, "places the engine could not take");
+                }
+            }
+            None => hub.places_fetch_failed(group),
+        },
         Cmd::Open {
             conn,
             user,
@@ -474,9 +584,14 @@ async fn authorized(
     state: &AppState,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-) -> Result<LocationClaims, Response> {
+) -> Result<(LocationClaims, Arc<str>), Response> {
     let token = bearer(headers, query).ok_or_else(|| auth_problem(&AuthError::Missing))?;
-    state.keys.verify(token).await.map_err(|e| auth_problem(&e))
+    let claims = state
+        .keys
+        .verify(token)
+        .await
+        .map_err(|e| auth_problem(&e))?;
+    Ok((claims, Arc::from(token)))
 }
 
 async fn post_fixes(
@@ -485,7 +600,7 @@ async fn post_fixes(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match authorized(&state, &headers, &query).await {
+    let (claims, token) = match authorized(&state, &headers, &query).await {
         Ok(c) => c,
         Err(problem) => return problem,
     };
@@ -528,6 +643,7 @@ async fn post_fixes(
     let user = claims.sub;
     let Some(_) = ask(&state.hub, |reply| Cmd::Authorize {
         claims: Box::new(claims),
+        token,
         reply,
     })
     .await
@@ -574,7 +690,7 @@ async fn stream(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let claims = match authorized(&state, &headers, &query).await {
+    let (claims, token) = match authorized(&state, &headers, &query).await {
         Ok(c) => c,
         Err(problem) => return problem,
     };
@@ -589,7 +705,7 @@ async fn stream(
                 state,
                 conn,
             };
-            let end = s.run(claims).await;
+            let end = s.run(claims, token).await;
             let _ = s.state.hub.send(Cmd::Close { conn }).await;
             if let Err((code, reason)) = end {
                 let frame = CloseFrame {
@@ -630,11 +746,16 @@ impl Conn {
         }
     }
 
-    async fn authorize(&mut self, claims: LocationClaims) -> Result<i64, (u16, String)> {
+    async fn authorize(
+        &mut self,
+        claims: LocationClaims,
+        token: Arc<str>,
+    ) -> Result<i64, (u16, String)> {
         let exp = claims.exp;
         let user = claims.sub;
         let (sharing, refused) = ask(&self.state.hub, |reply| Cmd::Authorize {
             claims: Box::new(claims),
+            token,
             reply,
         })
         .await
@@ -648,9 +769,9 @@ impl Conn {
         Ok(i64::try_from(exp.saturating_add(LEEWAY_SECS)).unwrap_or(i64::MAX) * 1000)
     }
 
-    async fn run(&mut self, claims: LocationClaims) -> End {
+    async fn run(&mut self, claims: LocationClaims, token: Arc<str>) -> End {
         let user = claims.sub;
-        let mut expires_ms = self.authorize(claims).await?;
+        let mut expires_ms = self.authorize(claims, token).await?;
         let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
         let (kill_tx, mut kill) = oneshot::channel();
         let _ = self
@@ -714,7 +835,7 @@ impl Conn {
                                 if claims.sub != user {
                                     return Err((CLOSE_UNAUTHORIZED, "the token is for another user".into()));
                                 }
-                                let renewed = self.authorize(claims).await?;
+                                let renewed = self.authorize(claims, Arc::from(token)).await?;
                                 if renewed > expires_ms {
                                     expires_ms = renewed;
                                     expiry.as_mut().reset(deadline(expires_ms));
@@ -812,4 +933,50 @@ async fn redis_stream(
         }
     });
     Ok(tx)
+}
+
+/// Subscribes to the control planes' notices of changed places on Redis
+/// ([`protocol::location::redis_places_channel`]) and hands each to `hook`; resubscribes after
+/// Redis goes away. Notices published meanwhile are lost: the next token's revision makes up
+/// for them.
+pub async fn redis_places_listener(
+    url: &str,
+    prefix: &str,
+    hook: PlacesHook,
+) -> anyhow::Result<JoinHandle<()>> {
+    use futures_util::StreamExt as _;
+    let client = redis::Client::open(url)?;
+    let channel = protocol::location::redis_places_channel(prefix);
+    // The first subscription answers now, so a wrong URL fails the start.
+    let mut first = Some(client.get_async_pubsub().await?);
+    Ok(tokio::spawn(async move {
+        loop {
+            let pubsub = match first.take() {
+                Some(p) => Ok(p),
+                None => client.get_async_pubsub().await,
+            };
+            match pubsub {
+                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                    Ok(()) => {
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            let notice = msg
+                                .get_payload::<String>()
+                                .ok()
+                                .and_then(|p| serde_json::from_str::<PlacesChanged>(&p).ok());
+                            match notice {
+                                Some(n) => hook(n),
+                                None => {
+                                    tracing::warn!(%channel, "a places notice that does not decode")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, %channel, "subscribing to places notices"),
+                },
+                Err(e) => tracing::warn!(error = %e, "connecting to Redis for places notices"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }))
 }

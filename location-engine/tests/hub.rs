@@ -28,6 +28,7 @@ fn grant(g: u128, precision: Precision) -> Grant {
         precision,
         until: None,
         near_m: 200,
+        places: 0,
     }
 }
 
@@ -373,4 +374,166 @@ fn the_fixes_of_users_who_keep_a_history_go_to_the_control_plane_and_only_theirs
     );
     h.fixes(user(1), &[fix(T0 + 30, 4.0)], T0 + 30).unwrap();
     assert!(flush(&mut h, T0 + 30).history.is_empty());
+}
+
+/// The places of group 1 at `rev`: a circle of 100 m around the point `east` metres east of the
+/// Lisbon point, dwell 0, if `east` is given.
+fn places_at(rev: u64, east: Option<f64>) -> protocol::location::GroupPlaces {
+    use protocol::location::{PlaceShape, PlaceView};
+    let places = east
+        .map(|e| {
+            let w = fix(0, e);
+            PlaceView {
+                id: protocol::ids::PlaceId(Uuid::from_u128(0x7000)),
+                group: group(1),
+                name: "home".into(),
+                shape: PlaceShape::Circle {
+                    lat: w.lat,
+                    lon: w.lon,
+                    radius_m: 100.0,
+                },
+                dwell_s: 0,
+                created_by: user(1),
+                created_at: "2027-01-15T08:00:00Z".into(),
+            }
+        })
+        .into_iter()
+        .collect();
+    protocol::location::GroupPlaces {
+        group: group(1),
+        rev,
+        places,
+    }
+}
+
+fn place_alerts(out: &Outbox) -> Vec<AlertKind> {
+    out.alerts
+        .iter()
+        .map(|a| a.kind)
+        .filter(|k| matches!(k, AlertKind::Arrived { .. } | AlertKind::Left { .. }))
+        .collect()
+}
+
+#[test]
+fn places_are_fetched_when_a_newer_revision_is_named_and_their_changes_applied() {
+    use protocol::location::PlacesChanged;
+    let mut h = hub();
+    let now = T0;
+    let with_places = |rev| Grant {
+        places: rev,
+        ..grant(1, Precision::Exact)
+    };
+    // A token naming revision 3: one fetch is asked for, with that user's token.
+    h.authorize(&claims(1, S0, vec![with_places(3)]), now);
+    h.authorize(&claims(2, S0, vec![with_places(3)]), now);
+    let out = flush(&mut h, now);
+    assert_eq!(
+        out.fetch_places,
+        [(group(1), user(1))],
+        "one fetch at a time"
+    );
+    // Revision 3: home is 1 km east. User 1 is away, user 2 at home (seeded silently).
+    assert_eq!(
+        h.apply_places(&places_at(3, Some(1_000.0)), user(1), now),
+        0
+    );
+    h.fixes(user(1), &[fix(now, 0.0)], now).unwrap();
+    h.fixes(user(2), &[fix(now, 1_000.0)], now).unwrap();
+    assert!(place_alerts(&flush(&mut h, now)).is_empty());
+    // User 1 comes home, user 2 goes out: arrived and left.
+    let t = now + 60_000;
+    h.fixes(
+        user(1),
+        &[fix(t, 990.0), fix(t + 1_000, 1_000.0)],
+        t + 1_000,
+    )
+    .unwrap();
+    h.fixes(
+        user(2),
+        &[fix(t, 3_000.0), fix(t + 1_000, 3_000.0)],
+        t + 1_000,
+    )
+    .unwrap();
+    let alerts = place_alerts(&flush(&mut h, t + 1_000));
+    assert!(
+        alerts
+            .iter()
+            .any(|k| matches!(k, AlertKind::Arrived { user: u, .. } if *u == user(1))),
+        "{alerts:?}"
+    );
+    assert!(
+        alerts
+            .iter()
+            .any(|k| matches!(k, AlertKind::Left { user: u, .. } if *u == user(2))),
+        "{alerts:?}"
+    );
+    // The same revision again fetches nothing; an older one applied late changes nothing.
+    h.authorize(&claims(1, S0 + 1, vec![with_places(3)]), t + 1_000);
+    assert!(flush(&mut h, t + 1_000).fetch_places.is_empty());
+    h.apply_places(&places_at(2, None), user(1), t + 1_000);
+    let t = t + 120_000;
+    h.fixes(
+        user(2),
+        &[fix(t, 1_000.0), fix(t + 1_000, 1_000.0)],
+        t + 1_000,
+    )
+    .unwrap();
+    assert_eq!(
+        place_alerts(&flush(&mut h, t + 1_000)).len(),
+        1,
+        "home is still there: user 2 arrives"
+    );
+
+    // A notice of revision 4 (home removed): fetched and applied; nobody arrives any more.
+    h.places_changed(PlacesChanged {
+        group: group(1),
+        rev: 4,
+    });
+    // A notice for a group nobody here shares with is ignored.
+    h.places_changed(PlacesChanged {
+        group: group(9),
+        rev: 1,
+    });
+    let out = flush(&mut h, t + 1_000);
+    assert_eq!(out.fetch_places.len(), 1);
+    assert_eq!(out.fetch_places[0].0, group(1));
+    h.apply_places(&places_at(4, None), out.fetch_places[0].1, t + 1_000);
+    let t = t + 120_000;
+    h.fixes(
+        user(2),
+        &[fix(t, 3_000.0), fix(t + 1_000, 3_000.0)],
+        t + 1_000,
+    )
+    .unwrap();
+    h.fixes(
+        user(1),
+        &[fix(t, 3_000.0), fix(t + 1_000, 3_000.0)],
+        t + 1_000,
+    )
+    .unwrap();
+    assert!(place_alerts(&flush(&mut h, t + 1_000)).is_empty());
+
+    // A failed fetch is asked for again at the next notice.
+    h.places_changed(PlacesChanged {
+        group: group(1),
+        rev: 5,
+    });
+    assert_eq!(flush(&mut h, t + 1_000).fetch_places.len(), 1);
+    h.places_fetch_failed(group(1));
+    h.places_changed(PlacesChanged {
+        group: group(1),
+        rev: 5,
+    });
+    assert_eq!(flush(&mut h, t + 1_000).fetch_places.len(), 1);
+    // Changed again while a fetch of 5 was under way: applying 5 asks for 6 at once.
+    h.places_changed(PlacesChanged {
+        group: group(1),
+        rev: 6,
+    });
+    assert!(
+        flush(&mut h, t + 1_000).fetch_places.is_empty(),
+        "one at a time"
+    );
+    h.apply_places(&places_at(5, None), user(1), t + 1_000);
+    assert_eq!(flush(&mut h, t + 1_000).fetch_places, [(group(1), user(1))]);
 }

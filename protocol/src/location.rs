@@ -58,6 +58,14 @@ pub struct Grant {
     pub until: Option<u64>,
     /// The group's proximity radius in metres; 0 for no proximity alerts.
     pub near_m: u32,
+    /// The revision of the group's places when the token was made (0: none ever): an engine
+    /// that holds an older one fetches them ([`GroupPlaces`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub places: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Location token (aud `location`, ≤ [`MAX_TOKEN_SECS`]): who shares with which groups, how.
@@ -631,5 +639,126 @@ mod tests {
         assert_eq!(serde_json::from_str::<LocationAlert>(&json).unwrap(), a);
         let short = json.replace("00000000000000070000000000000009", "79");
         assert!(serde_json::from_str::<LocationAlert>(&short).is_err());
+    }
+}
+
+/// Places a group may have.
+pub const MAX_PLACES_PER_GROUP: usize = 1_000;
+/// The longest name of a place, in characters.
+pub const MAX_PLACE_NAME: usize = 80;
+
+/// A place's outline, in WGS84 degrees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PlaceShape {
+    /// A circle of 10 m to 50 km.
+    Circle { lat: f64, lon: f64, radius_m: f64 },
+    /// A simple polygon of 3 to 256 vertices `[lat, lon]`, in order, the first not repeated at
+    /// the end, within 50 km of its centre.
+    Polygon { points: Vec<[f64; 2]> },
+}
+
+/// A place (a geofence) of a group: members are told when someone arrives or leaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlaceView {
+    pub id: PlaceId,
+    pub group: GroupId,
+    pub name: String,
+    pub shape: PlaceShape,
+    /// How long someone must be inside (or outside) before it counts, seconds.
+    pub dwell_s: u32,
+    pub created_by: UserId,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `POST /v1/groups/{id}/places`: a new place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewPlace {
+    pub name: String,
+    pub shape: PlaceShape,
+    /// Seconds, 0 to 86,400; default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dwell_s: Option<u32>,
+}
+
+/// `PATCH /v1/groups/{id}/places/{place}`: what to change (the rest stays).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PlaceChanges {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<PlaceShape>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dwell_s: Option<u32>,
+}
+
+/// A group's places at one revision: what a location engine fetches
+/// (`GET /v1/location/places?group=` on the control plane, with a location token naming the
+/// group).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupPlaces {
+    pub group: GroupId,
+    /// Grows with every change to the group's places.
+    pub rev: u64,
+    pub places: Vec<PlaceView>,
+}
+
+/// A change to a group's places, published for location engines (Redis pub/sub on
+/// [`redis_places_channel`], or handed over in one process): engines that serve the group fetch
+/// its places again. Lossy on purpose: a location token carries the revision too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacesChanged {
+    pub group: GroupId,
+    pub rev: u64,
+}
+
+/// The Redis channel control planes publish [`PlacesChanged`] on.
+pub fn redis_places_channel(prefix: &str) -> String {
+    format!("{prefix}location-places")
+}
+
+#[cfg(test)]
+mod place_tests {
+    use super::*;
+
+    #[test]
+    fn shapes_read_as_documented_and_refuse_the_rest() {
+        let c: PlaceShape =
+            serde_json::from_str(r#"{"type":"circle","lat":48.85,"lon":2.35,"radius_m":150}"#)
+                .unwrap();
+        assert_eq!(
+            c,
+            PlaceShape::Circle {
+                lat: 48.85,
+                lon: 2.35,
+                radius_m: 150.0
+            }
+        );
+        let p: PlaceShape =
+            serde_json::from_str(r#"{"type":"polygon","points":[[1,2],[1,3],[2,3]]}"#).unwrap();
+        assert!(matches!(p, PlaceShape::Polygon { ref points } if points.len() == 3));
+        for bad in [
+            r#"{"type":"circle","lat":1,"lon":2}"#,
+            r#"{"type":"square","lat":1,"lon":2,"radius_m":3}"#,
+            r#"{"type":"polygon","points":[[1,2,3]]}"#,
+            r#"{"type":"circle","lat":1,"lon":2,"radius_m":3,"x":1}"#,
+        ] {
+            assert!(serde_json::from_str::<PlaceShape>(bad).is_err(), "{bad}");
+        }
+        // An old token without places reads as revision 0.
+        let g: Grant = serde_json::from_str(
+            r#"{"grp":"00000000-0000-0000-0000-000000000001","precision":"exact","near_m":200}"#,
+        )
+        .unwrap();
+        assert_eq!(g.places, 0);
+        assert!(!serde_json::to_string(&g).unwrap().contains("places"));
     }
 }

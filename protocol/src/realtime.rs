@@ -67,7 +67,7 @@ pub enum ClientFrame {
 }
 
 /// What the server sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// A durable event of a group's log.
@@ -196,7 +196,7 @@ pub struct IceServer {
 pub const TYPING_TTL_MS: u64 = 6_000;
 
 /// One entry of a group's event log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupEvent {
     pub group: GroupId,
     /// Increases by one with each event of the group.
@@ -210,7 +210,7 @@ pub struct GroupEvent {
 }
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventData {
     /// A message was posted (as it is now: edited or deleted since, if it was).
@@ -272,6 +272,14 @@ pub enum EventData {
         session: crate::ids::SessionId,
         music: crate::music::MusicState,
     },
+    /// A place of the group was added or changed.
+    PlaceSaved {
+        place: crate::location::PlaceView,
+    },
+    /// A place of the group was removed.
+    PlaceRemoved {
+        place: crate::ids::PlaceId,
+    },
     /// A location engine's alert: two members came near or moved apart, one arrived at or left
     /// a place of the group, or went silent. `alert_id` (32 hex digits) is the engine's.
     Location {
@@ -298,6 +306,8 @@ impl EventData {
             EventData::ParticipantLeft { .. } => "participant_left",
             EventData::Location { .. } => "location",
             EventData::Music { .. } => "music",
+            EventData::PlaceSaved { .. } => "place_saved",
+            EventData::PlaceRemoved { .. } => "place_removed",
         }
     }
 }

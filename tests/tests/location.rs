@@ -8,7 +8,8 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use protocol::api::GroupView;
 use protocol::location::{
     AlertKind, BINARY_MEDIA_TYPE, BatchResult, CLOSE_BAD_FRAME, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED,
-    LocationHistory, LocationToken, MemberPosition, Precision, ServerFrame, WireFix, encode_fixes,
+    LocationAlert, LocationHistory, LocationToken, MemberPosition, PlaceView, Precision,
+    ServerFrame, WireFix, encode_fixes,
 };
 use protocol::realtime::{self, EventData};
 use std::path::PathBuf;
@@ -485,7 +486,7 @@ async fn bad_tokens_frames_and_floods_get_clear_answers() {
 #[tokio::test]
 async fn alerts_travel_to_the_control_plane_through_redis() {
     use location_engine::server::{
-        LocationServer, ServerConfig, redis_alert_sink, redis_history_sink,
+        LocationServer, ServerConfig, redis_alert_sink, redis_history_sink, redis_places_listener,
     };
     let Some(url) = tests::external("CONVOY_TEST_REDIS_URL", "location alerts on Redis") else {
         return;
@@ -493,11 +494,15 @@ async fn alerts_travel_to_the_control_plane_through_redis() {
     let prefix = format!("convoy-test-{}:", uuid::Uuid::new_v4().simple());
     let dir = temp_dir("loc-redis");
     let registry = std::sync::Arc::new(control_plane::InProcessRegistry::new());
+    // With Redis, the control plane also publishes its notices of changed places there.
     let cp = control_plane::ControlPlane::new(
-        &control_plane::Config::new(
-            "127.0.0.1:0".parse().unwrap(),
-            format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
-        ),
+        &control_plane::Config {
+            redis_url: Some(url.clone()),
+            ..control_plane::Config::new(
+                "127.0.0.1:0".parse().unwrap(),
+                format!("sqlite://{}?mode=rwc", dir.join("cp.db").display()),
+            )
+        },
         registry,
     )
     .await
@@ -511,10 +516,14 @@ async fn alerts_travel_to_the_control_plane_through_redis() {
         jwks_url: format!("{base}/.well-known/jwks.json"),
         alerts: Some(redis_alert_sink(&url, &prefix, 1_000).await.unwrap()),
         history: Some(redis_history_sink(&url, &prefix, 1_000).await.unwrap()),
+        control_plane_url: Some(base.clone()),
     })
     .await
     .unwrap();
     let stream_url = format!("ws://{}/v1/stream", engine.addr());
+    redis_places_listener(&url, protocol::node::REDIS_PREFIX, engine.places_hook())
+        .await
+        .unwrap();
 
     let ann = User::register(&base, "ann").await.unwrap();
     let bob = User::register(&base, "bob").await.unwrap();
@@ -564,6 +573,21 @@ async fn alerts_travel_to_the_control_plane_through_redis() {
     .await
     .expect("the alert reaches the group log through Redis");
     assert_eq!(logged, format!("{:032x}", alert.id));
+
+    // Ann adds a place by Bob: the notice goes through Redis pub/sub to the engine, which
+    // fetches the group's places from the control plane; Bob walks in and is told.
+    let near_bob = (-33.8568, 151.2300);
+    let place = add_place(&base, &ann, &group, near_bob).await;
+    let arrived = walk_until_arrived(
+        &mut bob_ws,
+        t0 + 10_000,
+        (-33.8568, 151.2353),
+        near_bob,
+        bob.id,
+        place.id,
+    )
+    .await;
+    assert_eq!(arrived.group, group.id);
     engine.shutdown().await;
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
@@ -575,4 +599,115 @@ async fn alerts_travel_to_the_control_plane_through_redis() {
         .query_async(&mut conn)
         .await
         .unwrap();
+}
+
+/// Walks `user` between `away` and `home` (a round: one fix at each, a second apart from
+/// `t0` on), each round read back by a ping (its pong follows everything the fixes before it
+/// caused), until the engine alerts that `user` arrived at `place`. The engine fetches a new
+/// place beside the stream, so the first rounds may come before it has it.
+async fn walk_until_arrived(
+    ws: &mut Ws,
+    t0: i64,
+    away: (f64, f64),
+    home: (f64, f64),
+    user: protocol::UserId,
+    place: protocol::PlaceId,
+) -> LocationAlert {
+    for round in 0..40 {
+        let t = t0 + 1_000 * (2 * round + 1);
+        send_fix(ws, fix(t, away.0, away.1)).await;
+        send_fix(ws, fix(t + 1_000, home.0, home.1)).await;
+        send(ws, serde_json::json!({"type": "ping"})).await;
+        let alerts = until(ws, {
+            let mut got = Vec::new();
+            move |f| match f {
+                ServerFrame::Alert(a) => {
+                    got.push(a);
+                    None
+                }
+                ServerFrame::Pong {} => Some(std::mem::take(&mut got)),
+                _ => None,
+            }
+        })
+        .await;
+        let arrived = alerts.into_iter().find(|a| {
+            matches!(a.kind, AlertKind::Arrived { user: u, place: p } if u == user && p == place)
+        });
+        if let Some(a) = arrived {
+            return a;
+        }
+    }
+    panic!("{user} never arrived at {place}");
+}
+
+/// Adds a circle of 150 m as `user` over REST.
+async fn add_place(base: &str, user: &User, group: &GroupView, at: (f64, f64)) -> PlaceView {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/v1/groups/{}/places", group.id))
+        .bearer_auth(&user.token)
+        .json(&serde_json::json!({"name": "Home", "dwell_s": 0, "shape":
+            {"type": "circle", "lat": at.0, "lon": at.1, "radius_m": 150}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_place_added_over_rest_reaches_the_engine_and_arrivals_are_alerted() {
+    let stack = DevStack::start(DevConfig::ephemeral(temp_dir("loc-place")))
+        .await
+        .unwrap();
+    let (ann, bob, cat, group) = three_in_a_group(&stack).await;
+    let mut cat_events = events(&stack, &cat).await;
+    let bob_token = token_for(&bob, &group, "exact").await;
+    let url = bob_token.stream_url.clone().unwrap();
+    let mut ws = open(&url, &bob_token.token, false).await;
+    until(&mut ws, |f| {
+        matches!(f, ServerFrame::Ready { .. }).then_some(())
+    })
+    .await;
+    // Bob's first reading, 2 km from home.
+    let (home_lat, home_lon) = (38.7223, -9.1393);
+    let t0 = now_ms();
+    send_fix(&mut ws, fix(t0, home_lat, home_lon + 0.024)).await;
+
+    // Ann adds home over REST; the engine hears of it in this process and fetches it.
+    let home = add_place(&stack.control_plane_url, &ann, &group, (home_lat, home_lon)).await;
+    let away = (home_lat, home_lon + 0.024);
+    let at_home = (home_lat, home_lon + 0.0005);
+    let arrived = walk_until_arrived(&mut ws, t0, away, at_home, bob.id, home.id).await;
+    assert_eq!(arrived.group, group.id);
+
+    // The group's log has it: Cat (not sharing) sees the arrival on /v1/events.
+    let logged = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let Some(Ok(Message::Text(t))) = cat_events.next().await else {
+                panic!("/v1/events ended")
+            };
+            if let realtime::ServerFrame::Event(e) = serde_json::from_str(&t).unwrap()
+                && let EventData::Location { alert_id, alert } = e.data
+                && matches!(alert, AlertKind::Arrived { .. })
+            {
+                return (alert_id, alert);
+            }
+        }
+    })
+    .await
+    .expect("the arrival on /v1/events");
+    assert_eq!(logged.0, format!("{:032x}", arrived.id));
+
+    // Ann removes it (the hub's test follows a removal through the engine).
+    let res = reqwest::Client::new()
+        .delete(format!(
+            "{}/v1/groups/{}/places/{}",
+            stack.control_plane_url, group.id, home.id
+        ))
+        .bearer_auth(&ann.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    stack.shutdown().await.unwrap();
 }

@@ -77,6 +77,7 @@ pub(super) async fn token(
             precision: share.precision,
             until,
             near_m,
+            places: state.store.places_rev(share.group).await?,
         });
         views.push(GrantView {
             group: share.group,

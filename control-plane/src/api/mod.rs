@@ -20,6 +20,7 @@ mod messages;
 mod music;
 mod openapi;
 mod participants;
+mod places;
 mod sessions;
 mod totp;
 mod users;
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     pub region_hint: Option<String>,
     /// Where clients stream their location (handed out with location tokens).
     pub location_url: Option<String>,
+    /// Tells location engines when a group's places change.
+    pub places_notice: crate::places_notice::PlacesNotice,
     /// Client for relaying moderation to media nodes.
     pub http: reqwest::Client,
     /// Group events to the `/v1/events` connections, here and on the other replicas.
@@ -160,6 +163,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::events))
         .route("/v1/calls", post(calls::create))
         .route("/v1/location/token", post(location::token))
+        .route("/v1/location/places", get(places::for_engine))
         .route(
             "/v1/users/me/location-history",
             get(location::history).delete(location::delete_history),
@@ -202,6 +206,14 @@ pub(crate) fn router(state: AppState) -> Router {
             get(attachments::download).delete(attachments::delete),
         )
         .route("/v1/groups/{id}/invites", post(groups::invite))
+        .route(
+            "/v1/groups/{id}/places",
+            get(places::list).post(places::create),
+        )
+        .route(
+            "/v1/groups/{id}/places/{place}",
+            patch(places::update).delete(places::remove),
+        )
         .route("/v1/groups/{id}/sessions", post(sessions::allocate))
         .route("/v1/invites/{code}/accept", post(groups::accept))
         .route("/v1/sessions/{id}/participants", get(participants::list))

@@ -98,6 +98,11 @@ impl ToSchema for AnyJson {}
         super::participants::remove,
         super::music::get,
         super::music::control,
+        super::places::list,
+        super::places::create,
+        super::places::update,
+        super::places::remove,
+        super::places::for_engine,
         super::events::events,
         super::attachments::upload,
         super::attachments::download,
@@ -229,7 +234,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(operations, 57);
+        assert_eq!(operations, 62);
         assert!(doc["components"]["schemas"]["MessageView"].is_object());
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
         let register = &doc["paths"]["/v1/auth/register"]["post"];

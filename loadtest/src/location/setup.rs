@@ -53,6 +53,7 @@ pub fn token(signer: &Signer, user: UserId, group: GroupId) -> String {
             precision: Precision::Exact,
             until: None,
             near_m: NEAR_M,
+            places: 0,
         }],
         hist: false,
     })
@@ -185,6 +186,7 @@ impl InProcessEngine {
                         jwks_url,
                         alerts: None,
                         history: None,
+                        control_plane_url: None,
                     })
                     .await
                     {
