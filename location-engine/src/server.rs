@@ -347,7 +347,11 @@ async fn run_hub(
             _ = tick.tick() => {
                 ticks += 1;
                 if ticks.is_multiple_of(4) {
-                    hub.tick(unix_ms());
+                    let now = unix_ms();
+                    hub.tick(now);
+                    // Expired tokens fetch nothing: forget them (and the users who left).
+                    let now_s = (now / 1000) as u64;
+                    shell.tokens.retain(|_, (_, _, exp)| *exp > now_s);
                 }
             }
             () = stopped(&mut stop) => break,
