@@ -319,6 +319,23 @@ impl Hub {
         // Groups nobody watches are forgotten here (their radius is given again with the next
         // token that names them).
         self.groups.retain(|_, (_, subs)| !subs.is_empty());
+        // So are the places of groups nobody shares with any more: a token that names the
+        // group again fetches them again.
+        if !self.places.is_empty() {
+            let shared: std::collections::HashSet<GroupId> = self
+                .users
+                .values()
+                .flat_map(|s| s.grants.iter().map(|(g, _)| *g))
+                .collect();
+            let engine = &mut self.engine;
+            self.places.retain(|group, _| {
+                let keep = shared.contains(group);
+                if !keep {
+                    engine.remove_group(*group);
+                }
+                keep
+            });
+        }
         self.sent.retain(|_, (at, waiting)| {
             *waiting || now_ms.saturating_sub(*at) < POSITIONS_INTERVAL_MS
         });

@@ -537,3 +537,28 @@ fn places_are_fetched_when_a_newer_revision_is_named_and_their_changes_applied()
     h.apply_places(&places_at(5, None), user(1), t + 1_000);
     assert_eq!(flush(&mut h, t + 1_000).fetch_places, [(group(1), user(1))]);
 }
+
+#[test]
+fn the_places_of_a_group_nobody_shares_with_are_forgotten_and_fetched_again_when_it_returns() {
+    let mut h = hub();
+    let with_places = Grant {
+        places: 2,
+        ..grant(1, Precision::Exact)
+    };
+    h.authorize(&claims(1, S0, vec![with_places]), T0);
+    let out = flush(&mut h, T0);
+    assert_eq!(out.fetch_places, [(group(1), user(1))]);
+    h.apply_places(&places_at(2, Some(1_000.0)), user(1), T0);
+    // The same revision again: nothing to fetch.
+    h.authorize(&claims(1, S0 + 1, vec![with_places]), T0);
+    assert!(flush(&mut h, T0).fetch_places.is_empty());
+    // The token runs out (15 minutes): sharing ends, the group's places are dropped.
+    let later = T0 + 16 * 60_000;
+    h.tick(later);
+    h.authorize(&claims(1, S0 + 16 * 60, vec![with_places]), later);
+    assert_eq!(
+        flush(&mut h, later).fetch_places,
+        [(group(1), user(1))],
+        "fetched again"
+    );
+}
