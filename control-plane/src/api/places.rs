@@ -9,13 +9,13 @@
 
 use super::AppState;
 use super::error::AppError;
-use super::extract::{Caller, Json, Path};
+use super::extract::{Caller, Json, Path, bearer};
 use super::groups::member_of;
 use crate::clock::Now;
 use crate::store::{PlaceRefusal, PlaceRow};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use location_engine::places::{Place, Shape};
 use protocol::api::Role;
 use protocol::ids::{GroupId, PlaceId};
@@ -116,11 +116,7 @@ pub(super) async fn for_engine(
     headers: HeaderMap,
     query: Result<Query<PlacesQuery>, QueryRejection>,
 ) -> Result<Json<GroupPlaces>, AppError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(AppError::MissingToken)?;
+    let token = bearer(&headers)?;
     let claims = state
         .tokens
         .verify_location(token, Now::read().secs())

@@ -158,6 +158,7 @@ impl Shard {
             .collect();
         let mut written = std::mem::take(&mut self.fanout);
         written.clear();
+        let mut ended = Vec::new();
         for session in due {
             let Some(room) = self.rooms.get_mut(&session) else {
                 continue;
@@ -201,25 +202,16 @@ impl Shard {
                 }
             }
             self.stats.music_frames_skipped += player.skipped() - skipped_before;
-            if player.take_changed() {
-                // A track ended: the next plays, or the music stopped.
-                let user = player.changed_by();
-                let (state, at) = player.state(now);
-                self.broadcast_except(
-                    session,
-                    ParticipantKey::MAX,
-                    &ServerMessage::Music(state.clone()),
-                );
-                if let Some(user) = user {
-                    self.events.push_back(ShardEvent::Music {
-                        session,
-                        user,
-                        participant: None,
-                        state,
-                        at,
-                    });
-                }
+            // A track ended: the next plays, or the music stopped. Reported as the last
+            // changer's (a player plays only after someone's command).
+            if player.take_changed()
+                && let Some(user) = player.changed_by()
+            {
+                ended.push((session, user));
             }
+        }
+        for (session, user) in ended {
+            self.music_changed(now, session, user, None);
         }
         self.release_written(now, &written);
         self.fanout = written;
