@@ -79,7 +79,7 @@ pub fn write_header(h: &Header, exts: &[(u8, &[u8])], out: &mut Vec<u8>) -> usiz
             out.push((id << 4) | (value.len() as u8 - 1));
             out.extend_from_slice(value);
         }
-        while (out.len() - body) % 4 != 0 {
+        while !(out.len() - body).is_multiple_of(4) {
             out.push(0);
         }
         let words = ((out.len() - body) / 4) as u16;
