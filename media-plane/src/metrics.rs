@@ -17,6 +17,7 @@ pub struct FeedbackCounters {
     pub control_rate_limited: AtomicU64,
     pub music_packets_out: AtomicU64,
     pub music_frames_skipped: AtomicU64,
+    pub rtp_forwarded_fast: AtomicU64,
 }
 
 impl FeedbackCounters {
@@ -38,13 +39,14 @@ impl FeedbackCounters {
         set(&self.control_rate_limited, s.control_rate_limited);
         set(&self.music_packets_out, s.music_packets_out);
         set(&self.music_frames_skipped, s.music_frames_skipped);
+        set(&self.rtp_forwarded_fast, s.rtp_forwarded_fast);
     }
 }
 
 /// Renders the node's metrics.
 pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
     type Read = fn(&CoreLoad) -> u64;
-    let series: [(&str, &str, &str, Read); 20] = [
+    let series: [(&str, &str, &str, Read); 21] = [
         ("convoy_media_rooms", "gauge", "Rooms hosted.", |c| {
             u64::from(c.rooms.load(Ordering::Relaxed))
         }),
@@ -170,6 +172,12 @@ pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
             "Music frames skipped because the core got to them more than 100 ms late.",
             |c| c.feedback.music_frames_skipped.load(Ordering::Relaxed),
         ),
+        (
+            "convoy_media_rtp_forwarded_fast_total",
+            "counter",
+            "Forwarded RTP packets sealed by the fast path (the rest of the forwarded went through str0m).",
+            |c| c.feedback.rtp_forwarded_fast.load(Ordering::Relaxed),
+        ),
     ];
     let mut out = String::with_capacity(4096);
     for (name, kind, help, read) in series {
@@ -239,6 +247,7 @@ mod tests {
             control_rate_limited: 9,
             music_packets_out: 11,
             music_frames_skipped: 12,
+            rtp_forwarded_fast: 13,
             ..ShardStats::default()
         });
         let text = render(&[&a, &b], true);
@@ -255,6 +264,7 @@ mod tests {
             ("control_rate_limited", 9),
             ("music_packets", 11),
             ("music_frames_skipped", 12),
+            ("rtp_forwarded_fast", 13),
         ] {
             let name = format!("convoy_media_{name}_total");
             assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");
@@ -268,8 +278,8 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // 20 series and busy time per core, the histogram's buckets + sum + count per core, draining.
-        assert_eq!(samples, 21 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
+        // 21 series and busy time per core, the histogram's buckets + sum + count per core, draining.
+        assert_eq!(samples, 22 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(

@@ -86,6 +86,16 @@ pub(crate) struct Participant {
     pub hand_raised: bool,
     /// The room control data channel, once the client has opened it.
     pub control: Option<ChannelId>,
+    /// Where its connection's DTLS-SRTP keys land (the fast path seals with them).
+    pub keys: rtp_fast::KeyCapture,
+    /// The forwarding fast path of this subscriber (`shard/fast.rs`).
+    pub fast: crate::shard::fast::Fast,
+    /// It negotiated NACK for Opus: retransmissions need str0m's send path.
+    pub nack: bool,
+    /// The header extension ids of its session.
+    pub ext_ids: rtp_fast::rtp::ExtIds,
+    /// Where str0m sends its DTLS and media: the selected candidate pair's remote address.
+    pub media_addr: Option<SocketAddr>,
     /// The deadline str0m asked for last; heap entries with another deadline are stale.
     pub deadline: Option<Instant>,
     pub leaving: Option<LeaveReason>,

@@ -13,6 +13,7 @@
 //! `poll_output` before the next one.
 
 mod control;
+pub(crate) mod fast;
 pub mod keyframe;
 mod music;
 
@@ -216,6 +217,8 @@ pub struct ShardStats {
     pub malformed: u64,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
+    /// Of those, sealed by the fast path rather than str0m (`shard/fast.rs`).
+    pub rtp_forwarded_fast: u64,
     /// NACK feedback packets received from subscribers.
     pub nacks_received: u64,
     /// Packets retransmitted to subscribers (RTX), as of str0m's last stats report.
@@ -408,7 +411,9 @@ impl Shard {
                 ufrag: ufrag.clone(),
                 pass,
             })
-            .set_dtls_cert(self.dtls_cert.clone());
+            .set_dtls_cert(self.dtls_cert.clone())
+            // str0m's provider, with the DTLS export copied for the fast path.
+            .set_crypto_provider(rtp_fast::capture::crypto_provider());
         // Answer only the Opus feedback the offer asks for and we can honour (see
         // `OpusFeedback::of`): str0m writes our local flags into the answer as they are.
         // Parsed with str0m's own code, which accept_offer runs anyway; guarded the same way.
@@ -430,7 +435,7 @@ impl Shard {
             })
             .collect();
         *config.codec_config() = CodecConfig::new_from_payload_params(params);
-        let mut rtc = config.build(now);
+        let (mut rtc, keys) = rtp_fast::capture::capturing(|| config.build(now));
         let candidate = Candidate::host(self.config.advertised, "udp")
             .map_err(|e| JoinError::Internal(e.to_string()))?;
         rtc.add_local_candidate(candidate);
@@ -440,7 +445,8 @@ impl Shard {
             rtc.sdp_api().accept_offer(offer)
         }))
         .map_err(|_| JoinError::RefusedOffer("the offer could not be negotiated".into()))?
-        .map_err(|e| JoinError::RefusedOffer(e.to_string()))?;
+        .map_err(|e| JoinError::RefusedOffer(e.to_string()))?
+        .to_sdp_string();
 
         // The m-lines the answer accepted, from the offer's mids (str0m reports `MediaAdded` only
         // once the connection is up; the answer is needed now).
@@ -515,6 +521,11 @@ impl Shard {
             can_speak: true,
             hand_raised: false,
             control: None,
+            keys,
+            fast: fast::Fast::default(),
+            nack: feedback.nack,
+            ext_ids: rtp_fast::rtp::ExtIds::from_sdp(&answer),
+            media_addr: None,
             deadline,
             leaving: None,
         };
@@ -540,7 +551,7 @@ impl Shard {
         });
         Ok(Joined {
             participant: key,
-            answer: answer.to_sdp_string(),
+            answer,
         })
     }
 
@@ -829,6 +840,9 @@ impl Shard {
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
+                    if fast::is_media_or_dtls(&t.contents) {
+                        p.media_addr = Some(t.destination);
+                    }
                     self.stats.datagrams_out += 1;
                     self.transmits.push_back(Datagram {
                         destination: t.destination,
@@ -1029,6 +1043,27 @@ impl Shard {
                         }
                     }
                 };
+                let fast = sub.seal_fast(&fast::Packet {
+                    slot: index,
+                    mid,
+                    pt: *pt,
+                    seq,
+                    timestamp: ts,
+                    marker: hdr.marker,
+                    level: ext.audio_level,
+                    voice: ext.voice_activity,
+                    payload: &payload,
+                });
+                if let Some((destination, contents)) = fast {
+                    self.transmits.push_back(Datagram {
+                        destination,
+                        contents,
+                    });
+                    self.stats.datagrams_out += 1;
+                    self.stats.rtp_forwarded += 1;
+                    self.stats.rtp_forwarded_fast += 1;
+                    continue;
+                }
                 let mut api = sub.rtc.direct_api();
                 let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                     continue;

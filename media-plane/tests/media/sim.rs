@@ -489,6 +489,9 @@ fn two_participants_hear_each_other_and_never_themselves() {
     }
     let stats = sim.shard.stats();
     assert!(stats.rtp_forwarded > 200, "{stats:?}");
+    // Neither negotiated NACK: every forwarded packet was sealed by the fast path, and str0m's
+    // clients took each one as the RTP it was (checked above, frame by frame).
+    assert_eq!(stats.rtp_forwarded_fast, stats.rtp_forwarded, "{stats:?}");
 }
 
 #[test]
@@ -1283,6 +1286,13 @@ fn nack_and_rtx_recover_what_the_network_lost_and_plain_opus_keeps_its_gaps() {
     assert!(
         (rtx_in as u64..=rtx_in as u64 + 5).contains(&rtx_stats.rtp_retransmitted),
         "{rtx_in} received: {rtx_stats:?}"
+    );
+    // Retransmission needs str0m's send buffer: a NACK subscriber stays on str0m's path, the
+    // plain one is on the fast path.
+    assert_eq!(rtx_stats.rtp_forwarded_fast, 0, "{rtx_stats:?}");
+    assert_eq!(
+        plain_stats.rtp_forwarded_fast, plain_stats.rtp_forwarded,
+        "{plain_stats:?}"
     );
     // A str0m client NACKs only a stream it knows an RTX SSRC for.
     assert_eq!(plain_stats.nacks_received, 0, "{plain_stats:?}");
