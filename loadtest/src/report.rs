@@ -49,6 +49,8 @@ pub struct NodeSide {
     /// Busy ratio per core over the measurement.
     pub busy_ratio: Vec<f64>,
     pub rtp_forwarded_per_second: f64,
+    /// Of those, sealed by the node's fast path.
+    pub rtp_forwarded_fast_per_second: f64,
     pub datagrams_sent_per_second: f64,
     pub send_errors: f64,
     /// Upper bound of the histogram bucket holding the 99th percentile of the node's own forward
@@ -108,6 +110,8 @@ pub struct Streams {
     pub received_packets_per_second: f64,
     pub own_voice_received: u64,
     pub foreign_payloads: u64,
+    /// Packets whose SRTP authentication failed at the listener.
+    pub unauthentic_packets: u64,
     pub generator_send_errors: u64,
 }
 
@@ -149,6 +153,12 @@ impl Report {
         if o.foreign > 0 {
             violations.push(format!("{} payload(s) arrived mangled", o.foreign));
         }
+        if o.unauthentic > 0 {
+            violations.push(format!(
+                "{} packet(s) failed SRTP authentication",
+                o.unauthentic
+            ));
+        }
         Self {
             scenario: Scenario {
                 rooms: args.rooms,
@@ -178,6 +188,7 @@ impl Report {
                     / o.measured.as_secs_f64().max(1e-9),
                 own_voice_received: o.own_echo,
                 foreign_payloads: o.foreign,
+                unauthentic_packets: o.unauthentic,
                 generator_send_errors: o.send_errors,
             },
             latency_us: latency,
@@ -370,6 +381,7 @@ pub fn node_side(before: &str, after: &str, measured: Duration) -> NodeSide {
         cores: busy_ratio.len(),
         busy_ratio,
         rtp_forwarded_per_second: delta("convoy_media_rtp_packets_forwarded_total") / secs,
+        rtp_forwarded_fast_per_second: delta("convoy_media_rtp_forwarded_fast_total") / secs,
         datagrams_sent_per_second: delta("convoy_media_datagrams_sent_total") / secs,
         send_errors: delta("convoy_media_send_errors_total"),
         forward_latency_p99_le_us: p99,

@@ -23,6 +23,7 @@ fn args(control_plane: &str, json: PathBuf) -> SfuArgs {
         max_p99_ms: 1000.0,
         json,
         quiet: true,
+        str0m_receive: false,
     }
 }
 
@@ -54,11 +55,26 @@ fn a_small_run_hears_every_stream_and_writes_its_report() {
     // 2 s at 50 packets/s per stream, give or take the edges of the window.
     assert!((16 * 95..=16 * 105).contains(&expected), "{expected}");
     assert!(report["latency_us"]["count"].as_u64().unwrap() > 0);
-    // The node's side came from its /metrics.
-    assert!(
-        report["node"]["rtp_forwarded_per_second"].as_f64().unwrap() > 0.0,
+    // Every packet opened and authenticated with the listener's own keys.
+    assert_eq!(report["streams"]["unauthentic_packets"], 0);
+    // The node's side came from its /metrics: str0m clients negotiate no NACK, so the node's
+    // fast path sealed every forwarded packet.
+    let forwarded = report["node"]["rtp_forwarded_per_second"].as_f64().unwrap();
+    assert!(forwarded > 0.0, "{report:#}");
+    assert_eq!(
+        report["node"]["rtp_forwarded_fast_per_second"].as_f64(),
+        Some(forwarded),
         "{report:#}"
     );
+
+    // The same through str0m on the listeners' side: the fast path and str0m agree.
+    let mut slow = args(&stack.control_plane_url, dir.join("slow.json"));
+    slow.str0m_receive = true;
+    slow.rooms = 1;
+    assert!(run(slow).unwrap());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("slow.json")).unwrap()).unwrap();
+    assert_eq!(report["streams"]["streams_heard"], 8, "{report:#}");
 
     // A threshold that cannot hold turns into a failure.
     let mut strict = args(&stack.control_plane_url, dir.join("strict.json"));

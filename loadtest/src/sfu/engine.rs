@@ -10,6 +10,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
+use rtp_fast::SrtpRx;
+use rtp_fast::rtp;
+use rtp_fast::srtp::estimate_index;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::ErrorKind;
@@ -42,6 +45,12 @@ struct Client {
     counter: u32,
     /// What it heard, by publisher.
     streams: Vec<(u32, StreamStats)>,
+    /// Its connection's SRTP keys (filled by the handshake).
+    keys: rtp_fast::KeyCapture,
+    /// Opens forwarded audio without str0m, once the keys exist (unless `--str0m-receive`).
+    rx: Option<SrtpRx>,
+    /// Per SSRC it receives: the highest SRTP packet index and the extended RTP timestamp.
+    incoming: Vec<(u32, u64, u64)>,
 }
 
 /// Measurement state shared by all clients.
@@ -60,6 +69,10 @@ struct Ctx {
     foreign: u64,
     own_echo: u64,
     packets_in: u64,
+    /// Forwarded packets that failed SRTP authentication on the fast receive path.
+    unauthentic: u64,
+    /// Scratch for a decrypted packet.
+    plain: Vec<u8>,
 }
 
 /// What a run measured.
@@ -92,6 +105,8 @@ pub struct Outcome {
     pub send_errors: u64,
     pub foreign: u64,
     pub own_echo: u64,
+    /// Forwarded packets whose SRTP authentication failed (fast receive path).
+    pub unauthentic: u64,
     /// The node's `/metrics` at the start and the end of the measurement.
     pub node_before: Option<String>,
     pub node_after: Option<String>,
@@ -163,6 +178,8 @@ impl Engine {
                 foreign: 0,
                 own_echo: 0,
                 packets_in: 0,
+                unauthentic: 0,
+                plain: Vec::with_capacity(2048),
             },
             failures: Vec::new(),
             failed: 0,
@@ -353,6 +370,9 @@ impl Engine {
             deadline: now,
             counter: 0,
             streams: Vec::new(),
+            keys: j.keys,
+            rx: None,
+            incoming: Vec::new(),
         });
         self.timers.push(Reverse((now, i)));
         Ok(())
@@ -375,6 +395,10 @@ impl Engine {
             }
             let now = Instant::now();
             self.ctx.read_ns = (now - self.ctx.epoch).as_nanos() as u64;
+            if !self.args.str0m_receive && c.connected && receive_fast(&mut self.ctx, c, &buf[..n])
+            {
+                continue;
+            }
             let Ok(receive) = Receive::new(Protocol::Udp, source, c.local, &buf[..n]) else {
                 self.ctx.foreign += 1;
                 continue;
@@ -602,16 +626,80 @@ impl Engine {
             send_errors: self.ctx.send_errors,
             foreign: self.ctx.foreign,
             own_echo: self.ctx.own_echo,
+            unauthentic: self.ctx.unauthentic,
             node_before,
             node_after,
         }
     }
 }
 
-/// A listener got a packet: account it to its publisher's stream if it is inside the measurement.
+/// Opens a forwarded audio packet with the client's own SRTP keys and accounts it, as str0m
+/// would have delivered it. Returns `false` for what str0m must handle (anything but RTP, or
+/// before the keys exist).
+fn receive_fast(ctx: &mut Ctx, c: &mut Client, datagram: &[u8]) -> bool {
+    let Some(parsed) = rtp::parse_header(datagram) else {
+        return false;
+    };
+    if c.rx.is_none() {
+        let Some(keys) = c.keys.keys() else {
+            return false;
+        };
+        match SrtpRx::new(keys, &rtp_fast::capture::crypto_provider()) {
+            Ok(rx) => c.rx = Some(rx),
+            Err(_) => return false,
+        }
+    }
+    let Some(rx) = c.rx.as_mut() else {
+        return false;
+    };
+    let h = parsed.header;
+    let k = match c.incoming.iter().position(|s| s.0 == h.ssrc) {
+        Some(k) => k,
+        None => {
+            c.incoming
+                .push((h.ssrc, u64::from(h.seq), u64::from(h.timestamp)));
+            c.incoming.len() - 1
+        }
+    };
+    let (_, highest, ext_ts) = c.incoming[k];
+    let index = estimate_index(Some(highest), h.seq);
+    ctx.plain.clear();
+    if rx
+        .unprotect(datagram, parsed.header_len, h.ssrc, index, &mut ctx.plain)
+        .is_err()
+    {
+        // Counted, and not accounted: loss shows it.
+        ctx.unauthentic += 1;
+        return true;
+    }
+    // The timestamp extended like the index: the closest of the wraps around the last one.
+    let ts = {
+        let base = ext_ts & !0xffff_ffff;
+        [base.wrapping_sub(1 << 32), base, base + (1 << 32)]
+            .into_iter()
+            .map(|b| b | u64::from(h.timestamp))
+            .min_by_key(|t| t.abs_diff(ext_ts))
+            .unwrap_or(u64::from(h.timestamp))
+    };
+    if index >= highest {
+        c.incoming[k] = (h.ssrc, index, ts);
+    }
+    let plain = std::mem::take(&mut ctx.plain);
+    account(ctx, c, &plain[parsed.header_len..], ts);
+    ctx.plain = plain;
+    true
+}
+
+/// A listener got a packet from str0m: account it.
 fn on_media(ctx: &mut Ctx, c: &mut Client, d: &MediaData) {
+    let rtp_time = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer();
+    account(ctx, c, &d.data, rtp_time);
+}
+
+/// A listener got a packet: account it to its publisher's stream if it is inside the measurement.
+fn account(ctx: &mut Ctx, c: &mut Client, payload: &[u8], rtp_time: u64) {
     ctx.packets_in += 1;
-    let Some(stamp) = Stamp::read(&d.data) else {
+    let Some(stamp) = Stamp::read(payload) else {
         ctx.foreign += 1;
         return;
     };
@@ -627,7 +715,6 @@ fn on_media(ctx: &mut Ctx, c: &mut Client, d: &MediaData) {
     if first == u32::MAX || stamp.counter < first {
         return;
     }
-    let rtp_time = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer();
     let stream = match c.streams.iter().position(|(p, _)| *p == stamp.publisher) {
         Some(k) => &mut c.streams[k].1,
         None => {

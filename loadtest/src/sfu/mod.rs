@@ -62,6 +62,11 @@ pub struct SfuArgs {
     /// No progress bar (for logs and CI).
     #[arg(long)]
     pub quiet: bool,
+    /// Listeners hand every datagram to str0m, forwarded audio included (slower: the generator
+    /// saturates its core first). By default a listener opens forwarded audio itself with its
+    /// connection's SRTP keys (`rtp-fast`) and gives str0m everything else.
+    #[arg(long)]
+    pub str0m_receive: bool,
 }
 
 /// Most voices a listener is sent in a room above six participants (the node's default top N).

@@ -23,6 +23,8 @@ pub struct Joined {
     pub socket: UdpSocket,
     /// The m-line it publishes on (speakers).
     pub send_mid: Option<Mid>,
+    /// Its connection's SRTP keys, once the handshake exports them.
+    pub keys: rtp_fast::KeyCapture,
 }
 
 /// One room's owner: a user with a group whose audio session the room's clients join.
@@ -162,7 +164,7 @@ async fn join(
     let socket = UdpSocket::bind("127.0.0.1:0").context("binding a client socket")?;
     socket.set_nonblocking(true)?;
     let local: SocketAddr = socket.local_addr()?;
-    let (mut rtc, send_mid, offer, pending) = offer(&plan, local, cert)?;
+    let (mut rtc, send_mid, offer, pending, keys) = offer(&plan, local, cert)?;
 
     let res = http
         .post(&whip_url)
@@ -187,23 +189,31 @@ async fn join(
             rtc,
             socket,
             send_mid,
+            keys,
         },
         metrics_url,
     ))
 }
 
+type Offered = (
+    Rtc,
+    Option<Mid>,
+    String,
+    SdpPendingOffer,
+    rtp_fast::KeyCapture,
+);
+
 /// A client's `Rtc` and offer: a speaker offers one send-receive m-line and enough receive-only
 /// ones to hear every other speaker; a listener offers one receive-only m-line per speaker.
-fn offer(
-    plan: &Plan,
-    local: SocketAddr,
-    cert: DtlsCert,
-) -> anyhow::Result<(Rtc, Option<Mid>, String, SdpPendingOffer)> {
-    let mut rtc = Rtc::builder()
-        .clear_codecs()
-        .enable_opus(true, false)
-        .set_dtls_cert(cert)
-        .build(Instant::now());
+fn offer(plan: &Plan, local: SocketAddr, cert: DtlsCert) -> anyhow::Result<Offered> {
+    let (mut rtc, keys) = rtp_fast::capture::capturing(|| {
+        Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .set_dtls_cert(cert)
+            .set_crypto_provider(rtp_fast::capture::crypto_provider())
+            .build(Instant::now())
+    });
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
     let mut api = rtc.sdp_api();
     let (send_mid, receive_only) = match plan.role {
@@ -218,5 +228,5 @@ fn offer(
     }
     let (offer, pending) = api.apply().ok_or_else(|| anyhow!("str0m made no offer"))?;
     let offer: SdpOffer = offer;
-    Ok((rtc, send_mid, offer.to_sdp_string(), pending))
+    Ok((rtc, send_mid, offer.to_sdp_string(), pending, keys))
 }
