@@ -8,7 +8,7 @@ secs="${1:-20}"
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 
-targets=(stun_ufrag join_token control_message red_primary redis_records shard_datagram whip_offer loadtest_decoders control_plane_inputs realtime_frames location_frames music_file)
+targets=(stun_ufrag join_token control_message red_primary redis_records shard_datagram whip_offer loadtest_decoders control_plane_inputs realtime_frames location_frames music_file rtp_fast)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked

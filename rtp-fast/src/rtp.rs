@@ -148,7 +148,11 @@ pub fn extension<'a>(buf: &'a [u8], parsed: &Parsed, id: u8) -> Option<&'a [u8]>
         if eid == 15 {
             return None;
         }
-        let value = buf.get(i + 1..i + 1 + n)?;
+        // An element running past the extension block (into the payload) ends the search.
+        let value = buf.get(i + 1..(i + 1 + n).min(parsed.header_len))?;
+        if value.len() < n {
+            return None;
+        }
         if eid == id {
             return Some(value);
         }
@@ -184,6 +188,27 @@ mod tests {
         let mut bare = Vec::new();
         assert_eq!(write_header(&h, &[], &mut bare), 12);
         assert_eq!(parse_header(&bare).unwrap().header_len, 12);
+    }
+
+    #[test]
+    fn an_element_running_past_its_block_is_not_read_from_the_payload() {
+        let h = Header {
+            pt: 111,
+            marker: false,
+            seq: 1,
+            timestamp: 2,
+            ssrc: 3,
+        };
+        let mut out = Vec::new();
+        let n = write_header(&h, &[(1, &[0x80 | 30])], &mut out);
+        // One word of elements: id 1 (1 byte), then padding. Make the padding an element of
+        // id 2 with 4 bytes, which would take 2 from the block and the rest from the payload.
+        out[n - 2] = (2 << 4) | 3;
+        out.extend_from_slice(b"payload");
+        let p = parse_header(&out).unwrap();
+        assert_eq!(p.header_len, n);
+        assert_eq!(extension(&out, &p, 1), Some(&[0x80 | 30][..]));
+        assert_eq!(extension(&out, &p, 2), None);
     }
 
     #[test]
