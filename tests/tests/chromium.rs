@@ -582,6 +582,23 @@ async fn call(python: &str, chromium: &str) {
         "aiortc does not hear itself: {heard:?}"
     );
 
+    // Neither Chromium nor aiortc negotiates NACK for audio: the node sealed every packet it
+    // forwarded to them on its fast path (`shard/fast.rs`), and both played it.
+    let metrics = reqwest::get(format!("{}/metrics", stack.media_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let forwarded = tests::metric_sum(&metrics, "convoy_media_rtp_packets_forwarded_total");
+    let fast = tests::metric_sum(&metrics, "convoy_media_rtp_forwarded_fast_total");
+    println!("node: {forwarded} RTP packets forwarded, {fast} of them on the fast path");
+    assert!(
+        forwarded >= 2.0 * 50.0 * 0.9 * TONE_SECONDS,
+        "both directions forwarded: {forwarded}"
+    );
+    assert_eq!(fast, forwarded, "all on the fast path");
+
     stack.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
