@@ -6,6 +6,7 @@
 #   bash loadtest/run-sfu.sh --rooms 20 --speakers 3 --listeners 20 --duration 10
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CONVOY_BIN: another build of the node to measure (an A/B comparison), instead of this tree's.
 NODE_CPU=${NODE_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 
@@ -13,7 +14,7 @@ cargo build --release --quiet --bin convoy
 cargo build --release --quiet -p loadtest --bin loadtest
 data=$(mktemp -d)
 log="$data/node.log"
-taskset -c "$NODE_CPU" target/release/convoy dev --cores 1 --data-dir "$data/db" >"$log" 2>&1 &
+taskset -c "$NODE_CPU" "${CONVOY_BIN:-target/release/convoy}" dev --cores 1 --data-dir "$data/db" >"$log" 2>&1 &
 node=$!
 stop() {
   kill -INT "$node" 2>/dev/null || true

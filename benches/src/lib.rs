@@ -253,6 +253,11 @@ impl SimRoom {
         out
     }
 
+    /// The shard's counters (how many forwarded packets took the fast path, say).
+    pub fn stats(&self) -> media_plane::shard::ShardStats {
+        self.shard.stats()
+    }
+
     pub fn forward(&mut self, datagram: &[u8]) -> u64 {
         self.shard
             .handle_datagram(self.now, self.publisher.addr, datagram);
