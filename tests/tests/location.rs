@@ -305,14 +305,7 @@ async fn approximate_members_are_seen_on_their_cell_only() {
         .unwrap();
     let (ann, bob, _cat, group) = three_in_a_group(&stack).await;
     // Bob keeps a location history: his own, exact, whatever the group sees.
-    let res = reqwest::Client::new()
-        .patch(format!("{}/v1/users/me/settings", bob.base))
-        .bearer_auth(&bob.token)
-        .json(&serde_json::json!({"privacy": {"location_history_days": 7}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    keep_history(&bob).await;
     let ann_token = token_for(&ann, &group, "exact").await;
     let bob_token = token_for(&bob, &group, "approx").await;
     let url = ann_token.stream_url.clone().unwrap();
@@ -342,13 +335,35 @@ async fn approximate_members_are_seen_on_their_cell_only() {
         ),
         (None, None, None, None)
     );
-    // The engine handed the fix on; the control plane stored it (its ingest is a task of its
-    // own, hence the wait for the condition).
-    let history = tokio::time::timeout(Duration::from_secs(20), async {
+    // The engine handed the fix on; the control plane stored it.
+    let history = stored_history(&bob).await;
+    assert_eq!(
+        (history.points[0].lat, history.points[0].lon),
+        (51.501_234, -0.141_987)
+    );
+    stack.shutdown().await.unwrap();
+}
+
+/// Turns on `user`'s location history (kept 7 days).
+async fn keep_history(user: &User) {
+    let res = reqwest::Client::new()
+        .patch(format!("{}/v1/users/me/settings", user.base))
+        .bearer_auth(&user.token)
+        .json(&serde_json::json!({"privacy": {"location_history_days": 7}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// `user`'s location history once it holds something: the control plane's ingest is a task of
+/// its own (and across processes a Redis stream away), hence the wait for the condition.
+async fn stored_history(user: &User) -> LocationHistory {
+    tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let h: LocationHistory = reqwest::Client::new()
-                .get(format!("{}/v1/users/me/location-history", bob.base))
-                .bearer_auth(&bob.token)
+                .get(format!("{}/v1/users/me/location-history", user.base))
+                .bearer_auth(&user.token)
                 .send()
                 .await
                 .unwrap()
@@ -362,12 +377,7 @@ async fn approximate_members_are_seen_on_their_cell_only() {
         }
     })
     .await
-    .expect("the fix in bob's history");
-    assert_eq!(
-        (history.points[0].lat, history.points[0].lon),
-        (51.501_234, -0.141_987)
-    );
-    stack.shutdown().await.unwrap();
+    .expect("a fix in the user's history")
 }
 
 #[tokio::test]
@@ -537,6 +547,9 @@ async fn alerts_travel_to_the_control_plane_through_redis() {
     for u in [&bob, &cat] {
         u.accept(&ann.invite(&group).await.unwrap()).await.unwrap();
     }
+    // Bob keeps a history: his token says so, and the engine puts his fixes on the history
+    // stream, which the control plane consumes.
+    keep_history(&bob).await;
     let url_events = format!("{}/v1/events", base.replace("http", "ws"));
     let mut cat_events = open(&url_events, &cat.token, false).await;
     send(&mut cat_events, serde_json::json!({"type": "hello"})).await;
@@ -580,6 +593,22 @@ async fn alerts_travel_to_the_control_plane_through_redis() {
     )
     .await;
     assert_eq!(arrived.group, group.id);
+
+    // Bob's first fix reached his history through the Redis stream (oldest first); Ann, who
+    // keeps none, has none.
+    let history = stored_history(&bob).await;
+    let first = &history.points[0];
+    assert_eq!((first.lat, first.lon), (-33.8568, 151.2353), "{history:?}");
+    let ann_history: LocationHistory = reqwest::Client::new()
+        .get(format!("{base}/v1/users/me/location-history"))
+        .bearer_auth(&ann.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ann_history.points.is_empty(), "{ann_history:?}");
     engine.shutdown().await;
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
@@ -588,6 +617,7 @@ async fn alerts_travel_to_the_control_plane_through_redis() {
         .unwrap();
     let _: () = redis::cmd("DEL")
         .arg(protocol::location::redis_alert_stream_key(&prefix))
+        .arg(protocol::location::redis_history_stream_key(&prefix))
         .query_async(&mut conn)
         .await
         .unwrap();
