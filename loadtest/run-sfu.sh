@@ -7,13 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # CONVOY_BIN: another build of the node to measure (an A/B comparison), instead of this tree's.
+# NODE_LOG: where the node's log goes (default: a temporary folder, printed if it fails to start).
 NODE_CPU=${NODE_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 
 cargo build --release --quiet --bin convoy
 cargo build --release --quiet -p loadtest --bin loadtest
 data=$(mktemp -d)
-log="$data/node.log"
+log="${NODE_LOG:-$data/node.log}"
 taskset -c "$NODE_CPU" "${CONVOY_BIN:-target/release/convoy}" dev --cores 1 --data-dir "$data/db" >"$log" 2>&1 &
 node=$!
 stop() {

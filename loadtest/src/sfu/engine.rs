@@ -25,6 +25,10 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 /// One Opus frame.
 const PERIOD: Duration = Duration::from_millis(20);
+/// Sockets read (or timers fired) between looks at the send schedule: a poll that returns a
+/// thousand readable listeners must not hold back the speakers' packets until it is through,
+/// or the node sees bursts no set of independent clients would send.
+const SEND_CHECK: usize = 32;
 /// How long listeners keep counting after the speakers stop.
 const DRAIN: Duration = Duration::from_secs(1);
 /// The audio level speakers send (dBov, RFC 6464): clearly voice.
@@ -338,9 +342,12 @@ impl Engine {
             }
             let woke = Instant::now();
 
-            for ev in &events {
+            for (k, ev) in events.iter().enumerate() {
                 let i = ev.token().0;
                 self.read_all(i, &mut buf);
+                if k % SEND_CHECK == SEND_CHECK - 1 {
+                    self.send_due();
+                }
             }
             self.fire_timers();
             self.send_due();
@@ -460,11 +467,16 @@ impl Engine {
     /// Hands due timeouts to their `Rtc`s.
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        let mut fired = 0;
         while let Some(&Reverse((t, i))) = self.timers.peek() {
             if t > now {
                 break;
             }
             self.timers.pop();
+            fired += 1;
+            if fired % SEND_CHECK == 0 {
+                self.send_due();
+            }
             let c = &mut self.clients[i];
             if c.deadline != t || c.failed.is_some() {
                 continue;
