@@ -41,6 +41,16 @@ pub fn missing(what: &str, why: &str) {
     eprintln!("\n==== SKIPPED: {what} ({why}) ====\n");
 }
 
+/// A media node's `/metrics` text (`media_url`: the node's HTTP base).
+pub async fn node_metrics(media_url: &str) -> String {
+    reqwest::get(format!("{media_url}/metrics"))
+        .await
+        .expect("the node answers /metrics")
+        .text()
+        .await
+        .expect("a /metrics body")
+}
+
 /// The sum over every label set of the Prometheus series `name` in a `/metrics` text.
 pub fn metric_sum(metrics: &str, name: &str) -> f64 {
     metrics

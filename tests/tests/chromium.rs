@@ -584,12 +584,7 @@ async fn call(python: &str, chromium: &str) {
 
     // Neither Chromium nor aiortc negotiates NACK for audio: the node sealed every packet it
     // forwarded to them on its fast path (`shard/fast.rs`), and both played it.
-    let metrics = reqwest::get(format!("{}/metrics", stack.media_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tests::node_metrics(&stack.media_url).await;
     let forwarded = tests::metric_sum(&metrics, "convoy_media_rtp_packets_forwarded_total");
     let fast = tests::metric_sum(&metrics, "convoy_media_rtp_forwarded_fast_total");
     println!("node: {forwarded} RTP packets forwarded, {fast} of them on the fast path");

@@ -239,12 +239,7 @@ async fn two_aiortc_clients_hear_each_other_and_never_themselves() {
         );
     }
     // The node counted what it forwarded and how long forwarding took.
-    let metrics = reqwest::get(format!("{}/metrics", stack.media_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tests::node_metrics(&stack.media_url).await;
     let total = |name: &str| tests::metric_sum(&metrics, name);
     let forwarded = total("convoy_media_rtp_packets_forwarded_total");
     let observed = total("convoy_media_forward_latency_seconds_count");

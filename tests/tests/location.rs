@@ -356,20 +356,25 @@ async fn keep_history(user: &User) {
     assert_eq!(res.status(), 200);
 }
 
+/// `user`'s location history as it stands (the first page).
+async fn history_of(user: &User) -> LocationHistory {
+    reqwest::Client::new()
+        .get(format!("{}/v1/users/me/location-history", user.base))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// `user`'s location history once it holds something: the control plane's ingest is a task of
 /// its own (and across processes a Redis stream away), hence the wait for the condition.
 async fn stored_history(user: &User) -> LocationHistory {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            let h: LocationHistory = reqwest::Client::new()
-                .get(format!("{}/v1/users/me/location-history", user.base))
-                .bearer_auth(&user.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let h = history_of(user).await;
             if !h.points.is_empty() {
                 return h;
             }
@@ -599,15 +604,7 @@ async fn alerts_travel_to_the_control_plane_through_redis() {
     let history = stored_history(&bob).await;
     let first = &history.points[0];
     assert_eq!((first.lat, first.lon), (-33.8568, 151.2353), "{history:?}");
-    let ann_history: LocationHistory = reqwest::Client::new()
-        .get(format!("{base}/v1/users/me/location-history"))
-        .bearer_auth(&ann.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ann_history = history_of(&ann).await;
     assert!(ann_history.points.is_empty(), "{ann_history:?}");
     engine.shutdown().await;
     let mut conn = redis::Client::open(url.as_str())

@@ -317,12 +317,7 @@ async fn a_listener_hears_the_queued_tracks_in_turn_and_the_group_is_told_each_c
         .unwrap();
     assert!(last_1 < first_2, "{last_1} < {first_2}");
 
-    let metrics = reqwest::get(format!("{}/metrics", stack.media_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tests::node_metrics(&stack.media_url).await;
     let sent = tests::metric_sum(&metrics, "convoy_media_music_packets_total");
     assert!(sent >= 240.0, "5 s of music is 250 packets: {sent}");
     stack.shutdown().await.unwrap();
