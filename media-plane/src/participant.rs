@@ -55,7 +55,9 @@ pub(crate) struct Participant {
     pub id: ParticipantId,
     pub session: SessionId,
     pub user: UserId,
-    pub rtc: Rtc,
+    /// Boxed: the `Rtc` is kilobytes, and the participant map is walked per forwarded packet;
+    /// inline it made each entry 10 KB and every subscriber lookup a cache miss.
+    pub rtc: Box<Rtc>,
     pub grants: Grants,
     /// This peer's payload type for Opus.
     pub opus_pt: Pt,

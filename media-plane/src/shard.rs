@@ -503,7 +503,7 @@ impl Shard {
             id: req.id,
             session: req.session,
             user: req.user,
-            rtc,
+            rtc: Box::new(rtc),
             grants: req.grants,
             opus_pt,
             red_pt,
