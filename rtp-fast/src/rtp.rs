@@ -149,10 +149,9 @@ pub fn extension<'a>(buf: &'a [u8], parsed: &Parsed, id: u8) -> Option<&'a [u8]>
             return None;
         }
         // An element running past the extension block (into the payload) ends the search.
-        let value = buf.get(i + 1..(i + 1 + n).min(parsed.header_len))?;
-        if value.len() < n {
-            return None;
-        }
+        let value = buf
+            .get(i + 1..i + 1 + n)
+            .filter(|_| i + 1 + n <= parsed.header_len)?;
         if eid == id {
             return Some(value);
         }

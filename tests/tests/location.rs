@@ -358,15 +358,7 @@ async fn keep_history(user: &User) {
 
 /// `user`'s location history as it stands (the first page).
 async fn history_of(user: &User) -> LocationHistory {
-    reqwest::Client::new()
-        .get(format!("{}/v1/users/me/location-history", user.base))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    user.get("/v1/users/me/location-history").await.unwrap()
 }
 
 /// `user`'s location history once it holds something: the control plane's ingest is a task of
