@@ -17,7 +17,8 @@ pub struct Stamp {
     pub publisher: u32,
     /// The publisher's packet counter, from 0.
     pub counter: u32,
-    /// When the packet was handed to the client stack, in nanoseconds since the run's epoch.
+    /// When the packet was handed to the client stack, in nanoseconds since the Unix epoch
+    /// (realtime clock: the clock of the kernel's receive stamps).
     pub sent_ns: u64,
 }
 

@@ -64,8 +64,12 @@ pub struct Report {
     pub scenario: Scenario,
     pub clients: Clients,
     pub streams: Streams,
-    /// Forward latency (speaker's send to listener's read, both on this machine's clock), µs.
+    /// Forward latency: the speaker's send to the datagram reaching the listener's socket (the
+    /// kernel's receive stamp; on loopback, the node's send), both on this machine's clock, µs.
     pub latency_us: Percentiles,
+    /// The speaker's send to the generator's read of the datagram, µs: the forward latency plus
+    /// the generator's own read backlog.
+    pub read_latency_us: Percentiles,
     /// RFC 3550 interarrival jitter estimates, µs.
     pub jitter_us: Percentiles,
     /// How late the generator's own sends left, µs: high values mean the generator, not the
@@ -192,6 +196,7 @@ impl Report {
                 generator_send_errors: o.send_errors,
             },
             latency_us: latency,
+            read_latency_us: Percentiles::of(&o.read_latency),
             jitter_us: Percentiles::of(&o.jitter),
             generator_send_lag_us: Percentiles::of(&o.send_lag),
             generator_busy_ratio: o.generator_busy,
@@ -251,6 +256,12 @@ impl Report {
                 "{} / {} / {} / {} / {} µs",
                 l.p50, l.p90, l.p99, l.p999, l.max
             ),
+        );
+        let r = &self.read_latency_us;
+        row(
+            &mut s,
+            "… to the generator's read p50/p99",
+            format!("{} / {} µs", r.p50, r.p99),
         );
         let j = &self.jitter_us;
         row(

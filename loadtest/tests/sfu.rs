@@ -24,6 +24,7 @@ fn args(control_plane: &str, json: PathBuf) -> SfuArgs {
         json,
         quiet: true,
         str0m_receive: false,
+        spin: false,
     }
 }
 
@@ -55,6 +56,14 @@ fn a_small_run_hears_every_stream_and_writes_its_report() {
     // 2 s at 50 packets/s per stream, give or take the edges of the window.
     assert!((16 * 95..=16 * 105).contains(&expected), "{expected}");
     assert!(report["latency_us"]["count"].as_u64().unwrap() > 0);
+    // Each packet reached its socket (the kernel's stamp) before the generator read it.
+    for q in ["p50", "p99", "max"] {
+        let (arrived, read) = (&report["latency_us"][q], &report["read_latency_us"][q]);
+        assert!(
+            arrived.as_u64().unwrap() <= read.as_u64().unwrap(),
+            "{q}: {report:#}"
+        );
+    }
     // Every packet opened and authenticated with the listener's own keys.
     assert_eq!(report["streams"]["unauthentic_packets"], 0);
     // The node's side came from its /metrics: str0m clients negotiate no NACK, so the node's
@@ -71,6 +80,8 @@ fn a_small_run_hears_every_stream_and_writes_its_report() {
     let mut slow = args(&stack.control_plane_url, dir.join("slow.json"));
     slow.str0m_receive = true;
     slow.rooms = 1;
+    // And with a generator that never sleeps.
+    slow.spin = true;
     assert!(run(slow).unwrap());
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("slow.json")).unwrap()).unwrap();

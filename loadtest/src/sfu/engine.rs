@@ -1,6 +1,7 @@
 //! The packet side of `loadtest sfu`: every client's `Rtc` and socket, driven from one `mio` poll
 //! loop on one thread (the shape of a media node's core, as a client).
 
+use super::recv;
 use super::scrape::Scraper;
 use super::setup::Joined;
 use super::{Plan, Role, SfuArgs, ToEngine};
@@ -59,12 +60,14 @@ struct Client {
 
 /// Measurement state shared by all clients.
 struct Ctx {
-    epoch: Instant,
-    /// When the datagram being handled was read, in ns since `epoch`.
+    /// When the datagram being handled was read, ns since the Unix epoch.
     read_ns: u64,
+    /// When it reached its socket (the kernel's stamp; the read time without one).
+    arrived_ns: u64,
     /// Per publisher: its first counter inside the measurement (`u32::MAX` before it starts).
     first: Vec<u32>,
     latency: Histogram<u64>,
+    read_latency: Histogram<u64>,
     jitter: Histogram<u64>,
     send_lag: Histogram<u64>,
     datagrams_in: u64,
@@ -95,8 +98,10 @@ pub struct Outcome {
     pub packets_received: u64,
     pub worst_stream_loss: f64,
     pub reordered: u64,
-    /// Forward latency, send to read, µs.
+    /// Forward latency, send to the listener's socket (kernel receive stamp), µs.
     pub latency: Histogram<u64>,
+    /// Send to the generator's read of it, µs: the above plus the generator's read backlog.
+    pub read_latency: Histogram<u64>,
     /// RFC 3550 jitter estimates after each packet, µs.
     pub jitter: Histogram<u64>,
     /// How late the load generator's own sends were, µs (its saturation shows here).
@@ -170,10 +175,11 @@ impl Engine {
             timers: BinaryHeap::new(),
             sends: VecDeque::new(),
             ctx: Ctx {
-                epoch: Instant::now(),
                 read_ns: 0,
+                arrived_ns: 0,
                 first: vec![u32::MAX; publishers],
                 latency: measure::micros_histogram(),
+                read_latency: measure::micros_histogram(),
                 jitter: measure::micros_histogram(),
                 send_lag: measure::micros_histogram(),
                 datagrams_in: 0,
@@ -334,7 +340,11 @@ impl Engine {
             if let Some((t, _)) = self.sends.front() {
                 next = next.min(*t);
             }
-            let wait = next.saturating_duration_since(now);
+            let wait = if self.args.spin {
+                Duration::ZERO
+            } else {
+                next.saturating_duration_since(now)
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(wait))
                 && e.kind() != ErrorKind::Interrupted
             {
@@ -349,9 +359,10 @@ impl Engine {
                     self.send_due();
                 }
             }
-            self.fire_timers();
-            self.send_due();
-            if matches!(phase, Phase::Measuring { .. }) {
+            let fired = self.fire_timers();
+            let sent = self.send_due();
+            let worked = !self.args.spin || !events.is_empty() || fired + sent > 0;
+            if worked && matches!(phase, Phase::Measuring { .. }) {
                 busy += woke.elapsed();
             }
         }
@@ -389,8 +400,8 @@ impl Engine {
     fn read_all(&mut self, i: usize, buf: &mut [u8]) {
         loop {
             let c = &mut self.clients[i];
-            let (n, source) = match c.socket.recv_from(buf) {
-                Ok(r) => r,
+            let (n, source, arrived) = match recv::recv_stamped(&c.socket, buf) {
+                Ok(d) => (d.len, d.source, d.arrived_ns),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // ICMP port unreachable and the like, from an earlier send.
@@ -401,7 +412,8 @@ impl Engine {
                 continue;
             }
             let now = Instant::now();
-            self.ctx.read_ns = (now - self.ctx.epoch).as_nanos() as u64;
+            self.ctx.read_ns = recv::wall_ns();
+            self.ctx.arrived_ns = arrived.unwrap_or(self.ctx.read_ns);
             if !self.args.str0m_receive && c.connected && receive_fast(&mut self.ctx, c, &buf[..n])
             {
                 continue;
@@ -464,8 +476,8 @@ impl Engine {
         }
     }
 
-    /// Hands due timeouts to their `Rtc`s.
-    fn fire_timers(&mut self) {
+    /// Hands due timeouts to their `Rtc`s; returns how many fired.
+    fn fire_timers(&mut self) -> usize {
         let now = Instant::now();
         let mut fired = 0;
         while let Some(&Reverse((t, i))) = self.timers.peek() {
@@ -487,6 +499,7 @@ impl Engine {
             }
             self.drain(i);
         }
+        fired
     }
 
     /// Spreads the connected speakers' sends evenly over one period.
@@ -503,13 +516,15 @@ impl Engine {
         }
     }
 
-    /// Sends every speaker's due packet.
-    fn send_due(&mut self) {
+    /// Sends every speaker's due packet; returns how many were due.
+    fn send_due(&mut self) -> usize {
         let now = Instant::now();
+        let mut due = 0;
         while let Some(&(t, i)) = self.sends.front() {
             if t > now {
                 break;
             }
+            due += 1;
             self.sends.pop_front();
             measure::record(&mut self.ctx.send_lag, (now - t).as_micros() as u64);
             self.send(i, now);
@@ -517,6 +532,7 @@ impl Engine {
                 self.sends.push_back((t + PERIOD, i));
             }
         }
+        due
     }
 
     fn send(&mut self, i: usize, now: Instant) {
@@ -529,7 +545,7 @@ impl Engine {
         Stamp {
             publisher,
             counter: c.counter,
-            sent_ns: (now - self.ctx.epoch).as_nanos() as u64,
+            sent_ns: recv::wall_ns(),
         }
         .write(&mut payload);
         let rtp_time = MediaTime::new(u64::from(c.counter) * 960, Frequency::FORTY_EIGHT_KHZ);
@@ -629,6 +645,7 @@ impl Engine {
             worst_stream_loss: worst,
             reordered,
             latency: self.ctx.latency,
+            read_latency: self.ctx.read_latency,
             jitter: self.ctx.jitter,
             send_lag: self.ctx.send_lag,
             measured,
@@ -734,8 +751,10 @@ fn account(ctx: &mut Ctx, c: &mut Client, payload: &[u8], rtp_time: u64) {
             &mut c.streams.last_mut().expect("just pushed").1
         }
     };
-    let jitter_us = stream.packet(stamp.counter, rtp_time, ctx.read_ns);
+    let jitter_us = stream.packet(stamp.counter, rtp_time, ctx.arrived_ns);
     measure::record(&mut ctx.jitter, jitter_us.round() as u64);
-    let latency_ns = ctx.read_ns.saturating_sub(stamp.sent_ns);
+    let latency_ns = ctx.arrived_ns.saturating_sub(stamp.sent_ns);
     measure::record(&mut ctx.latency, latency_ns / 1000);
+    let read_ns = ctx.read_ns.saturating_sub(stamp.sent_ns);
+    measure::record(&mut ctx.read_latency, read_ns / 1000);
 }

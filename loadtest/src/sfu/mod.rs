@@ -8,6 +8,7 @@
 //! listeners measure loss, RFC 3550 jitter and forward latency from it.
 
 mod engine;
+mod recv;
 pub use engine::Outcome;
 mod scrape;
 mod setup;
@@ -67,6 +68,12 @@ pub struct SfuArgs {
     /// connection's SRTP keys (`rtp-fast`) and gives str0m everything else.
     #[arg(long)]
     pub str0m_receive: bool,
+    /// The generator polls its sockets without ever sleeping (give it a core of its own). A
+    /// sleeping generator is woken by the datagrams the node sends, and on loopback that wake-up
+    /// runs on the sender's core: a cost listeners on other hosts never put on the node. Its busy
+    /// ratio then counts only the polls that found work.
+    #[arg(long)]
+    pub spin: bool,
 }
 
 /// Most voices a listener is sent in a room above six participants (the node's default top N).

@@ -163,6 +163,7 @@ async fn join(
 
     let socket = UdpSocket::bind("127.0.0.1:0").context("binding a client socket")?;
     socket.set_nonblocking(true)?;
+    super::recv::enable_timestamps(&socket).context("SO_TIMESTAMPNS on a client socket")?;
     let local: SocketAddr = socket.local_addr()?;
     let (mut rtc, send_mid, offer, pending, keys) = offer(&plan, local, cert)?;
 
