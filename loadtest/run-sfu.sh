@@ -8,14 +8,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # CONVOY_BIN: another build of the node to measure (an A/B comparison), instead of this tree's.
 # NODE_LOG: where the node's log goes (default: a temporary folder, printed if it fails to start).
+# RT_PRIORITY: SCHED_FIFO priority of the node's media core and the generator's packet thread
+# (default 10 when run as root; empty: normal priority). Without it the machine's housekeeping
+# threads (kdamond here: up to 4.5 ms at a time) now and then preempt either side.
 NODE_CPU=${NODE_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
+if [ "$(id -u)" = 0 ]; then RT_PRIORITY=${RT_PRIORITY-10}; else RT_PRIORITY=${RT_PRIORITY-}; fi
+rt=()
+if [ -n "$RT_PRIORITY" ]; then rt=(--realtime-priority "$RT_PRIORITY"); fi
 
 cargo build --release --quiet --bin convoy
 cargo build --release --quiet -p loadtest --bin loadtest
 data=$(mktemp -d)
 log="${NODE_LOG:-$data/node.log}"
-taskset -c "$NODE_CPU" "${CONVOY_BIN:-target/release/convoy}" dev --cores 1 --data-dir "$data/db" >"$log" 2>&1 &
+taskset -c "$NODE_CPU" "${CONVOY_BIN:-target/release/convoy}" dev --cores 1 "${rt[@]}" --data-dir "$data/db" >"$log" 2>&1 &
 node=$!
 stop() {
   kill -INT "$node" 2>/dev/null || true
@@ -40,5 +46,5 @@ if [ -z "$ready" ]; then
   exit 2
 fi
 status=0
-target/release/loadtest sfu --cpu "$LOAD_CPU" "$@" || status=$?
+target/release/loadtest sfu --cpu "$LOAD_CPU" "${rt[@]}" "$@" || status=$?
 exit "$status"

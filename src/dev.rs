@@ -31,6 +31,8 @@ pub struct DevConfig {
     pub advertise_ip: IpAddr,
     /// Media cores to run.
     pub cores: usize,
+    /// `SCHED_FIFO` priority of the media cores (`None`: normal priority).
+    pub realtime_priority: Option<u8>,
     /// Media node id.
     pub node_id: NodeId,
 }
@@ -47,6 +49,7 @@ impl DevConfig {
             udp_base_port: 40_000,
             advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            realtime_priority: None,
             node_id: NodeId::new("dev-1").unwrap_or_else(|_| unreachable!()),
         }
     }
@@ -145,6 +148,7 @@ impl DevStack {
             udp_base_port: config.udp_base_port,
             advertise_ip: config.advertise_ip,
             cores: config.cores,
+            realtime_priority: config.realtime_priority,
             ..NodeConfig::local(
                 config.node_id.clone(),
                 format!("{control_plane_url}/.well-known/jwks.json"),

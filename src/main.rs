@@ -40,6 +40,11 @@ enum Command {
         /// Media cores (default: all).
         #[arg(long)]
         cores: Option<usize>,
+        /// Run each media core at this real-time (SCHED_FIFO) priority, 1–99: nothing of normal
+        /// priority preempts it. Needs CAP_SYS_NICE or root; refused, the core warns and runs
+        /// at normal priority.
+        #[arg(long, env = "CONVOY_MEDIA_REALTIME_PRIORITY", value_parser = clap::value_parser!(u8).range(1..=99))]
+        realtime_priority: Option<u8>,
         /// On SIGTERM/Ctrl-C, wait at most this long for calls to end (a second signal exits).
         #[arg(long, default_value_t = 300)]
         drain_timeout_secs: u64,
@@ -152,6 +157,11 @@ enum Command {
         advertise_ip: IpAddr,
         #[arg(long)]
         cores: Option<usize>,
+        /// Run each media core at this real-time (SCHED_FIFO) priority, 1–99: nothing of normal
+        /// priority preempts it. Needs CAP_SYS_NICE or root; refused, the core warns and runs
+        /// at normal priority.
+        #[arg(long, env = "CONVOY_MEDIA_REALTIME_PRIORITY", value_parser = clap::value_parser!(u8).range(1..=99))]
+        realtime_priority: Option<u8>,
         /// On SIGTERM/Ctrl-C, wait at most this long for calls to end (a second signal exits).
         #[arg(long, env = "CONVOY_DRAIN_TIMEOUT_SECS", default_value_t = 300)]
         drain_timeout_secs: u64,
@@ -209,9 +219,11 @@ async fn main() -> anyhow::Result<()> {
             udp_base_port,
             advertise_ip,
             cores,
+            realtime_priority,
             drain_timeout_secs,
         } => {
             let mut config = convoy::dev::DevConfig::new(data_dir);
+            config.realtime_priority = realtime_priority;
             config.control_plane_listen.set_port(port);
             config.media_http_listen.set_port(media_port);
             config.location_listen.set_port(location_port);
@@ -336,12 +348,14 @@ async fn main() -> anyhow::Result<()> {
             udp_base_port,
             advertise_ip,
             cores,
+            realtime_priority,
             drain_timeout_secs,
             redis_url,
             jwks_url,
         } => {
             let mut config =
                 media_plane::NodeConfig::local(protocol::NodeId::new(node_id)?, jwks_url);
+            config.realtime_priority = realtime_priority;
             config.region = region;
             config.http_listen = listen;
             config.udp_base_port = udp_base_port;

@@ -1,4 +1,5 @@
-//! Process placement: pin the load generator to one CPU, and allow a socket per client.
+//! Process placement: pin the load generator to one CPU, run it at real-time priority, and allow
+//! a socket per client.
 
 use anyhow::Context;
 use nix::sched::{CpuSet, sched_setaffinity};
@@ -29,4 +30,27 @@ pub fn raise_fd_limit(needed: usize) -> anyhow::Result<()> {
     }
     setrlimit(Resource::RLIMIT_NOFILE, needed.max(soft), hard).context("setrlimit")?;
     Ok(())
+}
+
+/// Runs the calling thread under `SCHED_FIFO` at `priority` (1–99): the machine's housekeeping
+/// threads then wait for the generator instead of stalling its sends for milliseconds (which the
+/// node would see as bursts no set of independent clients sends). Needs `CAP_SYS_NICE` or root.
+pub fn realtime(priority: u8) -> anyhow::Result<()> {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    anyhow::ensure!(
+        (1..=99).contains(&priority),
+        "real-time priority {priority} is outside 1–99"
+    );
+    let value = ThreadPriorityValue::try_from(priority).map_err(anyhow::Error::msg)?;
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Crossplatform(value),
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!("SCHED_FIFO priority {priority}: {e} (needs CAP_SYS_NICE or root)")
+    })
 }

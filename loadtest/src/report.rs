@@ -46,6 +46,8 @@ impl Percentiles {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeSide {
     pub cores: usize,
+    /// Cores running at real-time priority.
+    pub realtime_cores: usize,
     /// Busy ratio per core over the measurement.
     pub busy_ratio: Vec<f64>,
     pub rtp_forwarded_per_second: f64,
@@ -90,6 +92,8 @@ pub struct Scenario {
     pub measured_seconds: f64,
     pub max_loss_percent: f64,
     pub max_p99_ms: f64,
+    /// The generator's `SCHED_FIFO` priority, if it ran at one.
+    pub generator_realtime_priority: Option<u8>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,6 +176,7 @@ impl Report {
                 measured_seconds: o.measured.as_secs_f64(),
                 max_loss_percent: t.max_loss_ratio * 100.0,
                 max_p99_ms: t.max_p99.as_secs_f64() * 1000.0,
+                generator_realtime_priority: args.realtime_priority,
             },
             clients: Clients {
                 planned: o.planned,
@@ -284,6 +289,11 @@ impl Report {
             row(&mut s, "node core busy", busy.join(", "));
             row(
                 &mut s,
+                "node cores at real-time priority",
+                format!("{} of {}", n.realtime_cores, n.cores),
+            );
+            row(
+                &mut s,
                 "node RTP forwarded/s",
                 format!("{:.0}", n.rtp_forwarded_per_second),
             );
@@ -390,6 +400,10 @@ pub fn node_side(before: &str, after: &str, measured: Duration) -> NodeSide {
         .flatten();
     NodeSide {
         cores: busy_ratio.len(),
+        realtime_cores: per_core(after, "convoy_media_core_realtime")
+            .iter()
+            .filter(|(_, v)| *v == 1.0)
+            .count(),
         busy_ratio,
         rtp_forwarded_per_second: delta("convoy_media_rtp_packets_forwarded_total") / secs,
         rtp_forwarded_fast_per_second: delta("convoy_media_rtp_forwarded_fast_total") / secs,
@@ -413,6 +427,7 @@ convoy_media_forward_latency_seconds_bucket{core=\"0\",le=\"+Inf\"} 10
 ";
     const AFTER: &str = "\
 convoy_media_core_busy_seconds_total{core=\"0\"} 3.5
+convoy_media_core_realtime{core=\"0\"} 1
 convoy_media_rtp_packets_forwarded_total{core=\"0\"} 21000
 convoy_media_forward_latency_seconds_bucket{core=\"0\",le=\"0.0001\"} 950
 convoy_media_forward_latency_seconds_bucket{core=\"0\",le=\"0.001\"} 1005
@@ -423,6 +438,7 @@ convoy_media_forward_latency_seconds_bucket{core=\"0\",le=\"+Inf\"} 1010
     fn node_side_is_the_difference_of_two_scrapes() {
         let n = node_side(BEFORE, AFTER, Duration::from_secs(4));
         assert_eq!(n.cores, 1);
+        assert_eq!(n.realtime_cores, 1);
         assert!((n.busy_ratio[0] - 0.5).abs() < 1e-9);
         assert!((n.rtp_forwarded_per_second - 5000.0).abs() < 1e-9);
         // 1000 new observations: 940 ≤ 100 µs, 995 ≤ 1 ms: the 99th is in the 1 ms bucket.

@@ -25,6 +25,7 @@ fn args(control_plane: &str, json: PathBuf) -> SfuArgs {
         quiet: true,
         str0m_receive: false,
         spin: false,
+        realtime_priority: None,
     }
 }
 

@@ -46,10 +46,16 @@ impl FeedbackCounters {
 /// Renders the node's metrics.
 pub(crate) fn render(cores: &[&CoreLoad], draining: bool) -> String {
     type Read = fn(&CoreLoad) -> u64;
-    let series: [(&str, &str, &str, Read); 21] = [
+    let series: [(&str, &str, &str, Read); 22] = [
         ("convoy_media_rooms", "gauge", "Rooms hosted.", |c| {
             u64::from(c.rooms.load(Ordering::Relaxed))
         }),
+        (
+            "convoy_media_core_realtime",
+            "gauge",
+            "Whether the core runs at real-time (SCHED_FIFO) priority.",
+            |c| u64::from(c.realtime.load(Ordering::Relaxed)),
+        ),
         (
             "convoy_media_participants",
             "gauge",
@@ -237,6 +243,7 @@ mod tests {
         let (a, b) = (CoreLoad::default(), CoreLoad::default());
         b.rooms.store(3, Ordering::Relaxed);
         b.bytes_out.store(1234, Ordering::Relaxed);
+        b.realtime.store(true, Ordering::Relaxed);
         b.feedback.store(&ShardStats {
             nacks_received: 7,
             rtp_retransmitted: 6,
@@ -254,6 +261,8 @@ mod tests {
         assert!(text.contains("convoy_media_rooms{core=\"1\"} 3\n"));
         assert!(text.contains("convoy_media_sent_bytes_total{core=\"1\"} 1234\n"));
         assert!(text.contains("convoy_media_draining 1\n"));
+        assert!(text.contains("convoy_media_core_realtime{core=\"0\"} 0\n"));
+        assert!(text.contains("convoy_media_core_realtime{core=\"1\"} 1\n"));
         for (name, value) in [
             ("nacks_received", 7),
             ("rtp_retransmitted", 6),
@@ -278,8 +287,8 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // 21 series and busy time per core, the histogram's buckets + sum + count per core, draining.
-        assert_eq!(samples, 22 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
+        // 22 series and busy time per core, the histogram's buckets + sum + count per core, draining.
+        assert_eq!(samples, 23 * 2 + (LATENCY_BUCKETS.len() + 3) * 2 + 1);
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(

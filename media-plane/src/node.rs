@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub cores: usize,
     /// The control plane's JWKS, for join tokens.
     pub jwks_url: String,
+    /// Run each media core's thread under `SCHED_FIFO` at this priority (1–99; needs
+    /// `CAP_SYS_NICE`). `None`: normal priority.
+    pub realtime_priority: Option<u8>,
 }
 
 impl NodeConfig {
@@ -52,6 +55,7 @@ impl NodeConfig {
             advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             jwks_url,
+            realtime_priority: None,
         }
     }
 }
@@ -121,6 +125,7 @@ impl MediaNode {
                 config.udp_bind_ip,
                 port,
                 config.advertise_ip,
+                config.realtime_priority,
                 events_tx.clone(),
             )?);
         }

@@ -88,6 +88,8 @@ pub struct CoreLoad {
     pub forward_latency: LatencyHistogram,
     /// NACKs, retransmissions, loss, keyframe requests.
     pub feedback: crate::metrics::FeedbackCounters,
+    /// Whether the core runs at real-time priority (asked for and granted).
+    pub realtime: std::sync::atomic::AtomicBool,
 }
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
@@ -137,6 +139,33 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// Runs the calling thread under `SCHED_FIFO` at `priority` (1–99): nothing of normal priority
+/// (kernel housekeeping threads, the control plane, other processes) preempts it while it has
+/// work, so a core's packets never wait out someone else's time slice. Needs `CAP_SYS_NICE` (or
+/// root). The kernel still keeps a share of each CPU for normal threads (`sched_rt_runtime_us`),
+/// so a saturated core cannot lock its CPU up.
+pub fn run_realtime(priority: u8) -> Result<(), String> {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    if !(1..=99).contains(&priority) {
+        return Err(format!("real-time priority {priority} is outside 1–99"));
+    }
+    let value = ThreadPriorityValue::try_from(priority)?;
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Crossplatform(value),
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    )
+    .map_err(|e| match e {
+        thread_priority::Error::OS(1) => {
+            "not permitted (needs CAP_SYS_NICE or root, or an RLIMIT_RTPRIO)".to_string()
+        }
+        e => e.to_string(),
+    })
+}
+
 /// A core's UDP socket, with large buffers.
 fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -159,12 +188,14 @@ pub(crate) struct Core {
 
 impl Core {
     /// Starts core `index`: binds `bind_ip:port` (0 = any free port), advertises
-    /// `advertise_ip:<bound port>`, and reports shard events on `events`.
+    /// `advertise_ip:<bound port>`, and reports shard events on `events`. With `realtime`, its
+    /// thread asks for that `SCHED_FIFO` priority; refused, it warns and runs at normal priority.
     pub fn start(
         index: u16,
         bind_ip: IpAddr,
         port: u16,
         advertise_ip: IpAddr,
+        realtime: Option<u8>,
         events: mpsc::UnboundedSender<(u16, ShardEvent)>,
     ) -> anyhow::Result<Self> {
         let (tx, rx) = async_channel::bounded::<Command>(1024);
@@ -178,6 +209,15 @@ impl Core {
             .io_memory(512 << 10)
             .ring_depth(256)
             .spawn(move || async move {
+                if let Some(priority) = realtime {
+                    match run_realtime(priority) {
+                        Ok(()) => thread_load.realtime.store(true, Ordering::Relaxed),
+                        Err(e) => tracing::warn!(
+                            "media core {index} runs at normal priority: real-time priority \
+                             {priority} refused: {e}"
+                        ),
+                    }
+                }
                 let socket = match bind(SocketAddr::new(bind_ip, port)) {
                     Ok(s) => s,
                     Err(e) => {
@@ -531,5 +571,39 @@ async fn timer_loop(local: Rc<Local>, rearmed: async_channel::Receiver<()>) {
         local.shard.borrow_mut().handle_timeout(started);
         local.flush().await;
         local.busy_since(started);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_realtime;
+    use thread_priority::{RealtimeThreadSchedulePolicy, ThreadSchedulePolicy};
+
+    #[test]
+    fn a_core_thread_runs_real_time_or_says_why_not() {
+        // On a thread of its own: the test harness's threads keep their priority.
+        std::thread::spawn(|| {
+            let asked = run_realtime(3);
+            let policy = thread_priority::thread_schedule_policy().expect("policy");
+            match asked {
+                Ok(()) => assert_eq!(
+                    policy,
+                    ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo)
+                ),
+                Err(why) => {
+                    assert!(why.contains("not permitted"), "{why}");
+                    assert!(
+                        matches!(policy, ThreadSchedulePolicy::Normal(_)),
+                        "{policy:?}"
+                    );
+                }
+            }
+        })
+        .join()
+        .expect("the thread");
+        for out_of_range in [0, 100] {
+            let why = run_realtime(out_of_range).expect_err("refused");
+            assert!(why.contains("outside 1–99"), "{why}");
+        }
     }
 }

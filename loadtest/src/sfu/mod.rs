@@ -74,6 +74,11 @@ pub struct SfuArgs {
     /// ratio then counts only the polls that found work.
     #[arg(long)]
     pub spin: bool,
+    /// Run the generator's packet thread at this real-time (SCHED_FIFO) priority, 1–99 (needs
+    /// CAP_SYS_NICE or root): kernel housekeeping threads otherwise stall its sends for
+    /// milliseconds now and then, and the node gets the backlog as one burst.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub realtime_priority: Option<u8>,
 }
 
 /// Most voices a listener is sent in a room above six participants (the node's default top N).
@@ -176,6 +181,10 @@ pub fn run(args: SfuArgs) -> anyhow::Result<bool> {
         .name("loadtest-setup".into())
         .spawn(move || setup::run(setup_args, setup_plans, cert, tx))?;
     let scraper = scrape::Scraper::start()?;
+    // The packet thread only: the setup and scrape threads started above keep normal priority.
+    if let Some(priority) = args.realtime_priority {
+        crate::pin::realtime(priority)?;
+    }
 
     let outcome = engine::Engine::new(&args, plans)?.run(rx, &scraper)?;
     let _ = setup.join();
