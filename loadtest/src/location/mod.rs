@@ -14,7 +14,8 @@
 //!
 //! Load: an open loop. Each user takes a fix every `users / rate` seconds and sends it in a
 //! binary frame, or with `--fixes-per-frame K` sends K at once every K periods (their times a
-//! period apart, the last one now), the users' phases spread evenly over that period; a writer
+//! period apart, the last one now), the users' phases spread evenly over the frame's period
+//! (K fix periods); a writer
 //! more than a frame's period late drops the missed fixes (counted as `skipped`) rather than bursting into the engine's rate limit. The
 //! generator is one thread (`--cpu`) so it does not take the engine's core; its busy ratio and
 //! send lag are reported, and the achieved rate is what is counted, not what was asked for.

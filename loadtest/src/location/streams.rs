@@ -43,6 +43,21 @@ pub struct Schedule {
     pub end: Instant,
 }
 
+impl Schedule {
+    /// Between two frames of a user.
+    pub fn frame_period(&self) -> Duration {
+        self.period * self.per_frame.max(1) as u32
+    }
+
+    /// When user `i` sends its first frame, after `start`: the users spread evenly over a frame's
+    /// period. (Spread over one fix's period, every user's frame went out in the first 1/K of
+    /// each frame period: one burst of all the users' fixes, and alert latency that grew with K.)
+    pub fn phase(&self, i: usize) -> Duration {
+        self.frame_period()
+            .mul_f64(i as f64 / self.users.max(1) as f64)
+    }
+}
+
 /// What every task of the phase reads and counts. One thread: cells, no locks.
 #[derive(Debug)]
 pub struct Shared {
@@ -327,9 +342,8 @@ pub async fn writer(
 ) {
     let per_frame = schedule.per_frame.max(1);
     let fix_ms = schedule.period.as_secs_f64() * 1000.0;
-    let period = schedule.period * per_frame as u32;
-    let phase = schedule.period.mul_f64(i as f64 / schedule.users as f64);
-    let mut due = schedule.start + phase;
+    let period = schedule.frame_period();
+    let mut due = schedule.start + schedule.phase(i);
     let mut last_t = 0i64;
     let mut fixes = Vec::with_capacity(per_frame);
     let mut frame = Vec::with_capacity(2 + 27 * per_frame);
@@ -391,4 +405,32 @@ pub async fn writer(
     }
     let _ = close.wait_for(|c| *c).await;
     let _ = sink.send(Message::Close(None)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Schedule;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn users_spread_over_a_frames_period() {
+        let start = Instant::now();
+        let schedule = Schedule {
+            start,
+            period: Duration::from_millis(100),
+            per_frame: 10,
+            users: 1000,
+            end: start + Duration::from_secs(10),
+        };
+        assert_eq!(schedule.frame_period(), Duration::from_secs(1));
+        assert_eq!(schedule.phase(0), Duration::ZERO);
+        assert_eq!(schedule.phase(500), Duration::from_millis(500));
+        // The last user sends just before the first one's second frame, not within 100 ms.
+        assert!(schedule.phase(999) > Duration::from_millis(990));
+        // Each 100 ms of the frame period holds a tenth of the users.
+        let first_tenth = (0..1000)
+            .filter(|&i| schedule.phase(i) < Duration::from_millis(100))
+            .count();
+        assert_eq!(first_tenth, 100);
+    }
 }
