@@ -10,7 +10,10 @@ use anyhow::bail;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mio::net::UdpSocket;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use rtp_fast::SrtpRx;
 use rtp_fast::rtp;
 use rtp_fast::srtp::estimate_index;
@@ -18,6 +21,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 use str0m::media::{Frequency, MediaData, MediaTime, Mid};
@@ -30,6 +34,8 @@ const PERIOD: Duration = Duration::from_millis(20);
 /// thousand readable listeners must not hold back the speakers' packets until it is through,
 /// or the node sees bursts no set of independent clients would send.
 const SEND_CHECK: usize = 32;
+/// The send timer's token (clients are numbered from 0).
+const SEND_TIMER: Token = Token(usize::MAX);
 /// How long listeners keep counting after the speakers stop.
 const DRAIN: Duration = Duration::from_secs(1);
 /// The audio level speakers send (dBov, RFC 6464): clearly voice.
@@ -134,6 +140,9 @@ pub struct Engine {
     args: SfuArgs,
     plans: Vec<Plan>,
     poll: Poll,
+    /// Wakes the poll at the next send to the microsecond: `epoll_wait` counts its timeout in
+    /// whole milliseconds (rounded up), which sent the speakers' packets in 1 ms bursts.
+    send_timer: TimerFd,
     clients: Vec<Client>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Speakers' next sends, in time order (every speaker has the same period).
@@ -167,10 +176,18 @@ impl Engine {
                 .progress_chars("=> "),
         );
         progress.set_prefix("joining");
+        let poll = Poll::new()?;
+        let send_timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK)?;
+        poll.registry().register(
+            &mut SourceFd(&send_timer.as_fd().as_raw_fd()),
+            SEND_TIMER,
+            Interest::READABLE,
+        )?;
         Ok(Self {
             args: args.clone(),
             plans,
-            poll: Poll::new()?,
+            poll,
+            send_timer,
             clients: Vec::new(),
             timers: BinaryHeap::new(),
             sends: VecDeque::new(),
@@ -345,6 +362,13 @@ impl Engine {
             } else {
                 next.saturating_duration_since(now)
             };
+            // A send comes first: the timer wakes the poll at it, not up to 1 ms after.
+            let send_next = self.sends.front().is_some_and(|&(t, _)| t <= next);
+            if send_next && !wait.is_zero() {
+                let at = TimeSpec::from(wait.max(Duration::from_micros(1)));
+                self.send_timer
+                    .set(Expiration::OneShot(at), TimerSetTimeFlags::empty())?;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(wait))
                 && e.kind() != ErrorKind::Interrupted
             {
@@ -353,6 +377,11 @@ impl Engine {
             let woke = Instant::now();
 
             for (k, ev) in events.iter().enumerate() {
+                if ev.token() == SEND_TIMER {
+                    // Expired (or re-armed since): nothing to read but the count.
+                    let _ = self.send_timer.wait();
+                    continue;
+                }
                 let i = ev.token().0;
                 self.read_all(i, &mut buf);
                 if k % SEND_CHECK == SEND_CHECK - 1 {
