@@ -209,6 +209,46 @@ fn run(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> Duratio
     spent
 }
 
+/// As [`run`], a batch of 32 fixes at a time with [`Engine::warm`] ahead of each batch (as the
+/// location server does for the commands it drains at once).
+fn run_warmed(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> Duration {
+    const BATCH: usize = 32;
+    let n = w.order.len();
+    let mut alerts = Vec::new();
+    let mut scratch = Vec::new();
+    let mut batch: Vec<(usize, i64)> = Vec::with_capacity(BATCH);
+    let mut ids = Vec::with_capacity(BATCH);
+    let mut done = 0u64;
+    let start = Instant::now();
+    while done < iters {
+        batch.clear();
+        ids.clear();
+        while batch.len() < BATCH && done + (batch.len() as u64) < iters {
+            if *cursor == n {
+                *cursor = 0;
+                *pass += 1;
+            }
+            let u = w.order[*cursor] as usize;
+            *cursor += 1;
+            batch.push((u, T0 + *pass * 5_000 + (*cursor as i64 * 5_000 / n as i64)));
+            ids.push(w.ids[u]);
+        }
+        w.engine.warm(&ids, &mut scratch);
+        for &(u, now) in &batch {
+            let leg = w.legs[u][(*pass & 1) as usize];
+            let _ = black_box(w.engine.ingest(w.ids[u], &fix(leg, now), now));
+        }
+        done += batch.len() as u64;
+        if done.is_multiple_of(4096) {
+            w.engine.take_alerts(&mut alerts);
+            alerts.clear();
+        }
+    }
+    let spent = start.elapsed();
+    w.engine.take_alerts(&mut alerts);
+    spent
+}
+
 fn location(c: &mut Criterion) {
     let mut g = c.benchmark_group("location");
     g.throughput(Throughput::Elements(1));
@@ -224,6 +264,11 @@ fn location(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new(name, users), &users, |b, _| {
             b.iter_custom(|iters| run(&mut w, iters, &mut pass, &mut cursor))
         });
+        if name == "fix" {
+            g.bench_with_input(BenchmarkId::new("fix_warmed", users), &users, |b, _| {
+                b.iter_custom(|iters| run_warmed(&mut w, iters, &mut pass, &mut cursor))
+            });
+        }
     }
     {
         let places = 100_000;

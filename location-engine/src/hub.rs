@@ -248,6 +248,18 @@ impl Hub {
         }
     }
 
+    /// Reads ahead what the fixes of `users` will touch, here and in the engine (see
+    /// [`Engine::warm`]): call it before taking the fixes of a batch of commands.
+    pub fn warm(&self, users: &[UserId], scratch: &mut Vec<u32>) {
+        let budgets: f64 = users
+            .iter()
+            .filter_map(|u| self.users.get(u))
+            .map(|s| s.budget)
+            .sum();
+        std::hint::black_box(budgets);
+        self.engine.warm(users, scratch);
+    }
+
     /// Takes `user`'s fixes (oldest first). Fixes the engine refuses are answered by index.
     pub fn fixes(
         &mut self,

@@ -54,6 +54,8 @@ const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 const STREAM_QUEUE: usize = 256;
 /// Commands the hub takes before it flushes.
 const DRAIN: usize = 1024;
+/// Commands whose users' state the hub reads ahead at once (`Hub::warm`).
+const WARM_BATCH: usize = 32;
 /// Commands queued for the hub before the connections sending them wait (and stop reading
 /// their sockets, so the clients' TCP windows fill): the hub's backlog stays bounded.
 const HUB_QUEUE: usize = 8192;
@@ -262,6 +264,16 @@ enum Cmd {
     },
 }
 
+impl Cmd {
+    /// The user whose fixes this command carries, if it carries fixes.
+    fn fixes_of(&self) -> Option<protocol::UserId> {
+        match self {
+            Cmd::Fixes { user, .. } | Cmd::StreamFixes { user, .. } => Some(*user),
+            _ => None,
+        }
+    }
+}
+
 struct Stream {
     tx: mpsc::Sender<Arc<str>>,
     /// Taken when the stream is told to close; its later commands are ignored.
@@ -333,15 +345,27 @@ async fn run_hub(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
+    let mut batch = std::collections::VecDeque::with_capacity(DRAIN);
+    let (mut warm, mut scratch) = (Vec::with_capacity(WARM_BATCH), Vec::new());
     loop {
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 let now = unix_ms();
-                handle(&mut hub, &mut shell, &mut out, cmd, now);
-                for _ in 0..DRAIN {
+                batch.push_back(cmd);
+                while batch.len() < DRAIN {
                     let Ok(cmd) = rx.try_recv() else { break };
-                    handle(&mut hub, &mut shell, &mut out, cmd, now);
+                    batch.push_back(cmd);
+                }
+                // A few dozen at a time: the users' state is read ahead, then their fixes taken.
+                while !batch.is_empty() {
+                    let n = batch.len().min(WARM_BATCH);
+                    warm.clear();
+                    warm.extend(batch.iter().take(n).filter_map(Cmd::fixes_of));
+                    hub.warm(&warm, &mut scratch);
+                    for cmd in batch.drain(..n) {
+                        handle(&mut hub, &mut shell, &mut out, cmd, now);
+                    }
                 }
             }
             _ = tick.tick() => {

@@ -3,7 +3,7 @@
 
 use location_engine::engine::{
     Alert, Config, Engine, GroupConfig, IngestError, MAX_GROUP_MEMBERS, Precision, ShareError,
-    Sharing, What,
+    Sharing, WARM_ABOVE_USERS, What,
 };
 use location_engine::fix::{Fix, Refused};
 use location_engine::geo::{LatLon, approx_cell, distance_m};
@@ -775,4 +775,66 @@ fn two_engines_sharded_by_group_raise_the_alerts_of_one() {
             .any(|(_, _, w)| matches!(w, What::Arrived { .. }))
     );
     assert_eq!(one, two);
+}
+
+/// Past `WARM_ABOVE_USERS`, `warm` reads ahead for any mix of users — sharing, unknown, stopped,
+/// forgotten, in a removed group — without a panic, and what is ingested after it is what an
+/// engine that never warmed ingests.
+#[test]
+fn reading_ahead_copes_with_any_user_and_changes_nothing() {
+    let n = WARM_ABOVE_USERS as u128 + 10;
+    let home = p(48.8566, 2.3522);
+    let build = || {
+        let mut e = engine();
+        for k in 0..n {
+            let g = group(k / 10);
+            e.configure_group(
+                g,
+                GroupConfig {
+                    proximity: Some(Rule {
+                        cooldown_ms: 0,
+                        ..Rule::new(R)
+                    }),
+                    lost_after_ms: 60_000,
+                },
+            );
+            e.share(user(k), g, forever(Precision::Exact), T0).unwrap();
+        }
+        e.ingest(user(1), &fix(home, T0), T0).unwrap();
+        e.ingest(user(2), &fix(offset(home, 500.0, 0.0), T0), T0)
+            .unwrap();
+        e.remove_group(group(3));
+        e.stop_sharing(user(45), group(4));
+        e.forget(user(55));
+        e
+    };
+    let (mut warmed, mut plain) = (build(), build());
+    let users: Vec<UserId> = [1, 2, 31, 45, 55, n + 5, 0].into_iter().map(user).collect();
+    let mut scratch = Vec::new();
+    warmed.warm(&users, &mut scratch);
+    warmed.warm(&[], &mut scratch);
+    let mut results = [Vec::new(), Vec::new()];
+    for (e, out) in [&mut warmed, &mut plain].into_iter().zip(&mut results) {
+        for t in [1_000, 2_000, 3_000] {
+            for (k, &u) in users.iter().enumerate() {
+                let at = offset(home, 50.0 * k as f64, 0.0);
+                out.push(format!("{:?}", e.ingest(u, &fix(at, T0 + t), T0 + t)));
+            }
+        }
+        out.push(format!("{:?}", alerts(e)));
+    }
+    assert_eq!(results[0], results[1]);
+    // The mix is what it says: taken (1, 2, 0), refused for not sharing (31 in the removed
+    // group, 45 stopped, 55 forgotten, one never seen), and 1 and 2, now 50 m apart, near.
+    let first_round: Vec<bool> = results[0][..users.len()]
+        .iter()
+        .map(|r| r.starts_with("Ok"))
+        .collect();
+    assert_eq!(first_round, [true, true, false, false, false, false, true]);
+    assert!(results[0][3].contains("NotSharing"), "{:?}", results[0]);
+    assert!(
+        results[0].last().unwrap().contains("Near"),
+        "{:?}",
+        results[0]
+    );
 }
