@@ -185,20 +185,27 @@ fn report(name: &str, w: &World) {
     );
 }
 
-fn run(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> Duration {
+/// The next fix of the walk: (user, its fix, now). Every user moves once a pass, in a shuffled
+/// order, alternating between the two ends of its leg.
+fn next_fix(w: &World, pass: &mut i64, cursor: &mut usize) -> (usize, Fix, i64) {
     let n = w.order.len();
+    if *cursor == n {
+        *cursor = 0;
+        *pass += 1;
+    }
+    let u = w.order[*cursor] as usize;
+    *cursor += 1;
+    let now = T0 + *pass * 5_000 + (*cursor as i64 * 5_000 / n as i64);
+    let leg = w.legs[u][(*pass & 1) as usize];
+    (u, fix(leg, now), now)
+}
+
+fn run(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> Duration {
     let mut alerts = Vec::new();
     let start = Instant::now();
     for _ in 0..iters {
-        if *cursor == n {
-            *cursor = 0;
-            *pass += 1;
-        }
-        let u = w.order[*cursor] as usize;
-        *cursor += 1;
-        let now = T0 + *pass * 5_000 + (*cursor as i64 * 5_000 / n as i64);
-        let leg = w.legs[u][(*pass & 1) as usize];
-        let _ = black_box(w.engine.ingest(w.ids[u], &fix(leg, now), now));
+        let (u, f, now) = next_fix(w, pass, cursor);
+        let _ = black_box(w.engine.ingest(w.ids[u], &f, now));
         if cursor.is_multiple_of(4096) {
             w.engine.take_alerts(&mut alerts);
             alerts.clear();
@@ -213,10 +220,9 @@ fn run(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> Duratio
 /// location server does for the commands it drains at once).
 fn run_warmed(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> Duration {
     const BATCH: usize = 32;
-    let n = w.order.len();
     let mut alerts = Vec::new();
     let mut scratch = Vec::new();
-    let mut batch: Vec<(usize, i64)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<(usize, Fix, i64)> = Vec::with_capacity(BATCH);
     let mut ids = Vec::with_capacity(BATCH);
     let mut done = 0u64;
     let start = Instant::now();
@@ -224,19 +230,13 @@ fn run_warmed(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> 
         batch.clear();
         ids.clear();
         while batch.len() < BATCH && done + (batch.len() as u64) < iters {
-            if *cursor == n {
-                *cursor = 0;
-                *pass += 1;
-            }
-            let u = w.order[*cursor] as usize;
-            *cursor += 1;
-            batch.push((u, T0 + *pass * 5_000 + (*cursor as i64 * 5_000 / n as i64)));
-            ids.push(w.ids[u]);
+            let next = next_fix(w, pass, cursor);
+            ids.push(w.ids[next.0]);
+            batch.push(next);
         }
         w.engine.warm(&ids, &mut scratch);
-        for &(u, now) in &batch {
-            let leg = w.legs[u][(*pass & 1) as usize];
-            let _ = black_box(w.engine.ingest(w.ids[u], &fix(leg, now), now));
+        for (u, f, now) in &batch {
+            let _ = black_box(w.engine.ingest(w.ids[*u], f, *now));
         }
         done += batch.len() as u64;
         if done.is_multiple_of(4096) {
