@@ -567,43 +567,50 @@ impl Engine {
     }
 
     /// Reads ahead, stage by stage across `users`, what ingesting their next fixes will load:
-    /// the index entry, the user's slot, its first membership link, that group and its first
-    /// member and pair. At a million users each of those is a cache miss; done one fix after
+    /// the index entry, the user's slot, its first membership link, that group, the user's own
+    /// member entry in it and the start of its row of pair tracks. At a million users each of those is a cache miss; done one fix after
     /// another they come one at a time, done here for a batch the misses of every user in a stage
     /// are independent and overlap. Changes nothing (`&self`): the caller ingests as before.
-    /// `location/fix_warmed` in `benches/` measures what it buys: 2.69 → 1.96 µs a fix at 100k
-    /// users and 3.66 → 2.77 µs at 1M, but 467 → 621 ns at 10k, where everything is in cache
-    /// and the reading ahead is only work; so below [`WARM_ABOVE_USERS`] it does nothing.
-    pub fn warm(&self, users: &[UserId], scratch: &mut Vec<u32>) {
+    /// `location/fix_warmed` in `benches/` measures what it buys: 2.05 → 1.40 µs a fix at 100k
+    /// users and 2.68–2.75 → 1.90–1.93 µs at 1M, but 467 → 621 ns at 10k, where everything is in
+    /// cache and the reading ahead is only work; so below [`WARM_ABOVE_USERS`] it does nothing.
+    pub fn warm(&self, users: &[UserId], scratch: &mut Vec<(u32, u32)>) {
         if self.ids.len() < WARM_ABOVE_USERS {
             return;
         }
         scratch.clear();
-        scratch.extend(users.iter().map(|&u| self.user_slot(u).unwrap_or(NONE)));
-        for s in scratch.iter_mut() {
+        scratch.extend(
+            users
+                .iter()
+                .map(|&u| (self.user_slot(u).unwrap_or(NONE), 0)),
+        );
+        for (s, _) in scratch.iter_mut() {
             if *s != NONE {
                 *s = self.users[*s as usize].first;
             }
         }
-        let mut sum = 0u64;
-        for l in scratch.iter_mut() {
+        for (l, m) in scratch.iter_mut() {
             if *l != NONE {
                 let link = self.links[*l as usize];
-                sum = sum.wrapping_add(u64::from(link.member));
-                *l = link.group;
+                (*l, *m) = (link.group, u32::from(link.member));
             }
         }
-        for &g in scratch.iter() {
+        let mut sum = 0u64;
+        for &(g, _) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
                 sum = sum.wrapping_add((group.members.len() + group.pairs.len()) as u64);
             }
         }
-        for &g in scratch.iter() {
+        // The user's own entry in the group and the start of its row of pair tracks.
+        for &(g, m) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
-                if let Some(m) = group.members.first() {
-                    sum = sum.wrapping_add(m.taken_ms as u64);
+                let m = m as usize;
+                if let Some(member) = group.members.get(m) {
+                    sum = sum.wrapping_add(member.until_ms as u64);
                 }
-                if let Some(p) = group.pairs.first() {
+                if m > 0
+                    && let Some(p) = group.pairs.get(tri(m, 0))
+                {
                     sum = sum.wrapping_add(u64::from(p.state().is_some()));
                 }
             }
