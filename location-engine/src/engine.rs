@@ -566,6 +566,11 @@ impl Engine {
         }
     }
 
+    /// Whether [`warm`](Self::warm) does anything: from [`WARM_ABOVE_USERS`] users on.
+    pub fn reads_ahead(&self) -> bool {
+        self.ids.len() >= WARM_ABOVE_USERS
+    }
+
     /// Reads ahead, stage by stage across `users`, what ingesting their next fixes will load:
     /// the index entry, the user's slot, its first membership link, that group, the user's own
     /// member entry in it and the start of its row of pair tracks. At a million users each of those is a cache miss; done one fix after
@@ -575,7 +580,7 @@ impl Engine {
     /// users and 2.68–2.75 → 1.90–1.93 µs at 1M, but 467 → 621 ns at 10k, where everything is in
     /// cache and the reading ahead is only work; so below [`WARM_ABOVE_USERS`] it does nothing.
     pub fn warm(&self, users: &[UserId], scratch: &mut Vec<(u32, u32)>) {
-        if self.ids.len() < WARM_ABOVE_USERS {
+        if !self.reads_ahead() {
             return;
         }
         scratch.clear();

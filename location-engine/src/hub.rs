@@ -251,6 +251,9 @@ impl Hub {
     /// Reads ahead what the fixes of `users` will touch, here and in the engine (see
     /// [`Engine::warm`]): call it before taking the fixes of a batch of commands.
     pub fn warm(&self, users: &[UserId], scratch: &mut Vec<(u32, u32)>) {
+        if !self.engine.reads_ahead() {
+            return;
+        }
         let budgets: f64 = users
             .iter()
             .filter_map(|u| self.users.get(u))

@@ -86,6 +86,8 @@ struct Ctx {
     unauthentic: u64,
     /// Scratch for a decrypted packet.
     plain: Vec<u8>,
+    /// Room for a read's receive stamp.
+    stamp: Vec<u8>,
 }
 
 /// What a run measured.
@@ -207,6 +209,7 @@ impl Engine {
                 packets_in: 0,
                 unauthentic: 0,
                 plain: Vec::with_capacity(2048),
+                stamp: recv::stamp_buffer(),
             },
             failures: Vec::new(),
             failed: 0,
@@ -429,7 +432,8 @@ impl Engine {
     fn read_all(&mut self, i: usize, buf: &mut [u8]) {
         loop {
             let c = &mut self.clients[i];
-            let (n, source, arrived) = match recv::recv_stamped(&c.socket, buf) {
+            let (n, source, arrived) = match recv::recv_stamped(&c.socket, buf, &mut self.ctx.stamp)
+            {
                 Ok(d) => (d.len, d.source, d.arrived_ns),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,

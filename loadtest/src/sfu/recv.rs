@@ -34,17 +34,22 @@ pub struct Datagram {
     pub arrived_ns: Option<u64>,
 }
 
-/// Reads one datagram from `socket` into `buf`.
-pub fn recv_stamped(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Datagram> {
-    let mut cmsg = nix::cmsg_space!(TimeSpec);
+/// Room for the receive stamp's control message, for [`recv_stamped`] to reuse.
+pub fn stamp_buffer() -> Vec<u8> {
+    nix::cmsg_space!(TimeSpec)
+}
+
+/// Reads one datagram from `socket` into `buf`; `cmsg` is a [`stamp_buffer`], reused from read
+/// to read (this is the generator's hot path).
+pub fn recv_stamped(
+    socket: &impl AsRawFd,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> io::Result<Datagram> {
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::empty(),
-    )
-    .map_err(io::Error::from)?;
+    let msg =
+        recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())
+            .map_err(io::Error::from)?;
     let mut arrived_ns = None;
     for c in msg.cmsgs() {
         if let ControlMessageOwned::ScmTimestampns(ts) = c {
@@ -86,7 +91,7 @@ mod tests {
             .expect("send");
         let mut buf = [0u8; 64];
         // Blocking read: returns once the datagram is there.
-        let d = recv_stamped(&rx, &mut buf).expect("read");
+        let d = recv_stamped(&rx, &mut buf, &mut stamp_buffer()).expect("read");
         let after = wall_ns();
         assert_eq!(&buf[..d.len], b"hello");
         assert_eq!(d.source, tx.local_addr().expect("addr"));
@@ -101,7 +106,7 @@ mod tests {
         tx.send_to(b"x", rx.local_addr().expect("addr"))
             .expect("send");
         let mut buf = [0u8; 8];
-        let d = recv_stamped(&rx, &mut buf).expect("read");
+        let d = recv_stamped(&rx, &mut buf, &mut stamp_buffer()).expect("read");
         assert_eq!(d.len, 1);
         assert_eq!(d.arrived_ns, None);
     }
