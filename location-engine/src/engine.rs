@@ -5,9 +5,11 @@
 //!
 //! Layout, for the hot path (one fix): a user is a 32-byte slot (the packed fix, the head of its
 //! list of memberships, flags) found through an id table of 4-byte entries; each group keeps its
-//! members' positions *as the group may see them* (exact, or the approximate cell) side by side,
-//! and a triangle of 24-byte pair tracks. A fix updates the slot, then for each group it is shared
-//! with scans that group's other members (proximity) and its places. No global index of users is
+//! members' positions *as the group may see them* (exact, or the approximate cell) side by side
+//! in 32-byte records, a triangle of 24-byte pair tracks with one byte a pair that settles the
+//! common reading without loading the track ([`Pairs`]), and its places' centres and reaches in
+//! 24-byte records. A fix updates the slot, then for each group it is shared with scans that
+//! group's other members (proximity) and its places. No global index of users is
 //! kept: every question a member may ask ("who is near", "who is at home") is about their own
 //! groups, whose scan is cheaper than moving a point in an R-tree (see ARCHITECTURE.md and the
 //! `location` bench).
@@ -15,7 +17,7 @@
 use crate::fix::{Fix, MAX_CLOCK_AHEAD_MS, Packed, Refused};
 use crate::geo::{APPROX_CELL_HALF_DIAGONAL_M, LatLon, Probe, approx_cell};
 use crate::places::{Place, PlaceError, Places, Shape};
-use crate::proximity::{Debounce, Pair, Proximity, Rule, Track, combined_accuracy};
+use crate::proximity::{Debounce, Pairs, Proximity, Rule, Track, combined_accuracy};
 use hashbrown::HashTable;
 use protocol::ids::{GroupId, PlaceId, UserId};
 use std::collections::HashMap;
@@ -144,19 +146,19 @@ struct Link {
     next: u32,
 }
 
-/// A member as their group sees them.
-#[derive(Debug, Clone)]
+/// A member as their group sees them: 32 bytes, two to a cache line, a group's side by side (a
+/// fix reads every other member of its groups). What a fix does not read of the others — the
+/// places each is tracked against — is in [`Group::tracked`].
+#[derive(Debug, Clone, Copy)]
 struct Member {
-    /// The user's slot; `NONE` when this member slot is free.
-    user: u32,
     lat_e7: i32,
     lon_e7: i32,
-    accuracy_dm: u16,
-    flags: u8,
     taken_ms: i64,
     until_ms: i64,
-    /// Places this member is inside of, or being read against (the rest: outside).
-    places: Vec<(u32, Track)>,
+    /// The user's slot; `NONE` when this member slot is free.
+    user: u32,
+    accuracy_dm: u16,
+    flags: u8,
 }
 
 const M_APPROX: u8 = 1;
@@ -174,7 +176,6 @@ impl Member {
         flags: 0,
         taken_ms: 0,
         until_ms: 0,
-        places: Vec::new(),
     };
 
     fn at(&self) -> LatLon {
@@ -193,19 +194,24 @@ impl Member {
     }
 }
 
+/// A group. In declaration order (`repr(C)`): what every fix reads first, so that it spans as
+/// few cache lines as it can (all of which [`Engine::warm`] reads ahead), then the rest.
 #[derive(Debug)]
+#[repr(C)]
 struct Group {
-    id: GroupId,
-    config: GroupConfig,
     members: Vec<Member>,
+    /// Pair `tri(i, j)`: the track of members i and j.
+    pairs: Pairs,
+    config: GroupConfig,
+    /// Per member: the places they are inside of, or being read against (the rest: outside).
+    tracked: Vec<Vec<(u32, Track)>>,
+    dirty: bool,
+    places: Places,
+    id: GroupId,
     free: Vec<u16>,
     live: usize,
-    /// `pairs[tri(i, j)]`: the track of members i and j.
-    pairs: Vec<Pair>,
-    places: Places,
     place_ids: Vec<PlaceId>,
     place_slots: HashMap<PlaceId, u32>,
-    dirty: bool,
 }
 
 /// Users (slots, live or free) from which [`Engine::warm`] reads ahead: tens of megabytes of
@@ -311,9 +317,10 @@ impl Engine {
             id: group,
             config: GroupConfig::default(),
             members: Vec::new(),
+            tracked: Vec::new(),
             free: Vec::new(),
             live: 0,
-            pairs: Vec::new(),
+            pairs: Pairs::default(),
             places: Places::default(),
             place_ids: Vec::new(),
             place_slots: HashMap::new(),
@@ -420,8 +427,9 @@ impl Engine {
                     Some(i) => i as usize,
                     None => {
                         group.members.push(Member::FREE);
+                        group.tracked.push(Vec::new());
                         let n = group.members.len();
-                        group.pairs.resize(n * (n - 1) / 2, Pair::default());
+                        group.pairs.resize_for(n);
                         n - 1
                     }
                 };
@@ -443,7 +451,7 @@ impl Engine {
         let was_approx = member.flags & M_APPROX != 0;
         if approx != was_approx || existing.is_none() {
             member.flags = if approx { M_APPROX } else { 0 };
-            member.places.clear();
+            group.tracked[i].clear();
             if held.flags & HAS_FIX != 0 {
                 place_member(member, &held.fix);
             }
@@ -491,9 +499,10 @@ impl Engine {
         let group = self.groups[g as usize].as_mut().expect("linked");
         let idx = i as usize;
         group.members[idx] = Member::FREE;
+        group.tracked[idx] = Vec::new();
         for j in 0..group.members.len() {
             if j != idx {
-                group.pairs[tri(idx, j)] = Pair::default();
+                group.pairs.reset(tri(idx, j));
             }
         }
         group.free.push(i);
@@ -572,13 +581,14 @@ impl Engine {
     }
 
     /// Reads ahead, stage by stage across `users`, what ingesting their next fixes will load:
-    /// the index entry, the user's slot, its first membership link, that group, the user's own
-    /// member entry in it and the start of its row of pair tracks. At a million users each of those is a cache miss; done one fix after
+    /// the index entry, the user's slot, its first membership link, that group's hot fields,
+    /// then its members, the bytes that settle its pairs, the user's list of tracked places and
+    /// the places' reaches. At a million users each of those is a cache miss; done one fix after
     /// another they come one at a time, done here for a batch the misses of every user in a stage
     /// are independent and overlap. Changes nothing (`&self`): the caller ingests as before.
-    /// `location/fix_warmed` in `benches/` measures what it buys: 2.05 → 1.40 µs a fix at 100k
-    /// users and 2.68–2.75 → 1.90–1.93 µs at 1M, but 467 → 621 ns at 10k, where everything is in
-    /// cache and the reading ahead is only work; so below [`WARM_ABOVE_USERS`] it does nothing.
+    /// `location/fix_warmed` in `benches/` measures what it buys (README, "Performance"); at 10k
+    /// users everything is in cache and the reading ahead is only work (467 → 621 ns when it was
+    /// measured), so below [`WARM_ABOVE_USERS`] it does nothing.
     pub fn warm(&self, users: &[UserId], scratch: &mut Vec<(u32, u32)>) {
         if !self.reads_ahead() {
             return;
@@ -606,18 +616,20 @@ impl Engine {
                 sum = sum.wrapping_add((group.members.len() + group.pairs.len()) as u64);
             }
         }
-        // The user's own entry in the group and the start of its row of pair tracks.
+        // The group's members (a fix reads them all), two to a cache line, the bytes that settle
+        // its pairs, and where the user's tracked places are listed.
         for &(g, m) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
-                let m = m as usize;
-                if let Some(member) = group.members.get(m) {
+                for member in group.members.iter().step_by(2) {
                     sum = sum.wrapping_add(member.until_ms as u64);
                 }
-                if m > 0
-                    && let Some(p) = group.pairs.get(tri(m, 0))
-                {
-                    sum = sum.wrapping_add(u64::from(p.state().is_some()));
+                for k in (0..group.pairs.len()).step_by(64) {
+                    sum = sum.wrapping_add(u64::from(group.pairs.settled_byte(k).unwrap_or(0)));
                 }
+                if let Some(tracked) = group.tracked.get(m as usize) {
+                    sum = sum.wrapping_add(tracked.len() as u64);
+                }
+                sum = sum.wrapping_add(group.places.touch() ^ u64::from(group.dirty));
             }
         }
         // The loads are the point; keep the compiler from dropping them.
@@ -744,7 +756,7 @@ impl Engine {
         group.place_slots.insert(place, slot);
         let lost_after = group.config.lost_after_ms;
         let place = group.places.get(slot).expect("just inserted");
-        for member in &mut group.members {
+        for (member, tracked) in group.members.iter().zip(&mut group.tracked) {
             if member.fresh(now_ms, lost_after) && member.flags & M_SEEDED != 0 {
                 let mut track = Track::default();
                 match place.read(member.at(), member.accuracy_m()) {
@@ -752,7 +764,7 @@ impl Engine {
                     Some(true) => track.seed(true, now_ms),
                     None => {}
                 }
-                member.places.push((slot, track));
+                tracked.push((slot, track));
             }
         }
         Ok(())
@@ -851,7 +863,7 @@ impl Engine {
         {
             return None;
         }
-        group.pairs[tri(i, j)].state()
+        group.pairs.state(tri(i, j))
     }
 
     /// The places of `group` `user` is confirmed inside.
@@ -863,8 +875,7 @@ impl Engine {
             return Vec::new();
         };
         let group = self.groups[g as usize].as_ref().expect("indexed");
-        group.members[i as usize]
-            .places
+        group.tracked[i as usize]
             .iter()
             .filter(|(_, t)| t.state() == Some(true))
             .map(|&(slot, _)| group.place_ids[slot as usize])
@@ -889,16 +900,15 @@ impl Engine {
                 + live_groups()
                     .map(|g| {
                         g.members.capacity() * size_of::<Member>()
-                            + g.members
+                            + g.tracked.capacity() * size_of::<Vec<(u32, Track)>>()
+                            + g.tracked
                                 .iter()
-                                .map(|m| m.places.capacity() * size_of::<(u32, Track)>())
+                                .map(|t| t.capacity() * size_of::<(u32, Track)>())
                                 .sum::<usize>()
                     })
                     .sum::<usize>(),
             pairs: live_groups().map(|g| g.pairs.len()).sum(),
-            pair_bytes: live_groups()
-                .map(|g| g.pairs.capacity() * size_of::<Pair>())
-                .sum(),
+            pair_bytes: live_groups().map(|g| g.pairs.bytes()).sum(),
             groups: self.group_index.len(),
             places: live_groups().map(|g| g.places.len()).sum(),
         }
@@ -931,10 +941,10 @@ fn mark(group: &mut Group, g: u32, dirty: &mut Vec<u32>) {
 fn interrupt(group: &mut Group, i: usize) {
     for j in 0..group.members.len() {
         if j != i {
-            group.pairs[tri(i, j)].track().interrupt();
+            group.pairs.interrupt(tri(i, j));
         }
     }
-    for (_, track) in &mut group.members[i].places {
+    for (_, track) in &mut group.tracked[i] {
         track.interrupt();
     }
 }
@@ -942,8 +952,8 @@ fn interrupt(group: &mut Group, i: usize) {
 fn drop_place(group: &mut Group, slot: u32) {
     group.places.remove(slot);
     group.place_slots.remove(&group.place_ids[slot as usize]);
-    for member in &mut group.members {
-        member.places.retain(|(s, _)| *s != slot);
+    for tracked in &mut group.tracked {
+        tracked.retain(|(s, _)| *s != slot);
     }
 }
 
@@ -971,7 +981,7 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             let u = combined_accuracy(accuracy, other.accuracy_m());
             let d = probe.distance_m(other.at(), apart + u + 100.0);
             let (other_user, instant) = (other.user, taken_ms.max(other.taken_ms));
-            if let Some(t) = group.pairs[tri(i, j)].observe(&rule, d, u, instant) {
+            if let Some(t) = group.pairs.observe(tri(i, j), &rule, d, u, instant) {
                 let (a, b) = out.pair(user, other_user);
                 let what = match t.to {
                     Proximity::Near => What::Near { a, b },
@@ -987,6 +997,7 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
     let Group {
         places,
         members,
+        tracked,
         place_ids,
         id,
         ..
@@ -994,11 +1005,12 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
     let member = &mut members[i];
     let seeded = member.flags & M_SEEDED != 0;
     member.flags |= M_SEEDED;
+    let tracks = &mut tracked[i];
     let user_id = out.ids[user as usize];
     // Places being tracked: read each (a far fix reads outside).
     let mut k = 0;
-    while k < member.places.len() {
-        let (slot, ref mut track) = member.places[k];
+    while k < tracks.len() {
+        let (slot, ref mut track) = tracks[k];
         let place = places
             .get(slot)
             .expect("tracks are dropped with their place");
@@ -1019,15 +1031,15 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             out.alert(*id, now_ms, what);
         }
         if track.state() == Some(false) && reading == Some(false) {
-            member.places.swap_remove(k);
+            tracks.swap_remove(k);
         } else {
             k += 1;
         }
     }
     // Places the fix may be inside of that are not tracked yet.
-    let tracked = member.places.len();
+    let tracked = tracks.len();
     places.candidates(&probe, accuracy, |slot, place| {
-        if member.places[..tracked].iter().any(|(s, _)| *s == slot) {
+        if tracks[..tracked].iter().any(|(s, _)| *s == slot) {
             return;
         }
         let reading = place.read_from(&probe, accuracy);
@@ -1053,7 +1065,7 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             // The first reading of a member is seeded silently.
             track.feed(reading, &debounce(place), taken_ms);
         }
-        member.places.push((slot, track));
+        tracks.push((slot, track));
     });
 }
 

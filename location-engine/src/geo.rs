@@ -40,6 +40,9 @@ pub enum CoordError {
 }
 
 impl LatLon {
+    /// 0° N, 0° E.
+    pub const ORIGIN: LatLon = LatLon { lat: 0.0, lon: 0.0 };
+
     /// A point, if the coordinates are finite and in range.
     pub fn new(lat: f64, lon: f64) -> Result<Self, CoordError> {
         if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {

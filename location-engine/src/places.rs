@@ -302,13 +302,39 @@ impl RTreeObject for Boxed {
 
 /// A group's places, by slot (slots are stable while a place lives; a freed slot is reused).
 #[derive(Debug, Default)]
+#[repr(C)] // what a fix reads first
 pub struct Places {
-    slots: Vec<Option<Place>>,
-    free: Vec<u32>,
+    /// What the scan reads of each slot, 24 bytes (a free slot reaches nowhere): a fix far from
+    /// every place reads only these, not the 152-byte places.
+    scan: Vec<Reach>,
     live: usize,
     /// Built (bulk-loaded) when there are more than [`SCAN_MAX`] places, then edited in place;
     /// dropped when they are again at most [`SCAN_MAX`].
-    tree: Option<RTree<Boxed>>,
+    tree: Option<Box<RTree<Boxed>>>,
+    slots: Vec<Option<Place>>,
+    free: Vec<u32>,
+}
+
+/// A place's centre and how far from it a fix may read anything but outside (before its
+/// accuracy): reach plus margin.
+#[derive(Debug, Clone, Copy)]
+struct Reach {
+    origin: LatLon,
+    reach_m: f64,
+}
+
+impl Reach {
+    const NOWHERE: Reach = Reach {
+        origin: LatLon::ORIGIN,
+        reach_m: f64::NEG_INFINITY,
+    };
+
+    fn of(place: &Place) -> Self {
+        Reach {
+            origin: place.origin,
+            reach_m: place.reach_m + place.margin_m(),
+        }
+    }
 }
 
 impl Places {
@@ -330,7 +356,12 @@ impl Places {
             return Err(PlaceError::TooMany);
         }
         let envelope = place.envelope();
+        let reach = Reach::of(&place);
         let slot = crate::put(&mut self.slots, &mut self.free, Some(place));
+        if self.scan.len() <= slot as usize {
+            self.scan.resize(slot as usize + 1, Reach::NOWHERE);
+        }
+        self.scan[slot as usize] = reach;
         self.live += 1;
         match &mut self.tree {
             Some(tree) => tree.insert(Boxed { slot, envelope }),
@@ -342,6 +373,7 @@ impl Places {
     /// Removes the place in `slot`.
     pub fn remove(&mut self, slot: u32) -> Option<Place> {
         let place = self.slots.get_mut(slot as usize)?.take()?;
+        self.scan[slot as usize] = Reach::NOWHERE;
         self.free.push(slot);
         self.live -= 1;
         match &mut self.tree {
@@ -359,7 +391,7 @@ impl Places {
 
     fn reindex(&mut self) {
         self.tree = (self.live > SCAN_MAX).then(|| {
-            RTree::bulk_load(
+            Box::new(RTree::bulk_load(
                 self.slots
                     .iter()
                     .enumerate()
@@ -370,7 +402,7 @@ impl Places {
                         })
                     })
                     .collect(),
-            )
+            ))
         });
     }
 
@@ -380,12 +412,13 @@ impl Places {
     pub fn candidates(&self, probe: &Probe, accuracy_m: f64, mut f: impl FnMut(u32, &Place)) {
         match &self.tree {
             None => {
-                for (slot, place) in self.slots.iter().enumerate() {
-                    if let Some(place) = place {
-                        let reach = place.reach_m + place.margin_m() + accuracy_m;
-                        if probe.distance_m(place.origin, reach) <= reach + 1.0 {
-                            f(slot as u32, place);
-                        }
+                for (slot, near) in self.scan.iter().enumerate() {
+                    let reach = near.reach_m + accuracy_m;
+                    // A free slot reaches -∞: never a candidate.
+                    if probe.distance_m(near.origin, reach) <= reach + 1.0
+                        && let Some(place) = &self.slots[slot]
+                    {
+                        f(slot as u32, place);
                     }
                 }
             }
@@ -406,6 +439,11 @@ impl Places {
                 }
             }
         }
+    }
+
+    /// Reads ahead what [`Places::candidates`] will read first (see `Engine::warm`).
+    pub fn touch(&self) -> u64 {
+        self.scan.first().map_or(0, |r| r.reach_m.to_bits()) ^ self.live as u64
     }
 
     /// Every live place, by slot.
@@ -602,14 +640,14 @@ mod tests {
             assert_eq!(from_tree, by_normals);
             // The scan (used for few places) offers a subset of the tree's, and neither ever
             // leaves out a place the fix reads inside of or undecided against.
-            let mut small = Places::default();
             let mut scanned = Vec::new();
             for (slot, place) in big.iter() {
                 if place.read(at, accuracy) != Some(false) {
                     assert!(from_tree.contains(&slot), "{at:?} {slot}");
                 }
                 assert_eq!(place.read(at, accuracy), place.read_from(&probe, accuracy));
-                small.slots = vec![Some(place.clone())];
+                let mut small = Places::default();
+                small.insert(place.clone()).unwrap();
                 small.candidates(&probe, accuracy, |_, _| scanned.push(slot));
             }
             for slot in &scanned {
