@@ -15,7 +15,7 @@
 //! Each size prints its memory (bytes per user of slots, ids and id table; pair tracks).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use location_engine::engine::{Config, Engine, GroupConfig, Precision, Sharing};
+use location_engine::engine::{Config, Engine, GroupConfig, Handle, Precision, Sharing};
 use location_engine::fix::Fix;
 use location_engine::geo::LatLon;
 use location_engine::noise::Noise;
@@ -35,10 +35,31 @@ fn at(x_m: f64, y_m: f64) -> LatLon {
 
 struct World {
     engine: Engine,
-    ids: Vec<UserId>,
-    /// Two positions per user (metres), alternated so that every fix moves.
-    legs: Vec<[(f64, f64); 2]>,
-    order: Vec<u32>,
+    /// Every user once, in the (shuffled) order their fixes come in; read in that order, so the
+    /// harness itself adds no cache misses to the engine's.
+    visits: Vec<Visit>,
+}
+
+struct Visit {
+    user: UserId,
+    /// Two positions (metres), alternated so that every fix moves.
+    legs: [(f64, f64); 2],
+    /// Kept as the hub keeps one per user ([`Engine::ingest_with`]).
+    handle: Handle,
+}
+
+impl World {
+    fn new(engine: Engine, ids: &[UserId], legs: &[[(f64, f64); 2]], order: &[u32]) -> Self {
+        let visits = order
+            .iter()
+            .map(|&u| Visit {
+                user: ids[u as usize],
+                legs: legs[u as usize],
+                handle: engine.handle(ids[u as usize]),
+            })
+            .collect();
+        World { engine, visits }
+    }
 }
 
 fn world(users: usize, max_group: usize) -> World {
@@ -106,12 +127,7 @@ fn world(users: usize, max_group: usize) -> World {
             .ingest(ids[u], &fix(leg[0], T0), T0)
             .expect("first fix");
     }
-    World {
-        engine,
-        ids,
-        legs,
-        order,
-    }
+    World::new(engine, &ids, &legs, &order)
 }
 
 /// One group of 20 members and `places` places over the whole area.
@@ -142,12 +158,8 @@ fn places_world(places: usize) -> World {
         engine.share(id, g, forever(), T0).expect("room");
         engine.ingest(id, &fix(home, T0), T0).expect("first fix");
     }
-    World {
-        engine,
-        ids,
-        legs,
-        order: (0..20).collect(),
-    }
+    let order: Vec<u32> = (0..20).collect();
+    World::new(engine, &ids, &legs, &order)
 }
 
 fn forever() -> Sharing {
@@ -185,27 +197,27 @@ fn report(name: &str, w: &World) {
     );
 }
 
-/// The next fix of the walk: (user, its fix, now). Every user moves once a pass, in a shuffled
-/// order, alternating between the two ends of its leg.
+/// The next fix of the walk: (the visit, its fix, now). Every user moves once a pass, in a
+/// shuffled order, alternating between the two ends of its leg.
 fn next_fix(w: &World, pass: &mut i64, cursor: &mut usize) -> (usize, Fix, i64) {
-    let n = w.order.len();
+    let n = w.visits.len();
     if *cursor == n {
         *cursor = 0;
         *pass += 1;
     }
-    let u = w.order[*cursor] as usize;
+    let v = *cursor;
     *cursor += 1;
     let now = T0 + *pass * 5_000 + (*cursor as i64 * 5_000 / n as i64);
-    let leg = w.legs[u][(*pass & 1) as usize];
-    (u, fix(leg, now), now)
+    let leg = w.visits[v].legs[(*pass & 1) as usize];
+    (v, fix(leg, now), now)
 }
 
 fn run(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> Duration {
     let mut alerts = Vec::new();
     let start = Instant::now();
     for _ in 0..iters {
-        let (u, f, now) = next_fix(w, pass, cursor);
-        let _ = black_box(w.engine.ingest(w.ids[u], &f, now));
+        let (v, f, now) = next_fix(w, pass, cursor);
+        let _ = black_box(w.engine.ingest(w.visits[v].user, &f, now));
         if cursor.is_multiple_of(4096) {
             w.engine.take_alerts(&mut alerts);
             alerts.clear();
@@ -216,27 +228,28 @@ fn run(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> Duratio
     spent
 }
 
-/// As [`run`], a batch of 32 fixes at a time with [`Engine::warm`] ahead of each batch (as the
-/// location server does for the commands it drains at once).
+/// As the location server's hub takes fixes: a batch of 32 at a time with [`Engine::warm`]
+/// ahead of each batch, each user found through the handle kept for them.
 fn run_warmed(w: &mut World, iters: u64, pass: &mut i64, cursor: &mut usize) -> Duration {
     const BATCH: usize = 32;
     let mut alerts = Vec::new();
     let mut scratch = Vec::new();
     let mut batch: Vec<(usize, Fix, i64)> = Vec::with_capacity(BATCH);
-    let mut ids = Vec::with_capacity(BATCH);
     let mut done = 0u64;
     let start = Instant::now();
     while done < iters {
         batch.clear();
-        ids.clear();
         while batch.len() < BATCH && done + (batch.len() as u64) < iters {
-            let next = next_fix(w, pass, cursor);
-            ids.push(w.ids[next.0]);
-            batch.push(next);
+            batch.push(next_fix(w, pass, cursor));
         }
-        w.engine.warm(&ids, &mut scratch);
-        for (u, f, now) in &batch {
-            let _ = black_box(w.engine.ingest(w.ids[*u], f, *now));
+        let visits = &w.visits;
+        w.engine.warm(
+            batch.iter().map(|b| (visits[b.0].user, visits[b.0].handle)),
+            &mut scratch,
+        );
+        for (v, f, now) in &batch {
+            let visit = &mut w.visits[*v];
+            let _ = black_box(w.engine.ingest_with(&mut visit.handle, visit.user, f, *now));
         }
         done += batch.len() as u64;
         if done.is_multiple_of(4096) {

@@ -127,6 +127,19 @@ pub struct Footprint {
     pub places: usize,
 }
 
+/// Where the engine last found a user: a way past the id table for a caller that keeps one per
+/// user (the hub does), as str0m and quinn-proto hand out handles. A stale handle costs only the
+/// lookup it would have saved: it is checked on every use (the slot must be live and hold the
+/// user) and refreshed. [`Handle::default`] is the unknown handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handle(u32);
+
+impl Default for Handle {
+    fn default() -> Self {
+        Handle(NONE)
+    }
+}
+
 /// A user: 32 bytes.
 #[derive(Debug, Clone, Copy)]
 struct User {
@@ -303,6 +316,26 @@ impl Engine {
         self.index
             .find(hash, |&slot| self.ids[slot as usize] == user)
             .copied()
+    }
+
+    /// `user`'s slot, through `handle` when it still holds (then without hashing), else the id
+    /// table (then `handle` is refreshed).
+    #[inline]
+    fn resolve(&self, user: UserId, handle: &mut Handle) -> Option<u32> {
+        let h = handle.0 as usize;
+        if h < self.users.len() && self.users[h].first != NONE && self.ids[h] == user {
+            return Some(handle.0);
+        }
+        let slot = self.user_slot(user)?;
+        handle.0 = slot;
+        Some(slot)
+    }
+
+    /// A handle on `user` (unknown if they share with no group).
+    pub fn handle(&self, user: UserId) -> Handle {
+        let mut handle = Handle::default();
+        self.resolve(user, &mut handle);
+        handle
     }
 
     fn group_slot(&self, group: GroupId) -> Option<u32> {
@@ -589,18 +622,28 @@ impl Engine {
     /// `location/fix_warmed` in `benches/` measures what it buys (README, "Performance"); at 10k
     /// users everything is in cache and the reading ahead is only work (467 → 621 ns when it was
     /// measured), so below [`WARM_ABOVE_USERS`] it does nothing.
-    pub fn warm(&self, users: &[UserId], scratch: &mut Vec<(u32, u32)>) {
+    pub fn warm(
+        &self,
+        users: impl IntoIterator<Item = (UserId, Handle)>,
+        scratch: &mut Vec<(u32, u32)>,
+    ) {
         if !self.reads_ahead() {
             return;
         }
         scratch.clear();
-        scratch.extend(
-            users
-                .iter()
-                .map(|&u| (self.user_slot(u).unwrap_or(NONE), 0)),
-        );
+        // Through the handle where there is one (a stale one only warms the wrong lines).
+        scratch.extend(users.into_iter().map(|(user, handle)| {
+            let slot = if (handle.0 as usize) < self.users.len() {
+                handle.0
+            } else {
+                self.user_slot(user).unwrap_or(NONE)
+            };
+            (slot, 0)
+        }));
+        let mut sum = 0u64;
         for (s, _) in scratch.iter_mut() {
             if *s != NONE {
+                sum = sum.wrapping_add(self.ids[*s as usize].0.as_u64_pair().0);
                 *s = self.users[*s as usize].first;
             }
         }
@@ -610,7 +653,6 @@ impl Engine {
                 (*l, *m) = (link.group, u32::from(link.member));
             }
         }
-        let mut sum = 0u64;
         for &(g, _) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
                 sum = sum.wrapping_add((group.members.len() + group.pairs.len()) as u64);
@@ -639,7 +681,19 @@ impl Engine {
     /// Takes `fix` as `user`'s latest if it is valid and newer than the one held, and reads
     /// every group the user shares with against it.
     pub fn ingest(&mut self, user: UserId, fix: &Fix, now_ms: i64) -> Result<(), IngestError> {
-        let u = self.user_slot(user).ok_or(IngestError::NotSharing)?;
+        self.ingest_with(&mut Handle::default(), user, fix, now_ms)
+    }
+
+    /// As [`Engine::ingest`], finding the user through `handle` (kept by the caller, refreshed
+    /// here when it no longer holds).
+    pub fn ingest_with(
+        &mut self,
+        handle: &mut Handle,
+        user: UserId,
+        fix: &Fix,
+        now_ms: i64,
+    ) -> Result<(), IngestError> {
+        let u = self.resolve(user, handle).ok_or(IngestError::NotSharing)?;
         let packed = Packed::pack(fix)?;
         if fix.taken_ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
             return Err(Refused::FromTheFuture.into());

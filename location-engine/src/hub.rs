@@ -12,7 +12,7 @@
 //! ([`Outbox::fetch_places`], with the token of a member sharing with the group), then applies
 //! what changed ([`Hub::apply_places`]). One fetch per group is under way at a time.
 
-use crate::engine::{Alert, Config, Engine, GroupConfig, IngestError, Seen, Sharing};
+use crate::engine::{Alert, Config, Engine, GroupConfig, Handle, IngestError, Seen, Sharing};
 use crate::fix::Fix;
 use crate::geo::LatLon;
 use crate::places::Shape;
@@ -85,13 +85,15 @@ struct UserState {
     /// Fix budget (token bucket) and when it was last filled, ms.
     budget: f64,
     budget_at: i64,
+    /// Where the engine keeps the user: fixes go past its id table.
+    handle: Handle,
 }
 
 /// The engine and its audience.
 #[derive(Debug)]
 pub struct Hub {
     engine: Engine,
-    users: HashMap<UserId, UserState>,
+    users: Map<UserId, UserState>,
     /// Per group: its proximity radius (as last granted) and the connections watching it.
     groups: Map<GroupId, (u32, Vec<ConnId>)>,
     /// When each group's positions last went out (kept for an interval), and whether newer ones
@@ -113,7 +115,7 @@ impl Hub {
     pub fn new(config: Config) -> Self {
         Self {
             engine: Engine::new(config),
-            users: HashMap::new(),
+            users: Map::default(),
             groups: Map::default(),
             sent: Map::default(),
             waiting: Vec::new(),
@@ -147,6 +149,7 @@ impl Hub {
             conns: Vec::new(),
             budget: f64::from(FIX_BURST),
             budget_at: now_ms,
+            handle: Handle::default(),
         });
         let mut refused = Vec::new();
         if claims.iat >= state.iat {
@@ -254,12 +257,14 @@ impl Hub {
         if !self.engine.reads_ahead() {
             return;
         }
-        let budgets: f64 = users
-            .iter()
-            .filter_map(|u| self.users.get(u))
-            .map(|s| s.budget)
-            .sum();
-        std::hint::black_box(budgets);
+        // The hub's own state of each user (the budget is read first), and their handle.
+        let users = users.iter().map(|&user| {
+            let handle = self.users.get(&user).map_or_else(Handle::default, |s| {
+                std::hint::black_box(s.budget);
+                s.handle
+            });
+            (user, handle)
+        });
         self.engine.warm(users, scratch);
     }
 
@@ -297,7 +302,8 @@ impl Hub {
                         battery: w.battery,
                         taken_ms: w.t,
                     };
-                    self.engine.ingest(user, &fix, now_ms)
+                    self.engine
+                        .ingest_with(&mut state.handle, user, &fix, now_ms)
                 });
             match result {
                 Ok(()) => {

@@ -2,8 +2,8 @@
 //! sharding simulation. Time is an argument everywhere; nothing sleeps.
 
 use location_engine::engine::{
-    Alert, Config, Engine, GroupConfig, IngestError, MAX_GROUP_MEMBERS, Precision, ShareError,
-    Sharing, WARM_ABOVE_USERS, What,
+    Alert, Config, Engine, GroupConfig, Handle, IngestError, MAX_GROUP_MEMBERS, Precision,
+    ShareError, Sharing, WARM_ABOVE_USERS, What,
 };
 use location_engine::fix::{Fix, Refused};
 use location_engine::geo::{LatLon, approx_cell, distance_m};
@@ -810,15 +810,32 @@ fn reading_ahead_copes_with_any_user_and_changes_nothing() {
     };
     let (mut warmed, mut plain) = (build(), build());
     let users: Vec<UserId> = [1, 2, 31, 45, 55, n + 5, 0].into_iter().map(user).collect();
+    // Handles of every kind: current (1, 2, 0), unknown (45, 55, the one never seen), and
+    // another user's (31 and 55 get 2's and 1's). The plain twin ingests by id.
+    let mut handles: Vec<Handle> = users.iter().map(|&u| warmed.handle(u)).collect();
+    handles[2] = warmed.handle(user(2));
+    handles[4] = warmed.handle(user(1));
     let mut scratch = Vec::new();
-    warmed.warm(&users, &mut scratch);
-    warmed.warm(&[], &mut scratch);
+    warmed.warm(
+        users.iter().copied().zip(handles.iter().copied()),
+        &mut scratch,
+    );
+    warmed.warm([], &mut scratch);
     let mut results = [Vec::new(), Vec::new()];
-    for (e, out) in [&mut warmed, &mut plain].into_iter().zip(&mut results) {
+    for (twin, (e, out)) in [&mut warmed, &mut plain]
+        .into_iter()
+        .zip(&mut results)
+        .enumerate()
+    {
         for t in [1_000, 2_000, 3_000] {
             for (k, &u) in users.iter().enumerate() {
                 let at = offset(home, 50.0 * k as f64, 0.0);
-                out.push(format!("{:?}", e.ingest(u, &fix(at, T0 + t), T0 + t)));
+                let taken = if twin == 0 {
+                    e.ingest_with(&mut handles[k], u, &fix(at, T0 + t), T0 + t)
+                } else {
+                    e.ingest(u, &fix(at, T0 + t), T0 + t)
+                };
+                out.push(format!("{taken:?}"));
             }
         }
         out.push(format!("{:?}", alerts(e)));
@@ -836,5 +853,58 @@ fn reading_ahead_copes_with_any_user_and_changes_nothing() {
         results[0].last().unwrap().contains("Near"),
         "{:?}",
         results[0]
+    );
+}
+
+/// A handle is a shortcut, never a wrong answer: one whose user was forgotten, or whose slot now
+/// holds someone else, finds the user by id (or no one) and is refreshed.
+#[test]
+fn a_stale_handle_finds_the_right_user_or_no_one() {
+    let mut e = engine();
+    let home = p(48.8566, 2.3522);
+    let g = group(1);
+    e.configure_group(g, GroupConfig::default());
+    for k in [1, 2] {
+        e.share(user(k), g, forever(Precision::Exact), T0).unwrap();
+    }
+    let first = e.handle(user(1));
+    assert_ne!(first, Handle::default());
+    assert_eq!(e.handle(user(9)), Handle::default(), "unknown");
+    let mut h = first;
+    e.ingest_with(&mut h, user(1), &fix(home, T0), T0).unwrap();
+    // 1 is forgotten: the handle's slot is free (and still names 1).
+    e.forget(user(1));
+    assert_eq!(
+        e.ingest_with(&mut h, user(1), &fix(home, T0 + 1_000), T0 + 1_000),
+        Err(IngestError::NotSharing)
+    );
+    // 2 goes too, and 1 comes back into 2's old slot: the handle on the free slot finds 1 there.
+    e.forget(user(2));
+    e.share(user(1), g, forever(Precision::Exact), T0).unwrap();
+    let mut h = first;
+    e.ingest_with(&mut h, user(1), &fix(home, T0 + 2_000), T0 + 2_000)
+        .unwrap();
+    assert_ne!(h, first, "refreshed");
+    assert_eq!(h, e.handle(user(1)));
+    // 3 takes 1's first slot: a fix of 1's through the old handle is still 1's, and a fix of 3's
+    // through it is 3's.
+    e.share(user(3), g, forever(Precision::Exact), T0).unwrap();
+    assert_eq!(e.handle(user(3)), first, "the slot was reused");
+    let mut h = first;
+    let there = offset(home, 500.0, 0.0);
+    e.ingest_with(&mut h, user(1), &fix(there, T0 + 3_000), T0 + 3_000)
+        .unwrap();
+    let mut h = e.handle(user(1));
+    e.ingest_with(&mut h, user(3), &fix(home, T0 + 3_000), T0 + 3_000)
+        .unwrap();
+    let mut seen: Vec<(UserId, i64, f64)> = e
+        .view(g)
+        .iter()
+        .map(|s| (s.user, s.taken_ms, (distance_m(s.at, home) / 100.0).round()))
+        .collect();
+    seen.sort_by_key(|s| s.0);
+    assert_eq!(
+        seen,
+        [(user(1), T0 + 3_000, 5.0), (user(3), T0 + 3_000, 0.0)]
     );
 }
