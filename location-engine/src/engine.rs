@@ -140,8 +140,9 @@ impl Default for Handle {
     }
 }
 
-/// A user: 32 bytes.
+/// A user: 32 bytes, aligned so that none straddles two cache lines.
 #[derive(Debug, Clone, Copy)]
+#[repr(align(32))]
 struct User {
     fix: Packed,
     /// Head of the list of memberships in `Engine::links`.
@@ -163,6 +164,7 @@ struct Link {
 /// fix reads every other member of its groups). What a fix does not read of the others — the
 /// places each is tracked against — is in [`Group::tracked`].
 #[derive(Debug, Clone, Copy)]
+#[repr(align(32))]
 struct Member {
     lat_e7: i32,
     lon_e7: i32,
@@ -647,12 +649,19 @@ impl Engine {
                 *s = self.users[*s as usize].first;
             }
         }
-        for (l, m) in scratch.iter_mut() {
-            if *l != NONE {
-                let link = self.links[*l as usize];
-                (*l, *m) = (link.group, u32::from(link.member));
+        // Every membership of each user (a fix reads every group it is shared with).
+        let users = scratch.len();
+        for k in 0..users {
+            let mut l = scratch[k].0;
+            while let Some(link) = self.links.get(l as usize) {
+                scratch.push((link.group, u32::from(link.member)));
+                l = link.next;
+                if scratch.len() - users > 64 * users {
+                    break; // reading ahead is a hint: bounded whatever the chains
+                }
             }
         }
+        scratch.drain(..users);
         for &(g, _) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
                 sum = sum.wrapping_add((group.members.len() + group.pairs.len()) as u64);
@@ -662,10 +671,13 @@ impl Engine {
         // its pairs, and where the user's tracked places are listed.
         for &(g, m) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
-                for member in group.members.iter().step_by(2) {
+                sum = sum.wrapping_add(group.config.lost_after_ms as u64);
+                for member in &group.members {
                     sum = sum.wrapping_add(member.until_ms as u64);
                 }
-                for k in (0..group.pairs.len()).step_by(64) {
+                // Every cache line of the bytes, wherever the first one starts.
+                let n = group.pairs.len();
+                for k in (0..n).step_by(16).chain(n.checked_sub(1)) {
                     sum = sum.wrapping_add(u64::from(group.pairs.settled_byte(k).unwrap_or(0)));
                 }
                 if let Some(tracked) = group.tracked.get(m as usize) {
@@ -1030,6 +1042,14 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
         for j in 0..group.members.len() {
             let other = &group.members[j];
             if j == i || !other.fresh(now_ms, lost_after) {
+                continue;
+            }
+            // Settled apart and farther than the apart threshold with both accuracies added
+            // (more than their combined radius): the reading is apart and changes nothing, as
+            // `observe` would conclude, without its two square roots.
+            if group.pairs.settled(tri(i, j)) == Some(Proximity::Apart)
+                && probe.beyond(other.at(), apart + accuracy + other.accuracy_m())
+            {
                 continue;
             }
             let u = combined_accuracy(accuracy, other.accuracy_m());

@@ -145,8 +145,37 @@ impl Probe {
     /// `exact_below_m`, then an estimate that is at least `exact_below_m`.
     #[inline]
     pub fn distance_m(&self, b: LatLon, exact_below_m: f64) -> f64 {
-        if self.at.lat.abs() > PLANE_MAX_LAT || b.lat.abs() > PLANE_MAX_LAT {
+        let Some(d2) = self.plane_squared(b) else {
             return distance_m(self.at, b);
+        };
+        let d = d2.sqrt();
+        // Below a few thousand km the estimate is a few per cent off at worst: twice the bound
+        // plus a kilometre leaves no doubt.
+        if d <= PLANE_MAX_M || d > 2.0 * exact_below_m + 1_000.0 {
+            d
+        } else {
+            distance_m(self.at, b)
+        }
+    }
+
+    /// Whether [`Probe::distance_m`] to `b` is more than `m` metres for any `exact_below_m` up to
+    /// `m + 100`, known without a square root (a group scan asks it of every other member, and
+    /// most are far): `false` where the plane does not apply, or when unsure.
+    #[inline]
+    pub fn beyond(&self, b: LatLon, m: f64) -> bool {
+        // A millimetre over, so that the rounded square root is still more than `m`.
+        let over = m + 0.001;
+        let far = 2.0 * (m + 100.0) + 1_000.0;
+        self.plane_squared(b).is_some_and(|d2| {
+            d2 > over * over && (d2 <= PLANE_MAX_M * PLANE_MAX_M || d2 > far * far)
+        })
+    }
+
+    /// The square of the second-order plane estimate, where it applies (both within ±70°).
+    #[inline]
+    fn plane_squared(&self, b: LatLon) -> Option<f64> {
+        if self.at.lat.abs() > PLANE_MAX_LAT || b.lat.abs() > PLANE_MAX_LAT {
+            return None;
         }
         let dlat = (b.lat - self.at.lat).to_radians();
         let mut dlon = b.lon - self.at.lon;
@@ -160,14 +189,7 @@ impl Probe {
         let cos_mid = self.cos - self.sin * h - self.cos * h * h * 0.5;
         let x = dlon.to_radians() * (self.n + self.dn * h) * cos_mid;
         let y = dlat * (self.m + self.dm * h);
-        let d = (x * x + y * y).sqrt();
-        // Below a few thousand km the estimate is a few per cent off at worst: twice the bound
-        // plus a kilometre leaves no doubt.
-        if d <= PLANE_MAX_M || d > 2.0 * exact_below_m + 1_000.0 {
-            d
-        } else {
-            distance_m(self.at, b)
-        }
+        Some(x * x + y * y)
     }
 }
 
@@ -351,6 +373,51 @@ mod tests {
                 assert!(probed > bound, "{a:?} {b:?}: {probed} for {exact}");
             }
         }
+    }
+
+    #[test]
+    fn beyond_never_says_more_than_the_distance_does() {
+        let mut noise = Noise(0x0bad_5eed_1234_5679);
+        let (mut yes, mut no) = (0, 0);
+        for _ in 0..50_000 {
+            let lat = noise.signed(89.5);
+            let lon = noise.signed(180.0);
+            let a = p(lat, lon);
+            let spread = [0.0005, 0.002, 0.01, 0.05, 0.1, 1.0][noise.below(6)];
+            let b = p(
+                (lat + noise.signed(spread)).clamp(-90.0, 90.0),
+                ((lon + noise.signed(spread) + 540.0) % 360.0) - 180.0,
+            );
+            let probe = Probe::new(a);
+            let mut m = [0.0, 10.0, 250.0, 350.0, 4_000.0][noise.below(5)];
+            // Past 10 km the estimate and the exact distance differ a little: a bound between
+            // the two must not be said to be passed on the estimate's word.
+            let (estimate, exact) = (probe.distance_m(b, 0.0), distance_m(a, b));
+            if noise.unit() < 0.3 && estimate > exact {
+                m = (estimate + exact) / 2.0;
+            }
+            let d = probe.distance_m(b, m);
+            if probe.beyond(b, m) {
+                yes += 1;
+                for e in [0.0, m, m + 100.0] {
+                    let d = probe.distance_m(b, e);
+                    assert!(d > m, "{a:?} {b:?}: beyond {m} but {d} (exact below {e})");
+                }
+            } else {
+                no += 1;
+                // Unsure is allowed only off the plane or where the exact path may be taken.
+                if a.lat().abs() <= PLANE_MAX_LAT
+                    && b.lat().abs() <= PLANE_MAX_LAT
+                    && d <= PLANE_MAX_M
+                {
+                    assert!(
+                        d <= m + 0.01,
+                        "{a:?} {b:?}: {d} > {m} on the plane, not said"
+                    );
+                }
+            }
+        }
+        assert!(yes > 10_000 && no > 10_000, "{yes} {no}");
     }
 
     #[test]

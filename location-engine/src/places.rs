@@ -441,9 +441,14 @@ impl Places {
         }
     }
 
-    /// Reads ahead what [`Places::candidates`] will read first (see `Engine::warm`).
+    /// Reads ahead what [`Places::candidates`] will read first (see `Engine::warm`): the reaches
+    /// a scan reads (for a tree, its first few).
     pub fn touch(&self) -> u64 {
-        self.scan.first().map_or(0, |r| r.reach_m.to_bits()) ^ self.live as u64
+        let n = if self.tree.is_some() { 2 } else { SCAN_MAX };
+        self.scan
+            .iter()
+            .take(n)
+            .fold(self.live as u64, |sum, r| sum ^ r.reach_m.to_bits())
     }
 
     /// Every live place, by slot.

@@ -282,6 +282,15 @@ impl Pairs {
         self.tracks[k].state()
     }
 
+    /// The state pair `k` is settled in: confirmed, with no change pending.
+    #[inline]
+    pub fn settled(&self, k: usize) -> Option<Proximity> {
+        match self.settled[k] {
+            0 => None,
+            c => Some(proximity(c == 1)),
+        }
+    }
+
     /// The byte of pair `k` (for reading ahead: it is what a fix loads first).
     pub fn settled_byte(&self, k: usize) -> Option<u8> {
         self.settled.get(k).copied()
