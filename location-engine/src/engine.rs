@@ -160,19 +160,35 @@ struct Link {
     next: u32,
 }
 
-/// A member as their group sees them: 32 bytes, two to a cache line, a group's side by side (a
-/// fix reads every other member of its groups). What a fix does not read of the others — the
-/// places each is tracked against — is in [`Group::tracked`].
-#[derive(Debug, Clone, Copy)]
-#[repr(align(32))]
-struct Member {
+/// Where a member is as their group sees them (exact, or the centre of their cell): 12 bytes,
+/// a group's side by side, five to a cache line. A fix reads every other member's spot; most
+/// are settled apart and far, and nothing else of them is read (see `read_group`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Spot {
     lat_e7: i32,
     lon_e7: i32,
+    accuracy_dm: u16,
+}
+
+impl Spot {
+    fn at(&self) -> LatLon {
+        LatLon::from_e7(self.lat_e7, self.lon_e7)
+    }
+
+    fn accuracy_m(&self) -> f64 {
+        f64::from(self.accuracy_dm) / 10.0
+    }
+}
+
+/// The rest of a member (24 bytes): read for the member whose fix it is, and for the others only
+/// when their pair is not settled. The places each is tracked against are in
+/// [`Group::tracked`].
+#[derive(Debug, Clone, Copy)]
+struct Member {
     taken_ms: i64,
     until_ms: i64,
     /// The user's slot; `NONE` when this member slot is free.
     user: u32,
-    accuracy_dm: u16,
     flags: u8,
 }
 
@@ -185,21 +201,10 @@ const M_SEEDED: u8 = 8;
 impl Member {
     const FREE: Member = Member {
         user: NONE,
-        lat_e7: 0,
-        lon_e7: 0,
-        accuracy_dm: 0,
         flags: 0,
         taken_ms: 0,
         until_ms: 0,
     };
-
-    fn at(&self) -> LatLon {
-        LatLon::from_e7(self.lat_e7, self.lon_e7)
-    }
-
-    fn accuracy_m(&self) -> f64 {
-        f64::from(self.accuracy_dm) / 10.0
-    }
 
     /// Has a fix that counts at `now_ms`.
     fn fresh(&self, now_ms: i64, lost_after_ms: i64) -> bool {
@@ -214,6 +219,7 @@ impl Member {
 #[derive(Debug)]
 #[repr(C)]
 struct Group {
+    spots: Vec<Spot>,
     members: Vec<Member>,
     /// Pair `tri(i, j)`: the track of members i and j.
     pairs: Pairs,
@@ -351,6 +357,7 @@ impl Engine {
         let state = Group {
             id: group,
             config: GroupConfig::default(),
+            spots: Vec::new(),
             members: Vec::new(),
             tracked: Vec::new(),
             free: Vec::new(),
@@ -462,6 +469,7 @@ impl Engine {
                     Some(i) => i as usize,
                     None => {
                         group.members.push(Member::FREE);
+                        group.spots.push(Spot::default());
                         group.tracked.push(Vec::new());
                         let n = group.members.len();
                         group.pairs.resize_for(n);
@@ -488,7 +496,7 @@ impl Engine {
             member.flags = if approx { M_APPROX } else { 0 };
             group.tracked[i].clear();
             if held.flags & HAS_FIX != 0 {
-                place_member(member, &held.fix);
+                place_member(member, &mut group.spots[i], &held.fix);
             }
             mark(group, g, &mut self.dirty);
         }
@@ -534,6 +542,7 @@ impl Engine {
         let group = self.groups[g as usize].as_mut().expect("linked");
         let idx = i as usize;
         group.members[idx] = Member::FREE;
+        group.spots[idx] = Spot::default();
         group.tracked[idx] = Vec::new();
         for j in 0..group.members.len() {
             if j != idx {
@@ -597,8 +606,7 @@ impl Engine {
             interrupt(group, link.member as usize);
             let member = &mut group.members[link.member as usize];
             member.flags &= M_APPROX | M_SEEDED;
-            member.lat_e7 = 0;
-            member.lon_e7 = 0;
+            group.spots[link.member as usize] = Spot::default();
             mark(group, link.group, &mut self.dirty);
         }
     }
@@ -667,17 +675,21 @@ impl Engine {
                 sum = sum.wrapping_add((group.members.len() + group.pairs.len()) as u64);
             }
         }
-        // The group's members (a fix reads them all), two to a cache line, the bytes that settle
-        // its pairs, and where the user's tracked places are listed.
+        // The group: its spots, the user's own record, the bytes that settle its pairs, where
+        // the user's tracked places are listed, its places' reaches. Touches less than a cache
+        // line apart reach every line, wherever the first starts.
         for &(g, m) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
                 sum = sum.wrapping_add(group.config.lost_after_ms as u64);
-                for member in &group.members {
+                let n = group.spots.len();
+                for k in (0..n).step_by(5).chain(n.checked_sub(1)) {
+                    sum = sum.wrapping_add(group.spots[k].lat_e7 as u64);
+                }
+                if let Some(member) = group.members.get(m as usize) {
                     sum = sum.wrapping_add(member.until_ms as u64);
                 }
-                // Every cache line of the bytes, wherever the first one starts.
                 let n = group.pairs.len();
-                for k in (0..n).step_by(16).chain(n.checked_sub(1)) {
+                for k in (0..n).step_by(64).chain(n.checked_sub(1)) {
                     sum = sum.wrapping_add(u64::from(group.pairs.settled_byte(k).unwrap_or(0)));
                 }
                 if let Some(tracked) = group.tracked.get(m as usize) {
@@ -745,7 +757,7 @@ impl Engine {
             l = link.next;
             let group = self.groups[link.group as usize].as_mut().expect("linked");
             let i = link.member as usize;
-            place_member(&mut group.members[i], &packed);
+            place_member(&mut group.members[i], &mut group.spots[i], &packed);
             mark(group, link.group, &mut self.dirty);
             read_group(group, i, now_ms, &mut out);
         }
@@ -822,10 +834,11 @@ impl Engine {
         group.place_slots.insert(place, slot);
         let lost_after = group.config.lost_after_ms;
         let place = group.places.get(slot).expect("just inserted");
-        for (member, tracked) in group.members.iter().zip(&mut group.tracked) {
+        let members = group.members.iter().zip(&group.spots);
+        for ((member, spot), tracked) in members.zip(&mut group.tracked) {
             if member.fresh(now_ms, lost_after) && member.flags & M_SEEDED != 0 {
                 let mut track = Track::default();
-                match place.read(member.at(), member.accuracy_m()) {
+                match place.read(spot.at(), spot.accuracy_m()) {
                     Some(false) => continue,
                     Some(true) => track.seed(true, now_ms),
                     None => {}
@@ -879,8 +892,9 @@ impl Engine {
         group
             .members
             .iter()
-            .filter(|m| m.user != NONE && m.flags & M_FIX != 0)
-            .map(|m| {
+            .zip(&group.spots)
+            .filter(|(m, _)| m.user != NONE && m.flags & M_FIX != 0)
+            .map(|(m, spot)| {
                 let approx = m.flags & M_APPROX != 0;
                 let full = self.users[m.user as usize].fix.unpack();
                 Seen {
@@ -890,11 +904,11 @@ impl Engine {
                     } else {
                         Precision::Exact
                     },
-                    at: m.at(),
+                    at: spot.at(),
                     accuracy_m: if approx {
                         APPROX_CELL_HALF_DIAGONAL_M
                     } else {
-                        m.accuracy_m()
+                        spot.accuracy_m()
                     },
                     taken_ms: m.taken_ms,
                     lost: m.flags & M_LOST != 0,
@@ -966,6 +980,7 @@ impl Engine {
                 + live_groups()
                     .map(|g| {
                         g.members.capacity() * size_of::<Member>()
+                            + g.spots.capacity() * size_of::<Spot>()
                             + g.tracked.capacity() * size_of::<Vec<(u32, Track)>>()
                             + g.tracked
                                 .iter()
@@ -982,16 +997,16 @@ impl Engine {
 }
 
 /// Copies a fix into a member record, snapped to the cell at approximate precision.
-fn place_member(member: &mut Member, fix: &Packed) {
+fn place_member(member: &mut Member, spot: &mut Spot, fix: &Packed) {
     if member.flags & M_APPROX != 0 {
         let cell = approx_cell(LatLon::from_e7(fix.lat_e7, fix.lon_e7));
-        member.lat_e7 = (cell.lat() * 1e7).round() as i32;
-        member.lon_e7 = (cell.lon() * 1e7).round() as i32;
+        spot.lat_e7 = (cell.lat() * 1e7).round() as i32;
+        spot.lon_e7 = (cell.lon() * 1e7).round() as i32;
     } else {
-        member.lat_e7 = fix.lat_e7;
-        member.lon_e7 = fix.lon_e7;
+        spot.lat_e7 = fix.lat_e7;
+        spot.lon_e7 = fix.lon_e7;
     }
-    member.accuracy_dm = fix.accuracy_dm;
+    spot.accuracy_dm = fix.accuracy_dm;
     member.taken_ms = fix.taken_ms;
     member.flags = (member.flags | M_FIX) & !M_LOST;
 }
@@ -1035,25 +1050,31 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
     if now_ms - me.taken_ms > lost_after {
         return; // a stale fix only updates the view
     }
-    let (at, accuracy, user, taken_ms) = (me.at(), me.accuracy_m(), me.user, me.taken_ms);
+    let (user, taken_ms) = (me.user, me.taken_ms);
+    let (at, accuracy) = (group.spots[i].at(), group.spots[i].accuracy_m());
     let probe = Probe::new(at);
     if let Some(rule) = group.config.proximity {
         let apart = rule.apart_m();
         for j in 0..group.members.len() {
-            let other = &group.members[j];
-            if j == i || !other.fresh(now_ms, lost_after) {
+            if j == i {
                 continue;
             }
             // Settled apart and farther than the apart threshold with both accuracies added
-            // (more than their combined radius): the reading is apart and changes nothing, as
-            // `observe` would conclude, without its two square roots.
+            // (more than their combined radius): the reading, if the other member's fix counts
+            // at all, is apart and changes nothing, as `observe` would conclude — known from
+            // their spot alone, without their record or two square roots.
+            let spot = group.spots[j];
             if group.pairs.settled(tri(i, j)) == Some(Proximity::Apart)
-                && probe.beyond(other.at(), apart + accuracy + other.accuracy_m())
+                && probe.beyond(spot.at(), apart + accuracy + spot.accuracy_m())
             {
                 continue;
             }
-            let u = combined_accuracy(accuracy, other.accuracy_m());
-            let d = probe.distance_m(other.at(), apart + u + 100.0);
+            let other = &group.members[j];
+            if !other.fresh(now_ms, lost_after) {
+                continue;
+            }
+            let u = combined_accuracy(accuracy, spot.accuracy_m());
+            let d = probe.distance_m(spot.at(), apart + u + 100.0);
             let (other_user, instant) = (other.user, taken_ms.max(other.taken_ms));
             if let Some(t) = group.pairs.observe(tri(i, j), &rule, d, u, instant) {
                 let (a, b) = out.pair(user, other_user);
