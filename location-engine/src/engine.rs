@@ -670,9 +670,14 @@ impl Engine {
             }
         }
         scratch.drain(..users);
+        // The group's hot fields, on their three or four cache lines: what the next stage
+        // reads its pointers from.
         for &(g, _) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
-                sum = sum.wrapping_add((group.members.len() + group.pairs.len()) as u64);
+                sum = sum.wrapping_add((group.spots.len() + group.pairs.len()) as u64);
+                sum = sum.wrapping_add(group.config.lost_after_ms as u64);
+                sum = sum.wrapping_add((group.tracked.len() + group.places.len()) as u64);
+                sum = sum.wrapping_add(u64::from(group.dirty));
             }
         }
         // The group: its spots, the user's own record, the bytes that settle its pairs, where
@@ -680,7 +685,6 @@ impl Engine {
         // line apart reach every line, wherever the first starts.
         for &(g, m) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
-                sum = sum.wrapping_add(group.config.lost_after_ms as u64);
                 let n = group.spots.len();
                 for k in (0..n).step_by(5).chain(n.checked_sub(1)) {
                     sum = sum.wrapping_add(group.spots[k].lat_e7 as u64);
@@ -695,7 +699,7 @@ impl Engine {
                 if let Some(tracked) = group.tracked.get(m as usize) {
                     sum = sum.wrapping_add(tracked.len() as u64);
                 }
-                sum = sum.wrapping_add(group.places.touch() ^ u64::from(group.dirty));
+                sum = sum.wrapping_add(group.places.touch());
             }
         }
         // The loads are the point; keep the compiler from dropping them.
