@@ -197,6 +197,9 @@ const M_FIX: u8 = 2;
 const M_LOST: u8 = 4;
 /// The member's places were read once (after that, an untracked place means outside).
 const M_SEEDED: u8 = 8;
+/// The member's list in [`Group::tracked`] is not empty (most are: a fix of theirs need not
+/// read it).
+const M_TRACKS: u8 = 16;
 
 impl Member {
     const FREE: Member = Member {
@@ -605,7 +608,7 @@ impl Engine {
             let group = self.groups[link.group as usize].as_mut().expect("linked");
             interrupt(group, link.member as usize);
             let member = &mut group.members[link.member as usize];
-            member.flags &= M_APPROX | M_SEEDED;
+            member.flags &= M_APPROX | M_SEEDED | M_TRACKS;
             group.spots[link.member as usize] = Spot::default();
             mark(group, link.group, &mut self.dirty);
         }
@@ -696,7 +699,10 @@ impl Engine {
                 for k in (0..n).step_by(64).chain(n.checked_sub(1)) {
                     sum = sum.wrapping_add(u64::from(group.pairs.settled_byte(k).unwrap_or(0)));
                 }
-                if let Some(tracked) = group.tracked.get(m as usize) {
+                if let Some(member) = group.members.get(m as usize)
+                    && member.flags & M_TRACKS != 0
+                    && let Some(tracked) = group.tracked.get(m as usize)
+                {
                     sum = sum.wrapping_add(tracked.len() as u64);
                 }
                 sum = sum.wrapping_add(group.places.touch());
@@ -838,7 +844,7 @@ impl Engine {
         group.place_slots.insert(place, slot);
         let lost_after = group.config.lost_after_ms;
         let place = group.places.get(slot).expect("just inserted");
-        let members = group.members.iter().zip(&group.spots);
+        let members = group.members.iter_mut().zip(&group.spots);
         for ((member, spot), tracked) in members.zip(&mut group.tracked) {
             if member.fresh(now_ms, lost_after) && member.flags & M_SEEDED != 0 {
                 let mut track = Track::default();
@@ -848,6 +854,7 @@ impl Engine {
                     None => {}
                 }
                 tracked.push((slot, track));
+                member.flags |= M_TRACKS;
             }
         }
         Ok(())
@@ -1037,8 +1044,11 @@ fn interrupt(group: &mut Group, i: usize) {
 fn drop_place(group: &mut Group, slot: u32) {
     group.places.remove(slot);
     group.place_slots.remove(&group.place_ids[slot as usize]);
-    for tracked in &mut group.tracked {
+    for (tracked, member) in group.tracked.iter_mut().zip(&mut group.members) {
         tracked.retain(|(s, _)| *s != slot);
+        if tracked.is_empty() {
+            member.flags &= !M_TRACKS;
+        }
     }
 }
 
@@ -1104,11 +1114,12 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
     let member = &mut members[i];
     let seeded = member.flags & M_SEEDED != 0;
     member.flags |= M_SEEDED;
-    let tracks = &mut tracked[i];
+    let tracking = member.flags & M_TRACKS != 0;
     let user_id = out.ids[user as usize];
     // Places being tracked: read each (a far fix reads outside).
+    let tracks = &mut tracked[i];
     let mut k = 0;
-    while k < tracks.len() {
+    while tracking && k < tracks.len() {
         let (slot, ref mut track) = tracks[k];
         let place = places
             .get(slot)
@@ -1136,9 +1147,10 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
         }
     }
     // Places the fix may be inside of that are not tracked yet.
-    let tracked = tracks.len();
+    let before = if tracking { tracks.len() } else { 0 };
+    let mut pushed = false;
     places.candidates(&probe, accuracy, |slot, place| {
-        if tracks[..tracked].iter().any(|(s, _)| *s == slot) {
+        if tracks[..before].iter().any(|(s, _)| *s == slot) {
             return;
         }
         let reading = place.read_from(&probe, accuracy);
@@ -1165,7 +1177,15 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             track.feed(reading, &debounce(place), taken_ms);
         }
         tracks.push((slot, track));
+        pushed = true;
     });
+    if tracking || pushed {
+        if tracks.is_empty() {
+            member.flags &= !M_TRACKS;
+        } else {
+            member.flags |= M_TRACKS;
+        }
+    }
 }
 
 fn debounce(place: &Place) -> Debounce {

@@ -651,6 +651,30 @@ fn places_announce_arrivals_and_departures_after_the_dwell_and_never_at_seeding(
     assert!(e.remove_place(group(1), place(3)));
     assert_eq!(e.inside(group(1), user(2)), vec![place(2)]);
     assert!(!e.remove_place(group(1), place(3)));
+    // Ann, inside no place now, gets one drawn around her: silent, and leaving it is announced.
+    let ann = offset(school, 300.0, 0.0);
+    assert_eq!(e.inside(group(1), user(1)), vec![]);
+    e.set_place(
+        group(1),
+        place(4),
+        &Shape::Circle {
+            center: ann,
+            radius_m: 60.0,
+        },
+        0,
+        t,
+    )
+    .unwrap();
+    assert_eq!(e.inside(group(1), user(1)), vec![place(4)]);
+    e.ingest(user(1), &fix(offset(ann, 1_000.0, 0.0), t + 2), t + 2)
+        .unwrap();
+    assert_eq!(
+        alerts(&mut e),
+        vec![What::Left {
+            user: user(1),
+            place: place(4)
+        }]
+    );
 }
 
 #[test]
