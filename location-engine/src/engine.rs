@@ -1115,7 +1115,8 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
     let seeded = member.flags & M_SEEDED != 0;
     member.flags |= M_SEEDED;
     let tracking = member.flags & M_TRACKS != 0;
-    let user_id = out.ids[user as usize];
+    // Read only for an alert: the id is a cache line of its own.
+    let user_id = |out: &Out<'_>| out.ids[user as usize];
     // Places being tracked: read each (a far fix reads outside).
     let tracks = &mut tracked[i];
     let mut k = 0;
@@ -1126,17 +1127,11 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             .expect("tracks are dropped with their place");
         let reading = place.read_from(&probe, accuracy);
         if let Some((inside, _)) = track.feed(reading, &debounce(place), taken_ms) {
-            let place = place_ids[slot as usize];
+            let (place, user) = (place_ids[slot as usize], user_id(out));
             let what = if inside {
-                What::Arrived {
-                    user: user_id,
-                    place,
-                }
+                What::Arrived { user, place }
             } else {
-                What::Left {
-                    user: user_id,
-                    place,
-                }
+                What::Left { user, place }
             };
             out.alert(*id, now_ms, what);
         }
@@ -1162,15 +1157,8 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             // Untracked means confirmed outside: the reading goes through the dwell.
             track.seed(false, taken_ms);
             if let Some((true, _)) = track.feed(reading, &debounce(place), taken_ms) {
-                let place = place_ids[slot as usize];
-                out.alert(
-                    *id,
-                    now_ms,
-                    What::Arrived {
-                        user: user_id,
-                        place,
-                    },
-                );
+                let (place, user) = (place_ids[slot as usize], user_id(out));
+                out.alert(*id, now_ms, What::Arrived { user, place });
             }
         } else {
             // The first reading of a member is seeded silently.
