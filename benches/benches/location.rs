@@ -6,7 +6,9 @@
 //!   spread over a 60 × 60 km area, members within ~2 km of their group's centre, so pairs and
 //!   places do cross their thresholds. Fixes arrive in a random order of users; between two
 //!   fixes a user walks (7 m) or drives (60 m, a quarter of users). Throughput counts fixes.
-//! - `location/fix_big_groups/100000`: the same with groups of 4–50.
+//! - `location/fix_big_groups/N` (100k, 1M): the same with groups of 4–50.
+//! - `…_warmed`: each of those as the location server takes fixes — a batch of 32 at a time,
+//!   read ahead with `Engine::warm`, each user found through the handle kept for them.
 //! - `location/fix_places_in_one_group/100000`: one group of 20 members with 100k places (circles
 //!   of 30–150 m over the 60 × 60 km area): every fix goes through that group's places tree.
 //! - `location/rstar_move/N`: for comparison, moving one point in an rstar R-tree of N points
@@ -270,6 +272,7 @@ fn location(c: &mut Criterion) {
         ("fix", 100_000, 20),
         ("fix", 1_000_000, 20),
         ("fix_big_groups", 100_000, 50),
+        ("fix_big_groups", 1_000_000, 50),
     ] {
         let mut w = world(users, max_group);
         report(&format!("{name}/{users}"), &w);
@@ -277,11 +280,10 @@ fn location(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new(name, users), &users, |b, _| {
             b.iter_custom(|iters| run(&mut w, iters, &mut pass, &mut cursor))
         });
-        if name == "fix" {
-            g.bench_with_input(BenchmarkId::new("fix_warmed", users), &users, |b, _| {
-                b.iter_custom(|iters| run_warmed(&mut w, iters, &mut pass, &mut cursor))
-            });
-        }
+        let warmed = format!("{name}_warmed");
+        g.bench_with_input(BenchmarkId::new(warmed, users), &users, |b, _| {
+            b.iter_custom(|iters| run_warmed(&mut w, iters, &mut pass, &mut cursor))
+        });
     }
     {
         let places = 100_000;

@@ -414,8 +414,10 @@ impl Places {
             None => {
                 for (slot, near) in self.scan.iter().enumerate() {
                     let reach = near.reach_m + accuracy_m;
-                    // A free slot reaches -∞: never a candidate.
-                    if probe.distance_m(near.origin, reach) <= reach + 1.0
+                    // A free slot reaches -∞: never a candidate. Most places are far: `beyond`
+                    // says so without a square root where it can.
+                    if !probe.beyond(near.origin, reach + 1.0)
+                        && probe.distance_m(near.origin, reach) <= reach + 1.0
                         && let Some(place) = &self.slots[slot]
                     {
                         f(slot as u32, place);
