@@ -165,6 +165,14 @@ impl Probe {
     pub fn beyond(&self, b: LatLon, m: f64) -> bool {
         // A millimetre over, so that the rounded square root is still more than `m`.
         let over = m + 0.001;
+        // The latitudes alone settle most pairs, with one multiplication: every way of measuring
+        // here — the exact geodesic (any path covers the meridian arc between the two latitudes,
+        // at least `MIN_CURVATURE_RADIUS_M` a radian), the mid-latitude plane, the probe's
+        // second-order plane (its meridian radius is within 1.6 % of the true one) — is at least
+        // 98 % of the minimum meridian radius times the difference in latitude.
+        if (b.lat - self.at.lat).abs() * MERIDIAN_M_PER_DEG_AT_LEAST > over {
+            return true;
+        }
         let far = 2.0 * (m + 100.0) + 1_000.0;
         self.plane_squared(b).is_some_and(|d2| {
             d2 > over * over && (d2 <= PLANE_MAX_M * PLANE_MAX_M || d2 > far * far)
@@ -204,6 +212,11 @@ pub fn normal(p: LatLon) -> [f64; 3] {
 
 /// The least radius of curvature of WGS84 (the meridian's, at the equator), metres.
 pub const MIN_CURVATURE_RADIUS_M: f64 = 6_335_439.0;
+
+/// Metres a degree of latitude is at least worth, whichever way [`Probe::distance_m`] measures:
+/// 98 % of the minimum meridian radius (see [`Probe::beyond`]).
+const MERIDIAN_M_PER_DEG_AT_LEAST: f64 =
+    0.98 * MIN_CURVATURE_RADIUS_M * std::f64::consts::PI / 180.0;
 
 /// Earth-centred, earth-fixed coordinates of `p` on the ellipsoid, metres.
 fn ecef(p: LatLon) -> [f64; 3] {
