@@ -15,7 +15,7 @@
 //! `location` bench).
 
 use crate::fix::{Fix, MAX_CLOCK_AHEAD_MS, Packed, Refused};
-use crate::geo::{APPROX_CELL_HALF_DIAGONAL_M, LatLon, Probe, approx_cell};
+use crate::geo::{APPROX_CELL_HALF_DIAGONAL_M, LatLon, Probe, approx_cell, meridian_m_at_least};
 use crate::places::{Place, PlaceError, Places, Shape};
 use crate::proximity::{Debounce, Pairs, Proximity, Rule, Track, combined_accuracy};
 use hashbrown::HashTable;
@@ -1066,6 +1066,7 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
     }
     let (user, taken_ms) = (me.user, me.taken_ms);
     let (at, accuracy) = (group.spots[i].at(), group.spots[i].accuracy_m());
+    let my_lat_e7 = group.spots[i].lat_e7;
     let probe = Probe::new(at);
     if let Some(rule) = group.config.proximity {
         let apart = rule.apart_m();
@@ -1078,10 +1079,15 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             // at all, is apart and changes nothing, as `observe` would conclude — known from
             // their spot alone, without their record or two square roots.
             let spot = group.spots[j];
-            if group.pairs.settled(tri(i, j)) == Some(Proximity::Apart)
-                && probe.beyond(spot.at(), apart + accuracy + spot.accuracy_m())
-            {
-                continue;
+            if group.pairs.settled(tri(i, j)) == Some(Proximity::Apart) {
+                // Their latitudes alone most often (no division: the bound has slack for the
+                // accuracy taken as a product), else the plane.
+                let reach = apart + accuracy + f64::from(spot.accuracy_dm) * 0.1 + 0.001;
+                if meridian_m_at_least(my_lat_e7, spot.lat_e7) > reach
+                    || probe.beyond(spot.at(), apart + accuracy + spot.accuracy_m())
+                {
+                    continue;
+                }
             }
             let other = &group.members[j];
             if !other.fresh(now_ms, lost_after) {

@@ -213,6 +213,14 @@ pub fn normal(p: LatLon) -> [f64; 3] {
 /// The least radius of curvature of WGS84 (the meridian's, at the equator), metres.
 pub const MIN_CURVATURE_RADIUS_M: f64 = 6_335_439.0;
 
+/// Metres two latitudes given in 1e-7 degrees are at least apart, whichever way
+/// [`Probe::distance_m`] measures (see [`Probe::beyond`]): one subtraction and one
+/// multiplication, no division, for a group scan to rule out most far members.
+#[inline]
+pub fn meridian_m_at_least(lat_e7_a: i32, lat_e7_b: i32) -> f64 {
+    f64::from(lat_e7_a.abs_diff(lat_e7_b)) * (MERIDIAN_M_PER_DEG_AT_LEAST * 1e-7)
+}
+
 /// Metres a degree of latitude is at least worth, whichever way [`Probe::distance_m`] measures:
 /// 98 % of the minimum meridian radius (see [`Probe::beyond`]).
 const MERIDIAN_M_PER_DEG_AT_LEAST: f64 =
@@ -388,6 +396,13 @@ mod tests {
         }
     }
 
+    fn to_e7(p: LatLon) -> (i32, i32) {
+        (
+            (p.lat() * 1e7).round() as i32,
+            (p.lon() * 1e7).round() as i32,
+        )
+    }
+
     #[test]
     fn beyond_never_says_more_than_the_distance_does() {
         let mut noise = Noise(0x0bad_5eed_1234_5679);
@@ -410,6 +425,14 @@ mod tests {
                 m = (estimate + exact) / 2.0;
             }
             let d = probe.distance_m(b, m);
+            // The latitudes' lower bound, on the points as the engine stores them.
+            let (a7, b7) = (to_e7(a), to_e7(b));
+            let (a7p, b7p) = (LatLon::from_e7(a7.0, a7.1), LatLon::from_e7(b7.0, b7.1));
+            let low = meridian_m_at_least(a7.0, b7.0);
+            for e in [0.0, m, 1e9] {
+                let d = Probe::new(a7p).distance_m(b7p, e);
+                assert!(low <= d, "{a7p:?} {b7p:?}: at least {low} but {d}");
+            }
             if probe.beyond(b, m) {
                 yes += 1;
                 for e in [0.0, m, m + 100.0] {
