@@ -1011,8 +1011,8 @@ impl Engine {
 fn place_member(member: &mut Member, spot: &mut Spot, fix: &Packed) {
     if member.flags & M_APPROX != 0 {
         let cell = approx_cell(LatLon::from_e7(fix.lat_e7, fix.lon_e7));
-        spot.lat_e7 = (cell.lat() * 1e7).round() as i32;
-        spot.lon_e7 = (cell.lon() * 1e7).round() as i32;
+        spot.lat_e7 = crate::fix::round(cell.lat() * 1e7) as i32;
+        spot.lon_e7 = crate::fix::round(cell.lon() * 1e7) as i32;
     } else {
         spot.lat_e7 = fix.lat_e7;
         spot.lon_e7 = fix.lon_e7;

@@ -66,6 +66,26 @@ pub struct Packed {
     heading_battery: u16,
 }
 
+/// `x.round()` (half away from zero; the sign of a zero aside) without a call into libm:
+/// baseline x86-64 has no rounding instruction (SSE4.1), and packing a fix rounds six numbers.
+/// Exact below 2^52, where the truncation and the fraction are exact; above, `x` is whole.
+#[inline]
+pub(crate) fn round(x: f64) -> f64 {
+    if x.abs() < 4_503_599_627_370_496.0 {
+        let whole = x as i64 as f64;
+        let fraction = x - whole;
+        if fraction >= 0.5 {
+            whole + 1.0
+        } else if fraction <= -0.5 {
+            whole - 1.0
+        } else {
+            whole
+        }
+    } else {
+        x
+    }
+}
+
 const NO_HEADING: u16 = 511;
 const NO_BATTERY: u16 = 127;
 
@@ -87,18 +107,18 @@ impl Packed {
         }
         Ok(Self {
             taken_ms: fix.taken_ms,
-            lat_e7: (fix.at.lat() * 1e7).round() as i32,
-            lon_e7: (fix.at.lon() * 1e7).round() as i32,
-            accuracy_dm: (fix.accuracy_m.min(MAX_ACCURACY_M) * 10.0).round() as u16,
+            lat_e7: round(fix.at.lat() * 1e7) as i32,
+            lon_e7: round(fix.at.lon() * 1e7) as i32,
+            accuracy_dm: round(fix.accuracy_m.min(MAX_ACCURACY_M) * 10.0) as u16,
             altitude_m: fix
                 .altitude_m
-                .map_or(i16::MIN, |a| a.round().clamp(-32_767.0, 32_767.0) as i16),
+                .map_or(i16::MIN, |a| round(a).clamp(-32_767.0, 32_767.0) as i16),
             speed_cms: fix
                 .speed_mps
-                .map_or(u16::MAX, |s| (s * 100.0).round().min(65_534.0) as u16),
+                .map_or(u16::MAX, |s| round(s * 100.0).min(65_534.0) as u16),
             heading_battery: fix
                 .heading_deg
-                .map_or(NO_HEADING, |h| (h.round() as u16) % 360)
+                .map_or(NO_HEADING, |h| (round(h) as u16) % 360)
                 * 128
                 + fix.battery.map_or(NO_BATTERY, u16::from),
         })
@@ -185,6 +205,39 @@ impl<K: Hash + Eq> Latest<K> {
 mod tests {
     use super::*;
     use crate::geo::distance_m;
+
+    #[test]
+    fn round_is_f64_round() {
+        let mut noise = crate::noise::Noise(0x0005_eed0_f0dd_ba11);
+        let mut xs = vec![
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            0.49999999999999994,
+            -0.49999999999999994,
+            4_503_599_627_370_495.5,
+            -4_503_599_627_370_495.5,
+            4_503_599_627_370_497.0,
+            9.0e18,
+            -9.3e18,
+            1e300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MAX,
+            899_999_999.5,
+        ];
+        for _ in 0..100_000 {
+            let scale = [1.0, 10.0, 1e3, 1e7, 9e8, 1e16][noise.below(6)];
+            xs.push(noise.signed(scale));
+            xs.push((noise.signed(scale)).trunc() + 0.5);
+        }
+        for x in xs {
+            assert_eq!(round(x), x.round(), "{x}");
+        }
+        assert!(round(f64::NAN).is_nan());
+    }
 
     fn fix(lat: f64, lon: f64, taken_ms: i64) -> Fix {
         Fix {
