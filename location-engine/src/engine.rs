@@ -692,18 +692,17 @@ impl Engine {
                 for k in (0..n).step_by(5).chain(n.checked_sub(1)) {
                     sum = sum.wrapping_add(group.spots[k].lat_e7 as u64);
                 }
-                if let Some(member) = group.members.get(m as usize) {
-                    sum = sum.wrapping_add(member.until_ms as u64);
-                }
                 let n = group.pairs.len();
                 for k in (0..n).step_by(64).chain(n.checked_sub(1)) {
                     sum = sum.wrapping_add(u64::from(group.pairs.settled_byte(k).unwrap_or(0)));
                 }
-                if let Some(member) = group.members.get(m as usize)
-                    && member.flags & M_TRACKS != 0
-                    && let Some(tracked) = group.tracked.get(m as usize)
-                {
-                    sum = sum.wrapping_add(tracked.len() as u64);
+                if let Some(member) = group.members.get(m as usize) {
+                    sum = sum.wrapping_add(member.until_ms as u64);
+                    if member.flags & M_TRACKS != 0
+                        && let Some(tracked) = group.tracked.get(m as usize)
+                    {
+                        sum = sum.wrapping_add(tracked.len() as u64);
+                    }
                 }
                 sum = sum.wrapping_add(group.places.touch());
             }
