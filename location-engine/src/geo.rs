@@ -121,7 +121,7 @@ pub struct Probe {
 
 impl Probe {
     pub fn new(at: LatLon) -> Self {
-        let (sin, cos) = at.lat.to_radians().sin_cos();
+        let (sin, cos) = sin_cos_latitude(at.lat.to_radians());
         let w = 1.0 - E2 * sin * sin;
         let n = WGS84_A / w.sqrt();
         let m = WGS84_A * (1.0 - E2) / (w * w.sqrt());
@@ -212,6 +212,47 @@ pub fn normal(p: LatLon) -> [f64; 3] {
 
 /// The least radius of curvature of WGS84 (the meridian's, at the equator), metres.
 pub const MIN_CURVATURE_RADIUS_M: f64 = 6_335_439.0;
+
+/// The sine and cosine of a latitude `x` in radians (|x| ≤ π/2) without a call into libm (a
+/// probe is made for every fix): Taylor polynomials on [-π/4, π/4], where the first term left
+/// out is under 1e-19, and the complementary angle beyond. Within a few units in the last place
+/// of libm's (a test compares them).
+#[inline]
+fn sin_cos_latitude(x: f64) -> (f64, f64) {
+    #[inline]
+    fn sin(y: f64) -> f64 {
+        let z = y * y;
+        let p = 1.0 / 355_687_428_096_000.0 * z - 1.0 / 1_307_674_368_000.0;
+        let p = p * z + 1.0 / 6_227_020_800.0;
+        let p = p * z - 1.0 / 39_916_800.0;
+        let p = p * z + 1.0 / 362_880.0;
+        let p = p * z - 1.0 / 5_040.0;
+        let p = p * z + 1.0 / 120.0;
+        let p = p * z - 1.0 / 6.0;
+        y + y * z * p
+    }
+    #[inline]
+    fn cos(y: f64) -> f64 {
+        let z = y * y;
+        let p = 1.0 / 6_402_373_705_728_000.0 * z - 1.0 / 20_922_789_888_000.0;
+        let p = p * z + 1.0 / 87_178_291_200.0;
+        let p = p * z - 1.0 / 479_001_600.0;
+        let p = p * z + 1.0 / 3_628_800.0;
+        let p = p * z - 1.0 / 40_320.0;
+        let p = p * z + 1.0 / 720.0;
+        let p = p * z - 1.0 / 24.0;
+        let p = p * z + 0.5;
+        1.0 - z * p
+    }
+    use std::f64::consts::{FRAC_PI_2, FRAC_PI_4};
+    if x.abs() <= FRAC_PI_4 {
+        (sin(x), cos(x))
+    } else {
+        // x = ±(π/2 − y): sin x = ±cos y, cos x = sin y (the subtraction is exact).
+        let y = FRAC_PI_2 - x.abs();
+        (cos(y).copysign(x), sin(y))
+    }
+}
 
 /// Metres two latitudes given in 1e-7 degrees are at least apart, whichever way
 /// [`Probe::distance_m`] measures (see [`Probe::beyond`]): one subtraction and one
@@ -393,6 +434,33 @@ mod tests {
             } else {
                 assert!(probed > bound, "{a:?} {b:?}: {probed} for {exact}");
             }
+        }
+    }
+
+    #[test]
+    fn the_latitude_sine_and_cosine_are_libm_s() {
+        let mut noise = Noise(0x51_2c05);
+        let mut xs: Vec<f64> = [
+            0.0,
+            90.0,
+            -90.0,
+            45.0,
+            -45.0,
+            44.999_999_9,
+            45.000_000_1,
+            1e-9,
+        ]
+        .into_iter()
+        .map(f64::to_radians)
+        .collect();
+        xs.extend((0..200_000).map(|_| noise.signed(90.0).to_radians()));
+        for x in xs {
+            let (s, c) = sin_cos_latitude(x);
+            let (ls, lc) = x.sin_cos();
+            assert!(
+                (s - ls).abs() <= 4e-16 && (c - lc).abs() <= 4e-16,
+                "{x}: {s} {c} vs {ls} {lc}"
+            );
         }
     }
 
