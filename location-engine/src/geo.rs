@@ -219,31 +219,31 @@ pub const MIN_CURVATURE_RADIUS_M: f64 = 6_335_439.0;
 /// of libm's (a test compares them).
 #[inline]
 fn sin_cos_latitude(x: f64) -> (f64, f64) {
-    #[inline]
-    fn sin(y: f64) -> f64 {
-        let z = y * y;
-        let p = 1.0 / 355_687_428_096_000.0 * z - 1.0 / 1_307_674_368_000.0;
-        let p = p * z + 1.0 / 6_227_020_800.0;
-        let p = p * z - 1.0 / 39_916_800.0;
-        let p = p * z + 1.0 / 362_880.0;
-        let p = p * z - 1.0 / 5_040.0;
-        let p = p * z + 1.0 / 120.0;
-        let p = p * z - 1.0 / 6.0;
-        y + y * z * p
-    }
-    #[inline]
-    fn cos(y: f64) -> f64 {
-        let z = y * y;
-        let p = 1.0 / 6_402_373_705_728_000.0 * z - 1.0 / 20_922_789_888_000.0;
-        let p = p * z + 1.0 / 87_178_291_200.0;
-        let p = p * z - 1.0 / 479_001_600.0;
-        let p = p * z + 1.0 / 3_628_800.0;
-        let p = p * z - 1.0 / 40_320.0;
-        let p = p * z + 1.0 / 720.0;
-        let p = p * z - 1.0 / 24.0;
-        let p = p * z + 0.5;
-        1.0 - z * p
-    }
+    // Coefficients from the highest power down, in z = y².
+    const SIN: [f64; 8] = [
+        1.0 / 355_687_428_096_000.0,
+        -1.0 / 1_307_674_368_000.0,
+        1.0 / 6_227_020_800.0,
+        -1.0 / 39_916_800.0,
+        1.0 / 362_880.0,
+        -1.0 / 5_040.0,
+        1.0 / 120.0,
+        -1.0 / 6.0,
+    ];
+    const COS: [f64; 9] = [
+        1.0 / 6_402_373_705_728_000.0,
+        -1.0 / 20_922_789_888_000.0,
+        1.0 / 87_178_291_200.0,
+        -1.0 / 479_001_600.0,
+        1.0 / 3_628_800.0,
+        -1.0 / 40_320.0,
+        1.0 / 720.0,
+        -1.0 / 24.0,
+        0.5,
+    ];
+    let horner = |z: f64, c: &[f64]| c.iter().fold(0.0, |p, &k| p * z + k);
+    let sin = |y: f64| y + y * (y * y) * horner(y * y, &SIN);
+    let cos = |y: f64| 1.0 - (y * y) * horner(y * y, &COS);
     use std::f64::consts::{FRAC_PI_2, FRAC_PI_4};
     if x.abs() <= FRAC_PI_4 {
         (sin(x), cos(x))
