@@ -4,9 +4,10 @@
 //! alerts and changed groups are polled by the shell that owns the sockets.
 //!
 //! Layout, for the hot path (one fix): a user is a 32-byte slot (the packed fix, the head of its
-//! list of memberships, flags) found through an id table of 4-byte entries; each group keeps its
-//! members' positions *as the group may see them* (exact, or the approximate cell) side by side
-//! in 32-byte records, a triangle of 24-byte pair tracks with one byte a pair that settles the
+//! list of memberships, flags) found through a [`Handle`] or an id table of 4-byte entries; each
+//! group keeps its members' positions *as the group may see them* (exact, or the approximate
+//! cell) side by side in 12-byte spots, the rest of each member in a 24-byte record apart, a
+//! triangle of 24-byte pair tracks with one byte a pair that settles the
 //! common reading without loading the track ([`Pairs`]), and its places' centres and reaches in
 //! 24-byte records. A fix updates the slot, then for each group it is shared with scans that
 //! group's other members (proximity) and its places. No global index of users is
@@ -627,9 +628,9 @@ impl Engine {
     }
 
     /// Reads ahead, stage by stage across `users`, what ingesting their next fixes will load:
-    /// the index entry, the user's slot, its first membership link, that group's hot fields,
-    /// then its members, the bytes that settle its pairs, the user's list of tracked places and
-    /// the places' reaches. At a million users each of those is a cache miss; done one fix after
+    /// the user's slot (through the handle, else the id table), every membership link, each
+    /// group's hot fields, then its spots, the user's own record, the bytes that settle its
+    /// pairs, the user's list of tracked places (if any) and the places' reaches. At a million users each of those is a cache miss; done one fix after
     /// another they come one at a time, done here for a batch the misses of every user in a stage
     /// are independent and overlap. Changes nothing (`&self`): the caller ingests as before.
     /// `location/fix_warmed` in `benches/` measures what it buys (README, "Performance"); at 10k

@@ -444,12 +444,13 @@ impl Places {
     }
 
     /// Reads ahead what [`Places::candidates`] will read first (see `Engine::warm`): the reaches
-    /// a scan reads (for a tree, its first few).
+    /// a scan reads (a tree's walk is not read ahead).
     pub fn touch(&self) -> u64 {
-        let n = if self.tree.is_some() { 2 } else { SCAN_MAX };
+        if self.tree.is_some() {
+            return self.live as u64;
+        }
         self.scan
             .iter()
-            .take(n)
             .fold(self.live as u64, |sum, r| sum ^ r.reach_m.to_bits())
     }
 
