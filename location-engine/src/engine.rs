@@ -7,11 +7,11 @@
 //! list of memberships, flags) found through a [`Handle`] or an id table of 4-byte entries; each
 //! group keeps its members' positions *as the group may see them* (exact, or the approximate
 //! cell) side by side in 12-byte spots, the rest of each member in a 24-byte record apart, a
-//! triangle of 24-byte pair tracks with one byte a pair that settles the
-//! common reading without loading the track ([`Pairs`]), and its places' centres and reaches in
-//! 24-byte records. A fix updates the slot, then for each group it is shared with scans that
-//! group's other members (proximity) and its places. No global index of users is
-//! kept: every question a member may ask ("who is near", "who is at home") is about their own
+//! triangle of 24-byte pair tracks with one byte a pair that settles the common reading without
+//! loading the track ([`Pairs`], which keeps a member's bytes in one run), and its places'
+//! centres and reaches in 24-byte records. A fix updates the slot, then for each group it is
+//! shared with scans that group's other members (proximity) and its places. No global index of
+//! users is kept: every question a member may ask ("who is near", "who is at home") is about their own
 //! groups, whose scan is cheaper than moving a point in an R-tree (see ARCHITECTURE.md and the
 //! `location` bench).
 
@@ -129,15 +129,32 @@ pub struct Footprint {
 }
 
 /// Where the engine last found a user: a way past the id table for a caller that keeps one per
-/// user (the hub does), as str0m and quinn-proto hand out handles. A stale handle costs only the
-/// lookup it would have saved: it is checked on every use (the slot must be live and hold the
-/// user) and refreshed. [`Handle::default`] is the unknown handle.
+/// user (the hub does), as str0m and quinn-proto hand out handles. A handle names its user, the
+/// slot and the slot's generation: it holds while the slot has not been freed since (freeing
+/// bumps the generation), which is checked on the slot's own cache line, so a fix through a
+/// handle never reads the id table. A handle used for another user, or stale, costs only the
+/// lookup it would have saved and is refreshed. [`Handle::default`] is the unknown handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Handle(u32);
+pub struct Handle {
+    user: UserId,
+    slot: u32,
+    generation: u16,
+}
+
+impl Handle {
+    /// The slot the user was found in, if any (slots are reused once freed).
+    pub fn slot(&self) -> Option<u32> {
+        (self.slot != NONE).then_some(self.slot)
+    }
+}
 
 impl Default for Handle {
     fn default() -> Self {
-        Handle(NONE)
+        Handle {
+            user: UserId(uuid::Uuid::nil()),
+            slot: NONE,
+            generation: 0,
+        }
     }
 }
 
@@ -148,6 +165,9 @@ struct User {
     fix: Packed,
     /// Head of the list of memberships in `Engine::links`.
     first: u32,
+    /// Bumped each time the slot is freed (see [`Handle`]); a slot whose count is spent is
+    /// never used again.
+    generation: u16,
     flags: u8,
 }
 
@@ -225,7 +245,7 @@ impl Member {
 struct Group {
     spots: Vec<Spot>,
     members: Vec<Member>,
-    /// Pair `tri(i, j)`: the track of members i and j.
+    /// The tracks of members' pairs.
     pairs: Pairs,
     config: GroupConfig,
     /// Per member: the places they are inside of, or being read against (the rest: outside).
@@ -242,13 +262,6 @@ struct Group {
 /// Users (slots, live or free) from which [`Engine::warm`] reads ahead: tens of megabytes of
 /// state, past a last-level cache (the benches: a loss at 10k users, a gain from 100k).
 pub const WARM_ABOVE_USERS: usize = 50_000;
-
-/// The index of the pair (i, j), i ≠ j, in a group's triangle.
-#[inline]
-fn tri(i: usize, j: usize) -> usize {
-    let (a, b) = if i < j { (i, j) } else { (j, i) };
-    b * (b - 1) / 2 + a
-}
 
 /// Settings of the engine itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,12 +347,20 @@ impl Engine {
     /// table (then `handle` is refreshed).
     #[inline]
     fn resolve(&self, user: UserId, handle: &mut Handle) -> Option<u32> {
-        let h = handle.0 as usize;
-        if h < self.users.len() && self.users[h].first != NONE && self.ids[h] == user {
-            return Some(handle.0);
+        if handle.user == user
+            && let Some(slot) = self.users.get(handle.slot as usize)
+            && slot.generation == handle.generation
+            && slot.first != NONE
+        {
+            debug_assert_eq!(self.ids[handle.slot as usize], user);
+            return Some(handle.slot);
         }
         let slot = self.user_slot(user)?;
-        handle.0 = slot;
+        *handle = Handle {
+            user,
+            slot,
+            generation: self.users[slot as usize].generation,
+        };
         Some(slot)
     }
 
@@ -429,11 +450,14 @@ impl Engine {
                 let state = User {
                     fix: Packed::default(),
                     first: NONE,
+                    generation: 0,
                     flags: 0,
                 };
                 let u = match self.free_users.pop() {
                     Some(u) => {
-                        self.users[u as usize] = state;
+                        // The generation it was freed with.
+                        self.users[u as usize].fix = Packed::default();
+                        self.users[u as usize].flags = 0;
                         self.ids[u as usize] = user;
                         u
                     }
@@ -548,11 +572,7 @@ impl Engine {
         group.members[idx] = Member::FREE;
         group.spots[idx] = Spot::default();
         group.tracked[idx] = Vec::new();
-        for j in 0..group.members.len() {
-            if j != idx {
-                group.pairs.reset(tri(idx, j));
-            }
-        }
+        group.pairs.reset_member(idx, group.members.len());
         group.free.push(i);
         group.live -= 1;
         mark(group, g, &mut self.dirty);
@@ -585,12 +605,18 @@ impl Engine {
         if let Ok(entry) = self.index.find_entry(hash, |&s| s == u) {
             entry.remove();
         }
-        self.users[u as usize] = User {
+        let slot = &mut self.users[u as usize];
+        *slot = User {
             fix: Packed::default(),
             first: NONE,
+            generation: slot.generation.wrapping_add(1),
             flags: 0,
         };
-        self.free_users.push(u);
+        // Handles of its past users tell a slot's users apart by generation: one that has had
+        // them all is retired (32 bytes, after 65,535 users).
+        if slot.generation != u16::MAX {
+            self.free_users.push(u);
+        }
     }
 
     /// Pauses `user`'s sharing with every group: their position is dropped and hidden, and fixes
@@ -647,8 +673,8 @@ impl Engine {
         scratch.clear();
         // Through the handle where there is one (a stale one only warms the wrong lines).
         scratch.extend(users.into_iter().map(|(user, handle)| {
-            let slot = if (handle.0 as usize) < self.users.len() {
-                handle.0
+            let slot = if handle.user == user && (handle.slot as usize) < self.users.len() {
+                handle.slot
             } else {
                 self.user_slot(user).unwrap_or(NONE)
             };
@@ -657,7 +683,6 @@ impl Engine {
         let mut sum = 0u64;
         for (s, _) in scratch.iter_mut() {
             if *s != NONE {
-                sum = sum.wrapping_add(self.ids[*s as usize].0.as_u64_pair().0);
                 *s = self.users[*s as usize].first;
             }
         }
@@ -693,9 +718,9 @@ impl Engine {
                 for k in (0..n).step_by(5).chain(n.checked_sub(1)) {
                     sum = sum.wrapping_add(group.spots[k].lat_e7 as u64);
                 }
-                let n = group.pairs.len();
-                for k in (0..n).step_by(64).chain(n.checked_sub(1)) {
-                    sum = sum.wrapping_add(u64::from(group.pairs.settled_byte(k).unwrap_or(0)));
+                let row = group.pairs.row(m as usize, n);
+                for k in (0..row.len()).step_by(64).chain(row.len().checked_sub(1)) {
+                    sum = sum.wrapping_add(u64::from(row[k]));
                 }
                 if let Some(member) = group.members.get(m as usize) {
                     sum = sum.wrapping_add(member.until_ms as u64);
@@ -954,7 +979,7 @@ impl Engine {
         {
             return None;
         }
-        group.pairs.state(tri(i, j))
+        group.pairs.state(i, j)
     }
 
     /// The places of `group` `user` is confirmed inside.
@@ -1033,7 +1058,7 @@ fn mark(group: &mut Group, g: u32, dirty: &mut Vec<u32>) {
 fn interrupt(group: &mut Group, i: usize) {
     for j in 0..group.members.len() {
         if j != i {
-            group.pairs.interrupt(tri(i, j));
+            group.pairs.interrupt(i, j);
         }
     }
     for (_, track) in &mut group.tracked[i] {
@@ -1079,7 +1104,7 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             // at all, is apart and changes nothing, as `observe` would conclude — known from
             // their spot alone, without their record or two square roots.
             let spot = group.spots[j];
-            if group.pairs.settled(tri(i, j)) == Some(Proximity::Apart) {
+            if group.pairs.settled(i, j) == Some(Proximity::Apart) {
                 // Their latitudes alone most often (no division: the bound has slack for the
                 // accuracy taken as a product), else the plane.
                 let reach = apart + accuracy + f64::from(spot.accuracy_dm) * 0.1 + 0.001;
@@ -1096,7 +1121,7 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
             let u = combined_accuracy(accuracy, spot.accuracy_m());
             let d = probe.distance_m(spot.at(), apart + u + 100.0);
             let (other_user, instant) = (other.user, taken_ms.max(other.taken_ms));
-            if let Some(t) = group.pairs.observe(tri(i, j), &rule, d, u, instant) {
+            if let Some(t) = group.pairs.observe(i, j, &rule, d, u, instant) {
                 let (a, b) = out.pair(user, other_user);
                 let what = match t.to {
                     Proximity::Near => What::Near { a, b },

@@ -238,17 +238,30 @@ impl Pair {
     }
 }
 
-/// A group's pair tracks, `tri(i, j)` for members i ≠ j, with one byte a pair beside them that
-/// settles the common reading without touching the track: the confirmed state's code while
+/// The index of the pair (i, j), i ≠ j, in a triangle of pairs.
+#[inline]
+pub(crate) fn tri(i: usize, j: usize) -> usize {
+    let (a, b) = if i < j { (i, j) } else { (j, i) };
+    b * (b - 1) / 2 + a
+}
+
+/// A group's pair tracks (a triangle, `tri(i, j)` for members i ≠ j), with one byte a pair
+/// that settles the common reading without touching the track: the confirmed state's code while
 /// nothing is pending. A reading equal to it changes nothing in [`Track::feed`] (it would only
 /// clear a pending change, and there is none), so the 24-byte track is loaded only for a pair
 /// whose reading differs, or that has no state yet or a change pending. At a million users the
-/// tracks are hundreds of megabytes read in no order: one cache miss a pair; the bytes of a group
-/// of 20 fill three cache lines (see the `location` bench).
+/// tracks are hundreds of megabytes read in no order: one cache miss a pair.
+///
+/// The bytes are kept twice, as a square (row i, column j and row j, column i), so that a
+/// member's bytes are one run: a fix of member i reads row i, a cache line for a group of up to
+/// 64 where the triangle spreads them over all of its lines (a group of 50: 20 lines). Rows are
+/// `stride` bytes apart, the members rounded up to 8, so the square is laid out again only
+/// when a group grows past that.
 #[derive(Debug, Clone, Default)]
 pub struct Pairs {
     tracks: Vec<Pair>,
     settled: Vec<u8>,
+    stride: usize,
 }
 
 impl Pairs {
@@ -256,9 +269,21 @@ impl Pairs {
     pub fn resize_for(&mut self, members: usize) {
         let n = members * members.saturating_sub(1) / 2;
         self.tracks.resize(n, Pair::default());
-        self.settled.resize(n, 0);
+        if members > self.stride {
+            let stride = members.next_multiple_of(8);
+            let mut settled = vec![0; stride * stride];
+            for (row, old) in settled
+                .chunks_exact_mut(stride)
+                .zip(self.settled.chunks_exact(self.stride.max(1)))
+            {
+                row[..self.stride].copy_from_slice(old);
+            }
+            self.settled = settled;
+            self.stride = stride;
+        }
     }
 
+    /// Pairs held.
     pub fn len(&self) -> usize {
         self.tracks.len()
     }
@@ -272,54 +297,70 @@ impl Pairs {
         self.tracks.capacity() * size_of::<Pair>() + self.settled.capacity()
     }
 
-    /// Forgets pair `k`.
-    pub fn reset(&mut self, k: usize) {
-        self.tracks[k] = Pair::default();
-        self.settled[k] = 0;
+    /// Forgets every pair of member `i` (one of `members`).
+    pub fn reset_member(&mut self, i: usize, members: usize) {
+        for j in (0..members).filter(|&j| j != i) {
+            self.tracks[tri(i, j)] = Pair::default();
+            self.settled[j * self.stride + i] = 0;
+        }
+        self.settled[i * self.stride..][..members].fill(0);
     }
 
-    pub fn state(&self, k: usize) -> Option<Proximity> {
-        self.tracks[k].state()
+    /// The confirmed state of pair (i, j).
+    pub fn state(&self, i: usize, j: usize) -> Option<Proximity> {
+        self.tracks[tri(i, j)].state()
     }
 
-    /// The state pair `k` is settled in: confirmed, with no change pending.
+    /// The state pair (i, j) is settled in: confirmed, with no change pending.
     #[inline]
-    pub fn settled(&self, k: usize) -> Option<Proximity> {
-        match self.settled[k] {
+    pub fn settled(&self, i: usize, j: usize) -> Option<Proximity> {
+        match self.settled[i * self.stride + j] {
             0 => None,
             c => Some(proximity(c == 1)),
         }
     }
 
-    /// The byte of pair `k` (for reading ahead: it is what a fix loads first).
-    pub fn settled_byte(&self, k: usize) -> Option<u8> {
-        self.settled.get(k).copied()
+    /// Member `i`'s bytes, one per member up to `members` (for reading ahead: what a fix of
+    /// theirs loads first).
+    pub fn row(&self, i: usize, members: usize) -> &[u8] {
+        self.settled
+            .get(i * self.stride..)
+            .and_then(|row| row.get(..members))
+            .unwrap_or_default()
     }
 
-    /// A member's readings stopped: the change being read on pair `k` is forgotten.
-    pub fn interrupt(&mut self, k: usize) {
-        let track = &mut self.tracks[k].0;
+    fn settle(&mut self, i: usize, j: usize, code: u8) {
+        self.settled[i * self.stride + j] = code;
+        self.settled[j * self.stride + i] = code;
+    }
+
+    /// A member's readings stopped: the change being read on pair (i, j) is forgotten.
+    pub fn interrupt(&mut self, i: usize, j: usize) {
+        let track = &mut self.tracks[tri(i, j)].0;
         track.interrupt();
-        self.settled[k] = track.settled_code();
+        let code = track.settled_code();
+        self.settle(i, j, code);
     }
 
-    /// [`Pair::observe`] on pair `k`.
+    /// [`Pair::observe`] on pair (i, j).
     #[inline]
     pub fn observe(
         &mut self,
-        k: usize,
+        i: usize,
+        j: usize,
         rule: &Rule,
         distance_m: f64,
         accuracy_m: f64,
         now_ms: i64,
     ) -> Option<Transition> {
         let near = rule.read(distance_m, accuracy_m)? == Proximity::Near;
-        if self.settled[k] == code(near) {
+        if self.settled[i * self.stride + j] == code(near) {
             return None;
         }
-        let track = &mut self.tracks[k].0;
+        let track = &mut self.tracks[tri(i, j)].0;
         let changed = track.feed(Some(near), &rule.debounce(), now_ms);
-        self.settled[k] = track.settled_code();
+        let code = track.settled_code();
+        self.settle(i, j, code);
         let (near, epoch) = changed?;
         Some(Transition {
             to: proximity(near),
@@ -480,23 +521,41 @@ mod tests {
 
     #[test]
     fn the_settled_byte_answers_exactly_as_the_track_would() {
-        // Random walks of distance, accuracy and time through both thresholds, with interrupts:
-        // every pair of `Pairs` must say what a lone `Pair` fed the same readings says.
+        // Random walks of distance, accuracy and time through both thresholds, with interrupts,
+        // members forgotten and the group growing past its stride halfway: every pair of
+        // `Pairs`, read from either member, must say what a lone `Pair` fed the same readings
+        // says.
         let rule = Rule {
             cooldown_ms: 20_000,
             ..rule()
         };
         let mut noise = crate::noise::Noise(0x9e37_79b9_7f4a_7c15);
         let mut pairs = Pairs::default();
-        pairs.resize_for(8);
+        let mut members = 8;
+        pairs.resize_for(members);
         let mut lone = vec![Pair::default(); pairs.len()];
         let mut d = vec![230.0; pairs.len()];
         let (mut transitions, mut skipped) = (0, 0);
-        for step in 0..20_000i64 {
-            let k = noise.below(lone.len());
+        for step in 0..40_000i64 {
+            if step == 20_000 {
+                members = 19;
+                pairs.resize_for(members);
+                lone.resize(pairs.len(), Pair::default());
+                d.resize(pairs.len(), 230.0);
+            }
+            let i = noise.below(members);
+            let j = (i + 1 + noise.below(members - 1)) % members;
+            let k = tri(i, j);
             if noise.unit() < 0.02 {
-                pairs.interrupt(k);
+                pairs.interrupt(i, j);
                 lone[k].track().interrupt();
+                continue;
+            }
+            if noise.unit() < 0.001 {
+                pairs.reset_member(i, members);
+                for j in (0..members).filter(|&j| j != i) {
+                    lone[tri(i, j)] = Pair::default();
+                }
                 continue;
             }
             d[k] = (d[k] + noise.signed(40.0)).clamp(0.0, 500.0);
@@ -506,21 +565,23 @@ mod tests {
                 5.0
             };
             let now = step * 700 + (noise.below(3) as i64 - 1) * 700;
-            let before = pairs.settled_byte(k);
-            let got = pairs.observe(k, &rule, d[k], u, now);
+            let before = pairs.settled(i, j);
+            let got = pairs.observe(i, j, &rule, d[k], u, now);
             let want = lone[k].observe(&rule, d[k], u, now);
-            assert_eq!(got, want, "step {step}, pair {k}");
-            assert_eq!(pairs.state(k), lone[k].state(), "step {step}, pair {k}");
+            assert_eq!(got, want, "step {step}, pair ({i}, {j})");
+            assert_eq!(pairs.state(i, j), lone[k].state(), "step {step}");
+            assert_eq!(pairs.state(j, i), lone[k].state(), "step {step}");
+            assert_eq!(pairs.settled(i, j), pairs.settled(j, i), "step {step}");
+            assert_eq!(pairs.row(i, members)[j], pairs.row(j, members)[i]);
             transitions += usize::from(got.is_some());
-            skipped +=
-                usize::from(before.is_some_and(|b| b != 0) && pairs.settled_byte(k) == before);
+            skipped += usize::from(before.is_some() && pairs.settled(i, j) == before);
         }
         assert!(
-            transitions > 100,
+            transitions > 200,
             "the walk crossed the thresholds: {transitions}"
         );
         assert!(
-            skipped > 5_000,
+            skipped > 10_000,
             "most readings were settled by the byte: {skipped}"
         );
     }

@@ -913,7 +913,11 @@ fn a_stale_handle_finds_the_right_user_or_no_one() {
     // 3 takes 1's first slot: a fix of 1's through the old handle is still 1's, and a fix of 3's
     // through it is 3's.
     e.share(user(3), g, forever(Precision::Exact), T0).unwrap();
-    assert_eq!(e.handle(user(3)), first, "the slot was reused");
+    assert_eq!(
+        e.handle(user(3)).slot(),
+        first.slot(),
+        "the slot was reused"
+    );
     let mut h = first;
     let there = offset(home, 500.0, 0.0);
     e.ingest_with(&mut h, user(1), &fix(there, T0 + 3_000), T0 + 3_000)
@@ -931,4 +935,32 @@ fn a_stale_handle_finds_the_right_user_or_no_one() {
         seen,
         [(user(1), T0 + 3_000, 5.0), (user(3), T0 + 3_000, 0.0)]
     );
+}
+
+#[test]
+fn a_handle_outlives_its_slot_s_generations() {
+    // A handle tells its slot's users apart by the slot's generation, bumped each time the slot
+    // is freed. After 65,535 users through one slot its count would come round to the handle's
+    // again: the slot must be retired instead, or a fix through the old handle lands on
+    // whoever holds it then.
+    let mut e = engine();
+    let home = p(48.8566, 2.3522);
+    let g = group(1);
+    e.configure_group(g, GroupConfig::default());
+    e.share(user(1), g, forever(Precision::Exact), T0).unwrap();
+    let old = e.handle(user(1));
+    e.forget(user(1));
+    for k in 0..u128::from(u16::MAX) {
+        let passer = user(1_000_000 + k);
+        e.share(passer, g, forever(Precision::Exact), T0).unwrap();
+        e.forget(passer);
+    }
+    e.share(user(2), g, forever(Precision::Exact), T0).unwrap();
+    e.share(user(1), g, forever(Precision::Exact), T0).unwrap();
+    let mut h = old;
+    e.ingest_with(&mut h, user(1), &fix(home, T0 + 1_000), T0 + 1_000)
+        .unwrap();
+    assert_ne!(h.slot(), old.slot(), "the slot was retired");
+    let seen: Vec<UserId> = e.view(g).iter().map(|s| s.user).collect();
+    assert_eq!(seen, [user(1)], "the fix is 1's, and 2 has none");
 }
