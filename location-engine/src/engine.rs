@@ -259,6 +259,10 @@ struct Group {
     place_slots: HashMap<PlaceId, u32>,
 }
 
+/// The bytes of a group that every fix reads, from its start (`repr(C)`): the fields before
+/// `places`, and the places.
+const GROUP_HOT_BYTES: usize = std::mem::offset_of!(Group, places) + size_of::<Places>();
+
 /// Users (slots, live or free) from which [`Engine::warm`] reads ahead: tens of megabytes of
 /// state, past a last-level cache (the benches: a loss at 10k users, a gain from 100k).
 pub const WARM_ABOVE_USERS: usize = 50_000;
@@ -655,13 +659,17 @@ impl Engine {
 
     /// Reads ahead, stage by stage across `users`, what ingesting their next fixes will load:
     /// the user's slot (through the handle, else the id table), every membership link, each
-    /// group's hot fields, then its spots, the user's own record, the bytes that settle its
-    /// pairs, the user's list of tracked places (if any) and the places' reaches. At a million users each of those is a cache miss; done one fix after
-    /// another they come one at a time, done here for a batch the misses of every user in a stage
-    /// are independent and overlap. Changes nothing (`&self`): the caller ingests as before.
-    /// `location/fix_warmed` in `benches/` measures what it buys (README, "Performance"); at 10k
-    /// users everything is in cache and the reading ahead is only work (467 → 621 ns when it was
-    /// measured), so below [`WARM_ABOVE_USERS`] it does nothing.
+    /// group's hot fields, then its spots, the user's own record, the bytes that settle their
+    /// pairs and the places' reaches. At a million users each of those is a cache miss; done
+    /// one fix after another they come one at a time. Here each stage asks for the lines of a
+    /// whole batch with prefetch instructions, which retire without waiting for their line (a
+    /// plain load that misses holds up everything after it, so only the few loads that fit in
+    /// the core's window would overlap), and reads only what the next stage needs an address
+    /// from (the slot's first link, the links, the group's pointers), by then on its way or
+    /// there. Changes nothing (`&self`): the caller ingests as before. `location/fix_warmed` in
+    /// `benches/` measures what it buys (README, "Performance"); at 10k users everything is in
+    /// cache and the reading ahead is only work (467 → 621 ns when it was measured with loads),
+    /// so below [`WARM_ABOVE_USERS`] it does nothing.
     pub fn warm(
         &self,
         users: impl IntoIterator<Item = (UserId, Handle)>,
@@ -680,10 +688,17 @@ impl Engine {
             };
             (slot, 0)
         }));
-        let mut sum = 0u64;
+        for &(s, _) in scratch.iter() {
+            if let Some(slot) = self.users.get(s as usize) {
+                prefetch_lines(std::slice::from_ref(slot));
+            }
+        }
         for (s, _) in scratch.iter_mut() {
-            if *s != NONE {
-                *s = self.users[*s as usize].first;
+            if let Some(slot) = self.users.get(*s as usize) {
+                *s = slot.first;
+                if let Some(link) = self.links.get(slot.first as usize) {
+                    prefetch_lines(std::slice::from_ref(link));
+                }
             }
         }
         // Every membership of each user (a fix reads every group it is shared with).
@@ -692,6 +707,11 @@ impl Engine {
             let mut l = scratch[k].0;
             while let Some(link) = self.links.get(l as usize) {
                 scratch.push((link.group, u32::from(link.member)));
+                if let Some(group) = self.groups.get(link.group as usize) {
+                    // The group's hot fields (`repr(C)`, first), what the next stage reads its
+                    // pointers from.
+                    prefetch_range(std::ptr::from_ref(group).cast(), GROUP_HOT_BYTES);
+                }
                 l = link.next;
                 if scratch.len() - users > 64 * users {
                     break; // reading ahead is a hint: bounded whatever the chains
@@ -699,42 +719,22 @@ impl Engine {
             }
         }
         scratch.drain(..users);
-        // The group's hot fields, on their three or four cache lines: what the next stage
-        // reads its pointers from.
-        for &(g, _) in scratch.iter() {
-            if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
-                sum = sum.wrapping_add((group.spots.len() + group.pairs.len()) as u64);
-                sum = sum.wrapping_add(group.config.lost_after_ms as u64);
-                sum = sum.wrapping_add((group.tracked.len() + group.places.len()) as u64);
-                sum = sum.wrapping_add(u64::from(group.dirty));
-            }
-        }
         // The group: its spots, the user's own record, the bytes that settle its pairs, where
-        // the user's tracked places are listed, its places' reaches. Touches less than a cache
-        // line apart reach every line, wherever the first starts.
+        // the user's tracked places are listed, its places' reaches: leaves, asked for without
+        // waiting for them.
         for &(g, m) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
                 let n = group.spots.len();
-                for k in (0..n).step_by(5).chain(n.checked_sub(1)) {
-                    sum = sum.wrapping_add(group.spots[k].lat_e7 as u64);
-                }
-                let row = group.pairs.row(m as usize, n);
-                for k in (0..row.len()).step_by(64).chain(row.len().checked_sub(1)) {
-                    sum = sum.wrapping_add(u64::from(row[k]));
-                }
+                prefetch_lines(&group.spots);
+                prefetch_lines(group.pairs.row(m as usize, n));
                 if let Some(member) = group.members.get(m as usize) {
-                    sum = sum.wrapping_add(member.until_ms as u64);
-                    if member.flags & M_TRACKS != 0
-                        && let Some(tracked) = group.tracked.get(m as usize)
-                    {
-                        sum = sum.wrapping_add(tracked.len() as u64);
-                    }
+                    prefetch_lines(std::slice::from_ref(member));
                 }
-                sum = sum.wrapping_add(group.places.touch());
+                if let Some(scan) = group.places.scan() {
+                    prefetch_lines(scan);
+                }
             }
         }
-        // The loads are the point; keep the compiler from dropping them.
-        std::hint::black_box(sum);
     }
 
     /// Takes `fix` as `user`'s latest if it is valid and newer than the one held, and reads
@@ -1030,6 +1030,34 @@ impl Engine {
             places: live_groups().map(|g| g.places.len()).sum(),
         }
     }
+}
+
+/// Asks for every cache line of `items` without waiting for any (a hint: it changes nothing,
+/// and never faults whatever the address).
+#[inline]
+fn prefetch_lines<T>(items: &[T]) {
+    prefetch_range(items.as_ptr().cast(), std::mem::size_of_val(items));
+}
+
+/// As [`prefetch_lines`], for `bytes` bytes from `start`.
+#[inline]
+fn prefetch_range(start: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut at = 0;
+        while at < bytes + 63 {
+            let line = start.wrapping_add(at.min(bytes.saturating_sub(1)));
+            // SAFETY: `_mm_prefetch` is a hint to the cache: it reads nothing into the program
+            // and cannot fault, whatever the address; SSE is part of the x86-64 baseline.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.cast());
+            }
+            at += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, bytes);
 }
 
 /// Copies a fix into a member record, snapped to the cell at approximate precision.

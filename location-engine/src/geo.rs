@@ -122,10 +122,12 @@ pub struct Probe {
 impl Probe {
     pub fn new(at: LatLon) -> Self {
         let (sin, cos) = sin_cos_latitude(at.lat.to_radians());
-        let w = 1.0 - E2 * sin * sin;
-        let n = WGS84_A / w.sqrt();
-        let m = WGS84_A * (1.0 - E2) / (w * w.sqrt());
-        let rate = E2 * sin * cos / w;
+        // 1/√w once (a square root and a division, not two of each): N = a/√w, M = a(1−e²)/w^1.5.
+        let r = 1.0 / (1.0 - E2 * sin * sin).sqrt();
+        let r2 = r * r;
+        let n = WGS84_A * r;
+        let m = WGS84_A * (1.0 - E2) * r * r2;
+        let rate = E2 * sin * cos * r2;
         Self {
             at,
             sin,

@@ -318,7 +318,7 @@ pub struct Places {
 /// A place's centre and how far from it a fix may read anything but outside (before its
 /// accuracy): reach plus margin.
 #[derive(Debug, Clone, Copy)]
-struct Reach {
+pub(crate) struct Reach {
     origin: LatLon,
     reach_m: f64,
 }
@@ -445,6 +445,11 @@ impl Places {
 
     /// Reads ahead what [`Places::candidates`] will read first (see `Engine::warm`): the reaches
     /// a scan reads (a tree's walk is not read ahead).
+    /// What a scan reads (for reading ahead), unless the places go through the tree.
+    pub(crate) fn scan(&self) -> Option<&[Reach]> {
+        self.tree.is_none().then_some(&self.scan[..])
+    }
+
     pub fn touch(&self) -> u64 {
         if self.tree.is_some() {
             return self.live as u64;
