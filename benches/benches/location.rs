@@ -6,7 +6,7 @@
 //!   spread over a 60 × 60 km area, members within ~2 km of their group's centre, so pairs and
 //!   places do cross their thresholds. Fixes arrive in a random order of users; between two
 //!   fixes a user walks (7 m) or drives (60 m, a quarter of users). Throughput counts fixes.
-//! - `location/fix_big_groups/N` (100k, 1M): the same with groups of 4–50.
+//! - `location/fix_big_groups/N` (10k, 100k, 1M): the same with groups of 4–50.
 //! - `…_warmed`: each of those as the location server takes fixes — a batch of 32 at a time,
 //!   read ahead with `Engine::warm`, each user found through the handle kept for them.
 //! - `location/fix_places_in_one_group/100000`: one group of 20 members with 100k places (circles
@@ -271,6 +271,7 @@ fn location(c: &mut Criterion) {
         ("fix", 10_000, 20),
         ("fix", 100_000, 20),
         ("fix", 1_000_000, 20),
+        ("fix_big_groups", 10_000, 50),
         ("fix_big_groups", 100_000, 50),
         ("fix_big_groups", 1_000_000, 50),
     ] {

@@ -16,7 +16,9 @@
 //! `location` bench).
 
 use crate::fix::{Fix, MAX_CLOCK_AHEAD_MS, Packed, Refused};
-use crate::geo::{APPROX_CELL_HALF_DIAGONAL_M, LatLon, Probe, approx_cell, meridian_m_at_least};
+use crate::geo::{
+    APPROX_CELL_HALF_DIAGONAL_M, LatLon, MeridianScreen, Probe, approx_cell, meridian_m_at_least,
+};
 use crate::places::{Place, PlaceError, Places, Shape};
 use crate::proximity::{Debounce, Pairs, Proximity, Rule, Track, combined_accuracy};
 use hashbrown::HashTable;
@@ -1105,6 +1107,53 @@ fn drop_place(group: &mut Group, slot: u32) {
     }
 }
 
+/// Reads the pair of member `i` (whose fix it is) and member `j` of `group`.
+#[inline]
+fn read_pair(
+    group: &mut Group,
+    i: usize,
+    j: usize,
+    rule: &Rule,
+    probe: &Probe,
+    now_ms: i64,
+    out: &mut Out<'_>,
+) {
+    let lost_after = group.config.lost_after_ms;
+    let (me, mine) = (&group.members[i], group.spots[i]);
+    let accuracy = mine.accuracy_m();
+    let apart = rule.apart_m();
+    // Settled apart and farther than the apart threshold with both accuracies added (more than
+    // their combined radius): the reading, if the other member's fix counts at all, is apart
+    // and changes nothing, as `observe` would conclude — known from their spot alone, without
+    // their record or two square roots.
+    let spot = group.spots[j];
+    if group.pairs.settled(i, j) == Some(Proximity::Apart) {
+        // Their latitudes alone most often (no division: the bound has slack for the accuracy
+        // taken as a product), else the plane.
+        let reach = apart + accuracy + f64::from(spot.accuracy_dm) * 0.1 + 0.001;
+        if meridian_m_at_least(mine.lat_e7, spot.lat_e7) > reach
+            || probe.beyond(spot.at(), apart + accuracy + spot.accuracy_m())
+        {
+            return;
+        }
+    }
+    let other = &group.members[j];
+    if !other.fresh(now_ms, lost_after) {
+        return;
+    }
+    let u = combined_accuracy(accuracy, spot.accuracy_m());
+    let d = probe.distance_m(spot.at(), apart + u + 100.0);
+    let (user, other_user, instant) = (me.user, other.user, me.taken_ms.max(other.taken_ms));
+    if let Some(t) = group.pairs.observe(i, j, rule, d, u, instant) {
+        let (a, b) = out.pair(user, other_user);
+        let what = match t.to {
+            Proximity::Near => What::Near { a, b },
+            Proximity::Apart => What::Apart { a, b },
+        };
+        out.alert(group.id, now_ms, what);
+    }
+}
+
 /// Reads member `i`'s new position against the group's other members and its places.
 ///
 /// Dwell and cooldown run on the readings' own time: a pair's reading is as new as the newer of
@@ -1123,39 +1172,27 @@ fn read_group(group: &mut Group, i: usize, now_ms: i64, out: &mut Out<'_>) {
     let probe = Probe::new(at);
     if let Some(rule) = group.config.proximity {
         let apart = rule.apart_m();
-        for j in 0..group.members.len() {
-            if j == i {
-                continue;
+        // First, without a branch, the members that need more than a glance: all but those
+        // settled apart whose latitude alone puts them past the apart threshold with both
+        // accuracies (most, in a group spread over a town); a bit each, 64 at a time.
+        let screen = MeridianScreen::new(apart + accuracy + 0.001);
+        let n = group.members.len();
+        for from in (0..n).step_by(64) {
+            let to = n.min(from + 64);
+            let mut look = 0u64;
+            let row = &group.pairs.row(i, n)[from..to];
+            for (k, (spot, &byte)) in group.spots[from..to].iter().zip(row).enumerate() {
+                let done =
+                    Pairs::apart(byte) & screen.far(my_lat_e7, spot.lat_e7, spot.accuracy_dm);
+                look |= u64::from(!done) << k;
             }
-            // Settled apart and farther than the apart threshold with both accuracies added
-            // (more than their combined radius): the reading, if the other member's fix counts
-            // at all, is apart and changes nothing, as `observe` would conclude — known from
-            // their spot alone, without their record or two square roots.
-            let spot = group.spots[j];
-            if group.pairs.settled(i, j) == Some(Proximity::Apart) {
-                // Their latitudes alone most often (no division: the bound has slack for the
-                // accuracy taken as a product), else the plane.
-                let reach = apart + accuracy + f64::from(spot.accuracy_dm) * 0.1 + 0.001;
-                if meridian_m_at_least(my_lat_e7, spot.lat_e7) > reach
-                    || probe.beyond(spot.at(), apart + accuracy + spot.accuracy_m())
-                {
+            while look != 0 {
+                let j = from + look.trailing_zeros() as usize;
+                look &= look - 1;
+                if j == i {
                     continue;
                 }
-            }
-            let other = &group.members[j];
-            if !other.fresh(now_ms, lost_after) {
-                continue;
-            }
-            let u = combined_accuracy(accuracy, spot.accuracy_m());
-            let d = probe.distance_m(spot.at(), apart + u + 100.0);
-            let (other_user, instant) = (other.user, taken_ms.max(other.taken_ms));
-            if let Some(t) = group.pairs.observe(i, j, &rule, d, u, instant) {
-                let (a, b) = out.pair(user, other_user);
-                let what = match t.to {
-                    Proximity::Near => What::Near { a, b },
-                    Proximity::Apart => What::Apart { a, b },
-                };
-                out.alert(group.id, now_ms, what);
+                read_pair(group, i, j, &rule, &probe, now_ms, out);
             }
         }
     }

@@ -264,6 +264,45 @@ pub fn meridian_m_at_least(lat_e7_a: i32, lat_e7_b: i32) -> f64 {
     f64::from(lat_e7_a.abs_diff(lat_e7_b)) * (MERIDIAN_M_PER_DEG_AT_LEAST * 1e-7)
 }
 
+/// [`meridian_m_at_least`] in whole numbers, for a scan that asks it of many points against one
+/// (a group's members against the one whose fix it is) without a branch or a conversion:
+/// [`MeridianScreen::far`] says a point is farther than `m` plus its accuracy only where
+/// `meridian_m_at_least` does, with a margin (the thresholds are rounded up, in 1/256ths of a
+/// 1e-7 degree, about 0.04 mm).
+#[derive(Debug, Clone, Copy)]
+pub struct MeridianScreen {
+    /// `m` in 1/256ths of a 1e-7 degree of latitude, rounded up, plus one.
+    base: u64,
+    /// A decimetre of accuracy, the same way.
+    per_dm: u64,
+}
+
+impl MeridianScreen {
+    /// 1/256ths of a 1e-7 degree a metre is at most worth (the meridian bound's inverse).
+    const PER_M: f64 = 256.0 / (MERIDIAN_M_PER_DEG_AT_LEAST * 1e-7);
+
+    /// Screens against `m` metres (a NaN or negative `m`: nothing is far).
+    pub fn new(m: f64) -> Self {
+        let base = if m >= 0.0 {
+            (m * Self::PER_M).ceil().min(1e18) as u64 + 1
+        } else {
+            u64::MAX / 2
+        };
+        Self {
+            base,
+            per_dm: (0.1 * Self::PER_M).ceil() as u64 + 1,
+        }
+    }
+
+    /// Whether `meridian_m_at_least(lat_e7_a, lat_e7_b)` is more than `m` plus `accuracy_dm`
+    /// decimetres, known for sure (else `false`).
+    #[inline]
+    pub fn far(&self, lat_e7_a: i32, lat_e7_b: i32, accuracy_dm: u16) -> bool {
+        u64::from(lat_e7_a.abs_diff(lat_e7_b)) * 256
+            > self.base + u64::from(accuracy_dm) * self.per_dm
+    }
+}
+
 /// Metres a degree of latitude is at least worth, whichever way [`Probe::distance_m`] measures:
 /// 98 % of the minimum meridian radius (see [`Probe::beyond`]).
 const MERIDIAN_M_PER_DEG_AT_LEAST: f64 =
@@ -471,6 +510,39 @@ mod tests {
             (p.lat() * 1e7).round() as i32,
             (p.lon() * 1e7).round() as i32,
         )
+    }
+
+    #[test]
+    fn the_meridian_screen_says_far_only_where_the_bound_does() {
+        // Pairs of latitudes a few 1e-7 degrees either side of the screen's threshold, over
+        // every scale of `m` and accuracy: where the screen says far, the bound it stands for
+        // must too; and it must not give up more than a hair of it.
+        let mut noise = Noise(0x5c4e_e11e_d00d_f00d);
+        let (mut far, mut missed) = (0, 0);
+        for _ in 0..200_000 {
+            let m = [0.0, 1.0, 250.0, 1_000.0, 60_000.0][noise.below(5)] * noise.unit();
+            let accuracy_dm = [0, 50, 1_000, u16::MAX][noise.below(4)];
+            let accuracy_dm = (f64::from(accuracy_dm) * noise.unit()) as u16;
+            let screen = MeridianScreen::new(m);
+            let want = m + f64::from(accuracy_dm) / 10.0;
+            let edge = want / (MERIDIAN_M_PER_DEG_AT_LEAST * 1e-7);
+            let a = (noise.signed(80.0) * 1e7) as i32;
+            let d = (edge + noise.signed(300.0)).max(0.0) as i32;
+            let b = if noise.unit() < 0.5 { a + d } else { a - d };
+            let bound = meridian_m_at_least(a, b);
+            if screen.far(a, b, accuracy_dm) {
+                far += 1;
+                assert!(bound > want, "{a} {b} {accuracy_dm} {m}: {bound} ≤ {want}");
+            } else if bound > want * 1.001 + 0.001 {
+                missed += 1;
+            }
+        }
+        assert!(far > 50_000, "the edge was crossed: {far}");
+        assert_eq!(missed, 0, "the screen gives up no more than a hair");
+        // Nothing is far from a NaN or negative threshold.
+        for m in [f64::NAN, -1.0] {
+            assert!(!MeridianScreen::new(m).far(-900_000_000, 900_000_000, 0));
+        }
     }
 
     #[test]

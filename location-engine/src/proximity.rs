@@ -320,6 +320,12 @@ impl Pairs {
         }
     }
 
+    /// Whether a byte of [`Pairs::row`] says settled apart.
+    #[inline]
+    pub fn apart(byte: u8) -> bool {
+        byte == code(false)
+    }
+
     /// Member `i`'s bytes, one per member up to `members` (for reading ahead: what a fix of
     /// theirs loads first).
     pub fn row(&self, i: usize, members: usize) -> &[u8] {
