@@ -6,7 +6,8 @@
 //!   spread over a 60 × 60 km area, members within ~2 km of their group's centre, so pairs and
 //!   places do cross their thresholds. Fixes arrive in a random order of users; between two
 //!   fixes a user walks (7 m) or drives (60 m, a quarter of users). Throughput counts fixes.
-//! - `location/fix_big_groups/N` (10k, 100k, 1M): the same with groups of 4–50.
+//! - `location/fix_big_groups/N` (10k, 100k, 1M): the same with groups of 4–50 and one to five
+//!   places a group (about 110k places at 1M users).
 //! - `…_warmed`: each of those as the location server takes fixes — a batch of 32 at a time,
 //!   read ahead with `Engine::warm`, each user found through the handle kept for them.
 //! - `location/fix_places_in_one_group/100000`: one group of 20 members with 100k places (circles
@@ -81,7 +82,9 @@ fn world(users: usize, max_group: usize) -> World {
         let g = GroupId(Uuid::from_u128(0x2000_0000 + groups.len() as u128));
         let centre = (noise.unit() * 60_000.0, noise.unit() * 60_000.0);
         engine.configure_group(g, GroupConfig::default());
-        for k in 0..1 + noise.below(2) {
+        // One or two places a group of up to 20, up to five for larger ones (~100k at 1M users
+        // either way).
+        for k in 0..1 + noise.below((max_group / 10).max(2)) {
             let place = PlaceId(Uuid::from_u128(((groups.len() as u128) << 8) | k as u128));
             let shape = Shape::Circle {
                 center: at(

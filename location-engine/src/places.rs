@@ -443,20 +443,11 @@ impl Places {
         }
     }
 
-    /// Reads ahead what [`Places::candidates`] will read first (see `Engine::warm`): the reaches
-    /// a scan reads (a tree's walk is not read ahead).
-    /// What a scan reads (for reading ahead), unless the places go through the tree.
+    /// What [`Places::candidates`] reads first, for reading it ahead (see `Engine::warm`): the
+    /// reaches a scan reads, unless the places go through the tree (whose walk is not read
+    /// ahead).
     pub(crate) fn scan(&self) -> Option<&[Reach]> {
         self.tree.is_none().then_some(&self.scan[..])
-    }
-
-    pub fn touch(&self) -> u64 {
-        if self.tree.is_some() {
-            return self.live as u64;
-        }
-        self.scan
-            .iter()
-            .fold(self.live as u64, |sum, r| sum ^ r.reach_m.to_bits())
     }
 
     /// Every live place, by slot.
