@@ -11,14 +11,12 @@
 //! loading the track ([`Pairs`], which keeps a member's bytes in one run), and its places'
 //! centres and reaches in 24-byte records. A fix updates the slot, then for each group it is
 //! shared with scans that group's other members (proximity) and its places. No global index of
-//! users is kept: every question a member may ask ("who is near", "who is at home") is about their own
-//! groups, whose scan is cheaper than moving a point in an R-tree (see ARCHITECTURE.md and the
-//! `location` bench).
+//! users is kept: every question a member may ask ("who is near", "who is at home") is about
+//! their own groups, whose scan is cheaper than moving a point in an R-tree (see
+//! ARCHITECTURE.md and the `location` bench).
 
 use crate::fix::{Fix, MAX_CLOCK_AHEAD_MS, Packed, Refused};
-use crate::geo::{
-    APPROX_CELL_HALF_DIAGONAL_M, LatLon, MeridianScreen, Probe, approx_cell, meridian_m_at_least,
-};
+use crate::geo::{APPROX_CELL_HALF_DIAGONAL_M, LatLon, MeridianScreen, Probe, approx_cell};
 use crate::places::{Place, PlaceError, Places, Shape};
 use crate::proximity::{Debounce, Pairs, Proximity, Rule, Track, combined_accuracy};
 use hashbrown::HashTable;
@@ -721,9 +719,8 @@ impl Engine {
             }
         }
         scratch.drain(..users);
-        // The group: its spots, the user's own record, the bytes that settle its pairs, where
-        // the user's tracked places are listed, its places' reaches: leaves, asked for without
-        // waiting for them.
+        // The group: its spots, the user's own record, the bytes that settle their pairs, its
+        // places' reaches: leaves, asked for without waiting for them.
         for &(g, m) in scratch.iter() {
             if let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) {
                 let n = group.spots.len();
@@ -1125,17 +1122,13 @@ fn read_pair(
     // Settled apart and farther than the apart threshold with both accuracies added (more than
     // their combined radius): the reading, if the other member's fix counts at all, is apart
     // and changes nothing, as `observe` would conclude — known from their spot alone, without
-    // their record or two square roots.
+    // their record or two square roots (`read_group` has ruled out most of them from their
+    // latitudes already; the plane is for the rest).
     let spot = group.spots[j];
-    if group.pairs.settled(i, j) == Some(Proximity::Apart) {
-        // Their latitudes alone most often (no division: the bound has slack for the accuracy
-        // taken as a product), else the plane.
-        let reach = apart + accuracy + f64::from(spot.accuracy_dm) * 0.1 + 0.001;
-        if meridian_m_at_least(mine.lat_e7, spot.lat_e7) > reach
-            || probe.beyond(spot.at(), apart + accuracy + spot.accuracy_m())
-        {
-            return;
-        }
+    if group.pairs.settled(i, j) == Some(Proximity::Apart)
+        && probe.beyond(spot.at(), apart + accuracy + spot.accuracy_m())
+    {
+        return;
     }
     let other = &group.members[j];
     if !other.fresh(now_ms, lost_after) {
