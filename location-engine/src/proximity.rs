@@ -326,8 +326,8 @@ impl Pairs {
         byte == code(false)
     }
 
-    /// Member `i`'s bytes, one per member up to `members` (for reading ahead: what a fix of
-    /// theirs loads first).
+    /// Member `i`'s bytes, one per member up to `members`: what a fix of theirs screens the
+    /// group with first (and what reading ahead asks for).
     pub fn row(&self, i: usize, members: usize) -> &[u8] {
         self.settled
             .get(i * self.stride..)
