@@ -74,13 +74,8 @@ pub(crate) fn round(x: f64) -> f64 {
     if x.abs() < 4_503_599_627_370_496.0 {
         let whole = x as i64 as f64;
         let fraction = x - whole;
-        if fraction >= 0.5 {
-            whole + 1.0
-        } else if fraction <= -0.5 {
-            whole - 1.0
-        } else {
-            whole
-        }
+        // Without a branch: the fraction of a coordinate is as likely either side of a half.
+        whole + f64::from(u8::from(fraction >= 0.5)) - f64::from(u8::from(fraction <= -0.5))
     } else {
         x
     }
