@@ -290,6 +290,10 @@ pub struct MeridianScreen {
 impl MeridianScreen {
     /// 1/256ths of a 1e-7 degree a metre is at most worth (the meridian bound's inverse).
     const PER_M: f64 = 256.0 / (MERIDIAN_M_PER_DEG_AT_LEAST * 1e-7);
+    /// A decimetre of accuracy in those units, rounded up, plus one (truncated plus two: at
+    /// least that, and `ceil` is not `const` at this crate's minimum Rust); a constant, as
+    /// `new` runs once a group a fix.
+    const PER_DM: u64 = (0.1 * Self::PER_M) as u64 + 2;
 
     /// Screens against `m` metres (a NaN or negative `m`: nothing is far).
     pub fn new(m: f64) -> Self {
@@ -300,7 +304,7 @@ impl MeridianScreen {
         };
         Self {
             base,
-            per_dm: (0.1 * Self::PER_M).ceil() as u64 + 1,
+            per_dm: Self::PER_DM,
         }
     }
 
