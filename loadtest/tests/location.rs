@@ -2,7 +2,8 @@
 //! scenario's plumbing (own tokens and JWKS, streams, binary fixes, pings, alert latency, report,
 //! thresholds) works. Two converging pairs make alerts certain: each pair starts 300 m apart
 //! (seeded `apart`) and closes at 30 m/s, so it reads `near` (under 200 m less the 7 m of
-//! combined accuracy) about 3.6 s after its first fixes, inside the 1 s + 4 s run.
+//! combined accuracy) about 3.6 s after its first fixes, inside the 1 s + 4 s run. As many
+//! users again and half more upload batches over HTTP through four keep-alive connections.
 //! With `CONVOY_TEST_REDIS_URL` the Redis GEO comparison runs too, briefly.
 //! Its figures belong to the README's performance section, measured in release mode.
 
@@ -21,9 +22,14 @@ fn a_small_run_takes_every_fix_raises_alerts_and_writes_its_report() {
         group_min: 4,
         group_max: 20,
         converging_pairs: 2,
-        rate: 1000.0,
+        // 5 fixes/s a user, streams' and uploaders'.
+        rate: 2500.0,
         // Two fixes a frame: the batch path (one per frame is the same loop with one).
         fixes_per_frame: 2,
+        http_users: 300,
+        http_connections: 4,
+        // One upload a user a second.
+        http_batch: 5,
         duration: 4.0,
         warmup: 1.0,
         seed: 5,
@@ -52,11 +58,22 @@ fn a_small_run_takes_every_fix_raises_alerts_and_writes_its_report() {
     assert_eq!(report["connections"]["unexpected_closes"], 0, "{report:#}");
     assert_eq!(report["fixes"]["rejected"], 0, "{report:#}");
     assert_eq!(report["fixes"]["unanswered_streams"], 0, "{report:#}");
-    // 4 s at 1000 fixes/s, give or take the edges of the window; a generator that falls behind
+    // 4 s at 2500 fixes/s, give or take the edges of the window; a generator that falls behind
     // on a busy test machine skips fixes rather than bursting, so fewer may go, never more.
     let sent = report["fixes"]["sent_measured"].as_u64().unwrap();
-    assert!((2_000..=4_200).contains(&sent), "{sent}");
-    assert!(report["fixes"]["processed_per_second"].as_f64().unwrap() > 500.0);
+    assert!((5_000..=10_500).contains(&sent), "{sent}");
+    assert!(report["fixes"]["processed_per_second"].as_f64().unwrap() > 1_250.0);
+    // The uploads: 300 users × 5 fixes/s × 4 s, each upload answered with all of its fixes
+    // taken (a failed one fails the run).
+    let uploads = &report["uploads"];
+    let uploaded = uploads["sent_measured"].as_u64().unwrap();
+    assert!((3_000..=6_300).contains(&uploaded), "{uploaded}");
+    assert_eq!(uploads["failed_requests"], 0, "{report:#}");
+    assert_eq!(
+        uploads["latency_us"]["count"], uploads["requests_measured"],
+        "{report:#}"
+    );
+    assert!(sent > uploaded, "the streams' fixes count too");
     assert!(report["frames"]["positions"].as_u64().unwrap() > 0);
     // Both converging pairs met (random wanderers may add more).
     assert!(

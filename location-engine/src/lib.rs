@@ -14,6 +14,8 @@
 //!   engine output into frames for streams and alerts for the bus. Still sans-IO.
 //! - [`server`]: tokio/axum: the WebSocket stream and HTTP batch ingest, token checks against the
 //!   control plane's JWKS, the task that owns the hub and the clock, alerts to Redis.
+//! - [`verified`]: location tokens verified lately, so a batch with a known token costs a
+//!   digest and a lookup, not a signature check. Sans-IO.
 
 pub mod engine;
 pub mod fix;
@@ -23,6 +25,7 @@ pub mod noise;
 pub mod places;
 pub mod proximity;
 pub mod server;
+pub mod verified;
 
 /// Puts `item` in a slot freed earlier, or in a new one at the end; answers the slot.
 pub(crate) fn put<T>(slots: &mut Vec<T>, free: &mut Vec<u32>, item: T) -> u32 {

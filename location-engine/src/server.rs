@@ -22,6 +22,7 @@
 
 use crate::engine::Config;
 use crate::hub::{ConnId, FixesError, Hub, Outbox};
+use crate::verified::Verified;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -61,6 +62,8 @@ const WARM_BATCH: usize = 32;
 const HUB_QUEUE: usize = 8192;
 /// How long one frame may take to go out.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Verified tokens kept a generation ([`Verified`]: at most twice this many, ~0.3 KB each).
+const VERIFIED_TOKENS: usize = 100_000;
 
 /// Where alerts go for the control plane.
 pub type AlertSink = Arc<dyn Fn(Vec<LocationAlert>) + Send + Sync>;
@@ -494,6 +497,8 @@ struct Keys {
     http: reqwest::Client,
     keys: RwLock<VerifyingKeys>,
     fetched: Mutex<Option<Instant>>,
+    /// Tokens verified lately (a batch with a known token skips the signature check).
+    verified: Mutex<Verified>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -516,16 +521,35 @@ impl Keys {
                 .unwrap_or_default(),
             keys: RwLock::new(VerifyingKeys::default()),
             fetched: Mutex::new(None),
+            verified: Mutex::new(Verified::new(VERIFIED_TOKENS)),
         }
     }
 
     async fn verify(&self, token: &str) -> Result<LocationClaims, AuthError> {
-        if let Some(kid) = token::peek_kid(token)? {
+        let now = (unix_ms() / 1000) as u64;
+        let digest = Verified::digest(token);
+        {
+            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((claims, kid)) = verified.get(&digest, now, LEEWAY_SECS) {
+                // Only while its key is still published.
+                if self
+                    .keys
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(kid)
+                {
+                    return Ok(claims);
+                }
+                verified.remove(&digest);
+            }
+        }
+        let kid = token::peek_kid(token)?;
+        if let Some(kid) = &kid {
             let known = self
                 .keys
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&kid);
+                .contains(kid);
             if !known {
                 let due = {
                     let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
@@ -552,13 +576,18 @@ impl Keys {
                 }
             }
         }
-        let now = (unix_ms() / 1000) as u64;
         let claims: LocationClaims = self.keys.read().unwrap_or_else(|e| e.into_inner()).verify(
             token,
             AUD_LOCATION,
             now,
             LEEWAY_SECS,
         )?;
+        if let Some(kid) = kid {
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(digest, claims.clone(), kid);
+        }
         Ok(claims)
     }
 }

@@ -11,6 +11,12 @@
 //! `--jwks-port`). Without `--target` the engine runs in this process on its own thread and
 //! tokio current-thread runtime, pinned to `--engine-cpu`: the real server over real sockets,
 //! with one core's worth of CPU. Every user opens one stream (`--connect-concurrency` at once).
+//! `--http-users` adds users in groups of their own who upload batches of `--http-batch` fixes
+//! over HTTP (`POST /v1/fixes`, binary, each with their own token) through
+//! `--http-connections` keep-alive connections, as phones in the background do through a load
+//! balancer or a gateway ([`uploads`]): a stream is a socket a user at both ends, and one
+//! process may hold only so many (this machine kind: 20,000), while the comparison with Redis
+//! needs more load than that.
 //!
 //! Load: an open loop. Each user takes a fix every `users / rate` seconds and sends it in a
 //! binary frame, or with `--fixes-per-frame K` sends K at once every K periods (their times a
@@ -21,12 +27,14 @@
 //! send lag are reported, and the achieved rate is what is counted, not what was asked for.
 //!
 //! What is measured, after `--warmup`, over `--duration`:
-//! - Fixes sent, and fixes processed: the engine acknowledges nothing per fix (it answers only
+//! - Fixes sent (streams' and uploads'), and fixes processed: an upload's answer comes after
+//!   the hub took its fixes and says how many it took (all, or the run fails); for the streams,
+//!   the engine acknowledges nothing per fix (it answers only
 //!   refused fixes, with a `rejected` frame, which fails the run), so at the end of the window
 //!   every stream sends a `ping`. A stream's connection task handles frames in order and hands
 //!   each fix frame to the hub before it reads the next one, so the `pong` proves every fix
 //!   sent before it was taken. Processed fixes/s = fixes sent in the window ÷ (window start →
-//!   last pong). An engine that kept up answers within milliseconds of the end; one that fell
+//!   last pong or last answer to an upload sent in the window). An engine that kept up answers within milliseconds of the end; one that fell
 //!   behind answers late (the backlog it drains) and its rate drops accordingly. Fixes left over
 //!   from the warmup and worked off inside the window are not counted, so the figure errs low.
 //! - Alert latency: every `near`/`apart` alert frame, on every member's stream, minus when the
@@ -49,6 +57,7 @@ mod redis_geo;
 mod report;
 mod setup;
 mod streams;
+mod uploads;
 mod world;
 
 pub use report::LocationReport;
@@ -88,13 +97,27 @@ pub struct LocationArgs {
     /// The first groups are this many pairs starting 300 m apart and driving at each other.
     #[arg(long, default_value_t = 0)]
     pub converging_pairs: usize,
-    /// Fixes per second over all users (open loop; at most 20 a user).
+    /// Fixes per second over all users, streams' and uploaders' (open loop; at most 20 a
+    /// user).
     #[arg(long, default_value_t = 20_000.0)]
     pub rate: f64,
     /// Fixes a binary frame: a user sends this many at once, taken `users / rate` seconds
     /// apart (a phone uploading what it recorded meanwhile; 1: each fix as it is taken).
     #[arg(long, default_value_t = 1)]
     pub fixes_per_frame: usize,
+    /// More users, who upload their fixes in batches over HTTP (`POST /v1/fixes`, binary, their
+    /// own token each) through --http-connections keep-alive connections, as phones in the
+    /// background do through a load balancer or gateway: load past the sockets one process
+    /// may hold. In groups of their own; counted with the streams' fixes.
+    #[arg(long, default_value_t = 0)]
+    pub http_users: usize,
+    /// Keep-alive connections the uploads share (one request in flight on each).
+    #[arg(long, default_value_t = 32)]
+    pub http_connections: usize,
+    /// Fixes an upload: a user sends this many at once, taken a fix period apart (at most 200,
+    /// the engine's burst; fewer leave the rate limit room for a late batch).
+    #[arg(long, default_value_t = 100)]
+    pub http_batch: usize,
     /// Seconds measured.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -146,7 +169,7 @@ pub struct LocationArgs {
 /// Runs the scenario, writes the JSON report, prints the table; `Ok(false)` when a threshold
 /// failed.
 pub fn run(args: LocationArgs) -> anyhow::Result<bool> {
-    let per_user = args.rate / args.users.max(1) as f64;
+    let per_user = args.rate / (args.users + args.http_users).max(1) as f64;
     if args.users < 2 {
         bail!("--users must be at least 2");
     }
@@ -160,7 +183,16 @@ pub fn run(args: LocationArgs) -> anyhow::Result<bool> {
         bail!(
             "--rate {} over {} users is {per_user:.2} fixes/s a user; the engine takes at most {MAX_FIXES_PER_SEC}",
             args.rate,
-            args.users
+            args.users + args.http_users
+        );
+    }
+    if args.http_users > 0
+        && (args.http_connections == 0
+            || !(1..=protocol::location::FIX_BURST as usize).contains(&args.http_batch))
+    {
+        bail!(
+            "--http-connections must be at least 1 and --http-batch 1 to {}",
+            protocol::location::FIX_BURST
         );
     }
     let max_members = location_engine::engine::MAX_GROUP_MEMBERS;
@@ -189,6 +221,14 @@ pub fn run(args: LocationArgs) -> anyhow::Result<bool> {
         converging_pairs: args.converging_pairs,
         seed: args.seed,
     });
+    // The uploaders' own groups, laid out from another seed.
+    let uploaders = World::plan(&Layout {
+        users: args.http_users,
+        group_min: args.group_min,
+        group_max: args.group_max,
+        converging_pairs: 0,
+        seed: args.seed ^ 0x5eed_0f00,
+    });
     let signer = setup::signer();
     let jwks = JwksServer::start(
         &Jwks {
@@ -197,11 +237,12 @@ pub fn run(args: LocationArgs) -> anyhow::Result<bool> {
         args.jwks_port,
     )?;
     // The engine thread first: it pins itself, and must not inherit the generator's CPU.
-    let (mut engine, ws_url) = match &args.target {
+    let (mut engine, ws_url, fixes_url) = match &args.target {
         None => {
             let engine = InProcessEngine::start(jwks.url.clone(), args.engine_cpu)?;
             let url = format!("ws://{}/v1/stream", engine.addr);
-            (Some(engine), url)
+            let fixes = format!("http://{}/v1/fixes", engine.addr);
+            (Some(engine), url, fixes)
         }
         Some(target) => {
             eprintln!(
@@ -219,7 +260,7 @@ pub fn run(args: LocationArgs) -> anyhow::Result<bool> {
             } else {
                 base.to_string()
             };
-            (None, format!("{ws}/v1/stream"))
+            (None, format!("{ws}/v1/stream"), format!("{base}/v1/fixes"))
         }
     };
     if let Some(cpu) = args.cpu {
@@ -227,7 +268,8 @@ pub fn run(args: LocationArgs) -> anyhow::Result<bool> {
     }
     // A socket a user, and as many again for the engine's end when it is in this process.
     let ends = if engine.is_some() { 2 } else { 1 };
-    crate::pin::raise_fd_limit(args.users * ends + 256).with_context(|| {
+    let sockets = args.users + args.http_connections * usize::from(args.http_users > 0);
+    crate::pin::raise_fd_limit(sockets * ends + 256).with_context(|| {
         if engine.is_some() {
             "the in-process engine holds the other end of every stream: ask for fewer --users, \
              or run the engine apart (--target)"
@@ -243,8 +285,9 @@ pub fn run(args: LocationArgs) -> anyhow::Result<bool> {
     let report = runtime.block_on(local.run_until(scenario(
         &args,
         world,
+        uploaders,
         Rc::new(signer),
-        ws_url,
+        (ws_url, fixes_url),
         engine.as_mut(),
         redis_duration,
     )))?;
@@ -279,13 +322,15 @@ async fn engine_cpu(engine: Option<&InProcessEngine>, pid: Option<u32>) -> Optio
 async fn scenario(
     args: &LocationArgs,
     world: World,
+    uploaders: World,
     signer: Rc<protocol::token::Signer>,
-    ws_url: String,
+    (ws_url, fixes_url): (String, String),
     engine: Option<&mut InProcessEngine>,
     redis_duration: f64,
 ) -> anyhow::Result<LocationReport> {
     let n = world.walkers.len();
-    let groups = world.groups.len();
+    let uploading = uploaders.walkers.len();
+    let groups = world.groups.len() + uploaders.groups.len();
     // The mean size of a fix's group: the members it is read against, the streams that see it.
     let streams_per_fix = world
         .groups
@@ -293,9 +338,24 @@ async fn scenario(
         .map(|g| g.members.len().pow(2))
         .sum::<usize>() as f64
         / n as f64;
-    let per_user = args.rate / n as f64;
+    let per_user = args.rate / (n + uploading) as f64;
     let shared = Rc::new(Shared::new(&world.walkers));
-    let redis_world = args.against_redis.is_some().then(|| world.clone());
+    // Redis gets every user, streams' and uploaders'.
+    let redis_world = args
+        .against_redis
+        .is_some()
+        .then(|| world.clone().join(uploaders.clone()));
+    // The uploaders' tokens (signed before the clock starts).
+    let auth = uploaders
+        .walkers
+        .iter()
+        .map(|w| {
+            let token = setup::token(&signer, w.id, uploaders.groups[w.group].id);
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("token header")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let counts = Rc::new(uploads::Counts::default());
     let ids: Vec<_> = world
         .walkers
         .iter()
@@ -380,6 +440,23 @@ async fn scenario(
         end,
     };
     shared.measure_from.set(Some(measure_from));
+    counts.measure_from.set(Some(measure_from));
+    let uploads = (uploading > 0).then(|| {
+        tokio::task::spawn_local(uploads::run(
+            Rc::clone(&counts),
+            uploads::Plan {
+                url: fixes_url,
+                walkers: uploaders.walkers,
+                auth,
+                connections: args.http_connections,
+            },
+            Schedule {
+                per_frame: args.http_batch,
+                users: uploading,
+                ..schedule
+            },
+        ))
+    });
     let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     for (i, (walker, sink)) in world.walkers.into_iter().zip(sinks).enumerate() {
         if let Some(sink) = sink {
@@ -409,7 +486,7 @@ async fn scenario(
             break;
         }
         if now - last >= Duration::from_millis(500) {
-            let sent = shared.sent.get();
+            let sent = shared.sent.get() + counts.sent.get();
             progress.set_message(format!(
                 "{:.0} fixes/s sent",
                 (sent - last_sent) as f64 / secs(now - last)
@@ -425,7 +502,22 @@ async fn scenario(
     progress.set_prefix("draining");
     let guard = Duration::from_secs_f64((2.0 * (args.warmup + args.duration)).max(30.0));
     let _ = tokio::time::timeout(guard, shared.all_finished()).await;
-    let caught_up = shared.barrier_at.get();
+    let mut uploads_error = None;
+    let mut uploads_done = uploads.is_none();
+    if let Some(task) = uploads {
+        match tokio::time::timeout(guard, task).await {
+            Ok(Ok(Ok(()))) => uploads_done = true,
+            Ok(Ok(Err(e))) => uploads_error = Some(format!("{e:#}")),
+            Ok(Err(e)) => uploads_error = Some(e.to_string()),
+            Err(_) => uploads_error = Some("uploads unanswered at the end".into()),
+        }
+    }
+    // Caught up: every stream's final ping answered and every upload answered.
+    let caught_up = match (shared.barrier_at.get(), counts.last_answer.get()) {
+        (Some(s), Some(u)) => Some(s.max(u)),
+        (s, None) if uploads_done => s,
+        _ => None,
+    };
     let measured_until = caught_up.unwrap_or_else(Instant::now).max(end);
     let wall = secs(measured_until - measure_from);
     let own_cpu = setup::thread_cpu();
@@ -442,7 +534,7 @@ async fn scenario(
     let engine_busy = engine0
         .zip(engine_cpu)
         .map(|(a, b)| secs(b.saturating_sub(a)));
-    let sent_measured = shared.sent_measured.get();
+    let sent_measured = shared.sent_measured.get() + counts.sent_measured.get();
     let processed_per_second = sent_measured as f64 / wall;
 
     let mut redis = None;
@@ -478,6 +570,9 @@ async fn scenario(
                 .clone()
                 .unwrap_or_else(|| "in-process".to_string()),
             users: n,
+            http_users: uploading,
+            http_connections: args.http_connections,
+            http_batch: args.http_batch,
             groups,
             group_min: args.group_min,
             group_max: args.group_max,
@@ -506,7 +601,7 @@ async fn scenario(
         fixes: Fixes {
             sent: shared.sent.get(),
             sent_measured,
-            offered_per_second: connected as f64 * per_user,
+            offered_per_second: (connected + uploading) as f64 * per_user,
             sent_per_second: sent_measured as f64 / args.duration,
             processed_per_second,
             drain_ms: caught_up.map(|at| {
@@ -517,7 +612,7 @@ async fn scenario(
                 }
             }),
             unanswered_streams: shared.unfinished(),
-            skipped: shared.skipped.get(),
+            skipped: shared.skipped.get() + counts.skipped.get(),
             send_errors: shared.send_errors.get(),
             rejected: shared.rejected.get(),
             rejected_reasons: shared.rejected_reasons.borrow().clone(),
@@ -537,6 +632,17 @@ async fn scenario(
             other: shared.other_alerts.get(),
             deliveries: shared.alert_deliveries.get(),
         },
+        uploads: (uploading > 0).then(|| report::Uploads {
+            users: uploading,
+            connections: args.http_connections,
+            batch: args.http_batch,
+            sent_measured: counts.sent_measured.get(),
+            requests_measured: counts.requests_measured.get(),
+            failed_requests: counts.failed_requests.get(),
+            failures: counts.reasons.borrow().clone(),
+            error: uploads_error,
+            latency_us: crate::report::Percentiles::of(&counts.latency.borrow()),
+        }),
         alert_latency_us,
         generator_send_lag_us,
         generator_busy_ratio,

@@ -15,6 +15,8 @@ pub struct LocationReport {
     pub connections: Connections,
     pub fixes: Fixes,
     pub frames: Frames,
+    /// The users uploading over HTTP (`--http-users`), if any.
+    pub uploads: Option<Uploads>,
     pub alerts: Alerts,
     /// Alert arrival − send of the latest fix of either member of the pair, per delivery, µs.
     pub alert_latency_us: Percentiles,
@@ -36,7 +38,13 @@ pub struct LocationReport {
 pub struct Scenario {
     /// `in-process`, or the engine's URL.
     pub target: String,
+    /// Users with a stream each.
     pub users: usize,
+    /// Users uploading batches over HTTP, and how.
+    pub http_users: usize,
+    pub http_connections: usize,
+    pub http_batch: usize,
+    /// Every user's groups.
     pub groups: usize,
     pub group_min: usize,
     pub group_max: usize,
@@ -88,6 +96,24 @@ pub struct Fixes {
     pub send_errors: u64,
     pub rejected: u64,
     pub rejected_reasons: Vec<String>,
+}
+
+/// The uploads (`POST /v1/fixes`): their fixes are counted in [`Fixes`] too.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploads {
+    pub users: usize,
+    pub connections: usize,
+    pub batch: usize,
+    /// Fixes in batches sent inside the window, and the requests.
+    pub sent_measured: u64,
+    pub requests_measured: u64,
+    /// Uploads not answered 200 with every fix taken.
+    pub failed_requests: u64,
+    pub failures: Vec<String>,
+    /// Why the uploads stopped short, if they did.
+    pub error: Option<String>,
+    /// Send → answer per upload in the window, µs.
+    pub latency_us: Percentiles,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,6 +190,18 @@ impl LocationReport {
                 f.offered_per_second
             ));
         }
+        if let Some(u) = &self.uploads {
+            if u.failed_requests > 0 {
+                v.push(format!(
+                    "{} upload(s) failed ({})",
+                    u.failed_requests,
+                    u.failures.join("; ")
+                ));
+            }
+            if let Some(e) = &u.error {
+                v.push(format!("the uploads stopped: {e}"));
+            }
+        }
         if self.frames.unknown > 0 {
             v.push(format!("{} frame(s) did not parse", self.frames.unknown));
         }
@@ -193,7 +231,7 @@ impl LocationReport {
         let _ = writeln!(
             s,
             "loadtest location: {} users in {} groups ({}–{}, a fix's group {:.1}), {:.0} fixes/s offered ({:.2}/s each, {} a frame), {:.1} s measured after {:.1} s, engine {}",
-            sc.users,
+            sc.users + sc.http_users,
             sc.groups,
             sc.group_min,
             sc.group_max,
@@ -241,6 +279,25 @@ impl LocationReport {
             "rejected fixes / unexpected closes",
             format!("{} / {}", f.rejected, c.unexpected_closes),
         );
+        if let Some(u) = &self.uploads {
+            let l = &u.latency_us;
+            row(
+                &mut s,
+                &format!(
+                    "uploads ({} users, {} conns × {})",
+                    u.users, u.connections, u.batch
+                ),
+                format!(
+                    "{} fixes in {} requests; answered p50/p99/max {:.2} / {:.2} / {:.2} ms; {} failed",
+                    u.sent_measured,
+                    u.requests_measured,
+                    ms(l.p50),
+                    ms(l.p99),
+                    ms(l.max),
+                    u.failed_requests
+                ),
+            );
+        }
         let fr = &self.frames;
         row(
             &mut s,
@@ -342,6 +399,9 @@ mod tests {
             scenario: Scenario {
                 target: "in-process".into(),
                 users: 100,
+                http_users: 0,
+                http_connections: 32,
+                http_batch: 100,
                 groups: 9,
                 group_min: 4,
                 group_max: 20,
@@ -380,6 +440,7 @@ mod tests {
                 rejected: 0,
                 rejected_reasons: vec![],
             },
+            uploads: None,
             frames: Frames {
                 positions: 10,
                 positions_per_second: 5.0,
@@ -408,6 +469,20 @@ mod tests {
         }
     }
 
+    fn uploads(failed_requests: u64, error: Option<&str>) -> Uploads {
+        Uploads {
+            users: 50,
+            connections: 4,
+            batch: 10,
+            sent_measured: 1000,
+            requests_measured: 100,
+            failed_requests,
+            failures: vec!["upload answered 429".into(); failed_requests.min(1) as usize],
+            error: error.map(str::to_string),
+            latency_us: Percentiles::of(&micros_histogram()),
+        }
+    }
+
     #[test]
     fn a_clean_run_passes_and_prints_its_figures() {
         let mut r = report();
@@ -416,11 +491,19 @@ mod tests {
         let t = r.table();
         assert!(t.contains("998 fixes/s"), "{t}");
         assert!(t.ends_with("PASS\n"), "{t}");
+        r.uploads = Some(uploads(0, None));
+        r.judge();
+        assert!(r.passed, "{:?}", r.violations);
+        assert!(
+            r.table().contains("1000 fixes in 100 requests"),
+            "{}",
+            r.table()
+        );
     }
 
     #[test]
     fn each_threshold_fails_the_run() {
-        let cases: [fn(&mut LocationReport); 8] = [
+        let cases: [fn(&mut LocationReport); 10] = [
             |r| r.fixes.rejected = 1,
             |r| r.connections.unexpected_closes = 1,
             |r| r.connections.failed = 1,
@@ -429,6 +512,8 @@ mod tests {
             |r| r.scenario.max_alert_p99_ms = 1.0,
             |r| r.engine_to_redis_ratio = Some(4.9),
             |r| r.redis_error = Some("connection refused".into()),
+            |r| r.uploads = Some(uploads(1, None)),
+            |r| r.uploads = Some(uploads(0, Some("uploads unanswered at the end"))),
         ];
         for (k, spoil) in cases.iter().enumerate() {
             let mut r = report();

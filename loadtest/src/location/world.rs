@@ -161,6 +161,22 @@ impl World {
     }
 }
 
+impl World {
+    /// This world and `other` as one (`other`'s groups and users after this one's).
+    pub fn join(mut self, other: World) -> World {
+        let (users, groups) = (self.walkers.len(), self.groups.len());
+        self.groups.extend(other.groups.into_iter().map(|g| Group {
+            id: g.id,
+            members: g.members.start + users..g.members.end + users,
+        }));
+        self.walkers.extend(other.walkers.into_iter().map(|mut w| {
+            w.group += groups;
+            w
+        }));
+        self
+    }
+}
+
 impl Walker {
     /// Moves on to time `t_ms` (Unix ms; the first call only places the walker) and answers
     /// the fix it reports there.
