@@ -202,7 +202,7 @@ impl Spot {
 }
 
 /// The rest of a member (24 bytes): read for the member whose fix it is, and for the others only
-/// when their pair is not settled. The places each is tracked against are in
+/// when the reading of their pair from the two spots may change it ([`Pairs::may_change`]). The places each is tracked against are in
 /// [`Group::tracked`].
 #[derive(Debug, Clone, Copy)]
 struct Member {
@@ -1130,12 +1130,19 @@ fn read_pair(
     {
         return;
     }
+    // The reading, from the two spots alone. One that says nothing (between the thresholds, or
+    // within the accuracies) or says what the pair is settled in changes nothing, whether or not
+    // the other member's fix counts: their record (a cache miss at a million users, for the
+    // pairs settled near) is read only for a reading that may change the pair.
+    let u = combined_accuracy(accuracy, spot.accuracy_m());
+    let d = probe.distance_m(spot.at(), apart + u + 100.0);
+    if !group.pairs.may_change(i, j, rule, d, u) {
+        return;
+    }
     let other = &group.members[j];
     if !other.fresh(now_ms, lost_after) {
         return;
     }
-    let u = combined_accuracy(accuracy, spot.accuracy_m());
-    let d = probe.distance_m(spot.at(), apart + u + 100.0);
     let (user, other_user, instant) = (me.user, other.user, me.taken_ms.max(other.taken_ms));
     if let Some(t) = group.pairs.observe(i, j, rule, d, u, instant) {
         let (a, b) = out.pair(user, other_user);

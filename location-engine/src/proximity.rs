@@ -348,6 +348,23 @@ impl Pairs {
         self.settle(i, j, code);
     }
 
+    /// Whether a reading of pair (i, j) at `distance_m` with accuracy `accuracy_m` may change
+    /// it: false when the reading says nothing or what the pair is settled in, when
+    /// [`Pairs::observe`] would change nothing.
+    #[inline]
+    pub fn may_change(
+        &self,
+        i: usize,
+        j: usize,
+        rule: &Rule,
+        distance_m: f64,
+        accuracy_m: f64,
+    ) -> bool {
+        rule.read(distance_m, accuracy_m).is_some_and(|reading| {
+            self.settled[i * self.stride + j] != code(reading == Proximity::Near)
+        })
+    }
+
     /// [`Pair::observe`] on pair (i, j).
     #[inline]
     pub fn observe(
@@ -541,7 +558,7 @@ mod tests {
         pairs.resize_for(members);
         let mut lone = vec![Pair::default(); pairs.len()];
         let mut d = vec![230.0; pairs.len()];
-        let (mut transitions, mut skipped) = (0, 0);
+        let (mut transitions, mut skipped, mut unchanged) = (0, 0, 0);
         for step in 0..40_000i64 {
             if step == 20_000 {
                 members = 19;
@@ -572,9 +589,17 @@ mod tests {
             };
             let now = step * 700 + (noise.below(3) as i64 - 1) * 700;
             let before = pairs.settled(i, j);
+            // What the engine asks before it reads the other member's record: a reading that
+            // may not change the pair must leave the lone pair exactly as it was.
+            let may = pairs.may_change(i, j, &rule, d[k], u);
+            let lone_before = lone[k];
             let got = pairs.observe(i, j, &rule, d[k], u, now);
             let want = lone[k].observe(&rule, d[k], u, now);
             assert_eq!(got, want, "step {step}, pair ({i}, {j})");
+            if !may {
+                assert_eq!(lone[k], lone_before, "step {step}: may_change said no");
+                unchanged += 1;
+            }
             assert_eq!(pairs.state(i, j), lone[k].state(), "step {step}");
             assert_eq!(pairs.state(j, i), lone[k].state(), "step {step}");
             assert_eq!(pairs.settled(i, j), pairs.settled(j, i), "step {step}");
@@ -589,6 +614,10 @@ mod tests {
         assert!(
             skipped > 10_000,
             "most readings were settled by the byte: {skipped}"
+        );
+        assert!(
+            unchanged > 10_000,
+            "most readings changed nothing: {unchanged}"
         );
     }
 }
