@@ -202,8 +202,8 @@ impl Spot {
 }
 
 /// The rest of a member (24 bytes): read for the member whose fix it is, and for the others only
-/// when the reading of their pair from the two spots may change it ([`Pairs::may_change`]). The places each is tracked against are in
-/// [`Group::tracked`].
+/// when the reading of their pair from the two spots may change it ([`Pairs::may_change`]).
+/// The places each is tracked against are in [`Group::tracked`].
 #[derive(Debug, Clone, Copy)]
 struct Member {
     taken_ms: i64,
