@@ -324,7 +324,8 @@ async fn reader(shared: Rc<Shared>, i: usize, mut source: Source) {
     shared.readers.notify_one();
 }
 
-fn unix_ms() -> i64 {
+/// Now, Unix ms (a fix's time).
+pub(super) fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

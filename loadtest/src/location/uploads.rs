@@ -7,7 +7,7 @@
 //! them, proves it did: the last answer to a batch sent in the window marks this side caught
 //! up, as the streams' final pongs do theirs.
 
-use super::streams::Schedule;
+use super::streams::{Schedule, unix_ms};
 use super::world::Walker;
 use crate::measure::{micros_histogram, record};
 use hdrhistogram::Histogram;
@@ -16,7 +16,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Reasons of failed uploads kept for the report.
@@ -80,12 +80,6 @@ pub struct Plan {
     pub auth: Vec<HeaderValue>,
     /// Requests in flight at most: the keep-alive connections.
     pub connections: usize,
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Sends every user's batches on `schedule` (user `i` at `start + phase(i) + k · frame period`,
