@@ -29,14 +29,15 @@
 //! What is measured, after `--warmup`, over `--duration`:
 //! - Fixes sent (streams' and uploads'), and fixes processed: an upload's answer comes after
 //!   the hub took its fixes and says how many it took (all, or the run fails); for the streams,
-//!   the engine acknowledges nothing per fix (it answers only
-//!   refused fixes, with a `rejected` frame, which fails the run), so at the end of the window
+//!   the engine acknowledges nothing per fix (it answers only refused fixes, with a `rejected`
+//!   frame, which fails the run), so at the end of the window
 //!   every stream sends a `ping`. A stream's connection task handles frames in order and hands
 //!   each fix frame to the hub before it reads the next one, so the `pong` proves every fix
 //!   sent before it was taken. Processed fixes/s = fixes sent in the window ÷ (window start →
-//!   last pong or last answer to an upload sent in the window). An engine that kept up answers within milliseconds of the end; one that fell
-//!   behind answers late (the backlog it drains) and its rate drops accordingly. Fixes left over
-//!   from the warmup and worked off inside the window are not counted, so the figure errs low.
+//!   last pong, or last answer to an upload sent in the window). An engine that kept up
+//!   answers within milliseconds of the end; one that fell behind answers late (the backlog it
+//!   drains) and its rate drops accordingly. Fixes left over from the warmup and worked off
+//!   inside the window are not counted, so the figure errs low.
 //! - Alert latency: every `near`/`apart` alert frame, on every member's stream, minus when the
 //!   latest fix of either member of the pair was handed to its socket. The fix that triggered
 //!   the alert is that latest fix unless another fix of the pair was sent between the trigger
