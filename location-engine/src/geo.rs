@@ -283,8 +283,6 @@ pub fn meridian_m_at_least(lat_e7_a: i32, lat_e7_b: i32) -> f64 {
 pub struct MeridianScreen {
     /// `m` in 1/256ths of a 1e-7 degree of latitude, rounded up, plus one.
     base: u64,
-    /// A decimetre of accuracy, the same way.
-    per_dm: u64,
 }
 
 impl MeridianScreen {
@@ -302,10 +300,7 @@ impl MeridianScreen {
         } else {
             u64::MAX / 2
         };
-        Self {
-            base,
-            per_dm: Self::PER_DM,
-        }
+        Self { base }
     }
 
     /// Whether `meridian_m_at_least(lat_e7_a, lat_e7_b)` is more than `m` plus `accuracy_dm`
@@ -313,7 +308,7 @@ impl MeridianScreen {
     #[inline]
     pub fn far(&self, lat_e7_a: i32, lat_e7_b: i32, accuracy_dm: u16) -> bool {
         u64::from(lat_e7_a.abs_diff(lat_e7_b)) * 256
-            > self.base + u64::from(accuracy_dm) * self.per_dm
+            > self.base + u64::from(accuracy_dm) * Self::PER_DM
     }
 }
 
